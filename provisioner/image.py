@@ -1,0 +1,190 @@
+"""The docker provider's node image: Debian 12 with systemd, sshd, python3, sudo and a `vagrant` user.
+
+Built locally from Debian's packages with mmdebstrap and imported into Docker; tagged with a hash of
+the recipe so that a changed recipe builds a new image and an unchanged one is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner import proc
+from provisioner.errors import ProvisionError
+
+log = logging.getLogger(__name__)
+
+IMAGE_REPO = "provisioner/node"
+SUITE = "bookworm"
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "sudo",
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "kmod",
+    "ca-certificates",
+    "less",
+)
+# Where Vagrant's Debian package ships its well-known insecure public key. Vagrant replaces it with
+# a per-machine key on first boot (config.ssh.insert_key), so it only ever opens the first login.
+VAGRANT_KEY_CANDIDATES = (
+    "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub",
+    "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",
+)
+
+# Shell run against the unpacked root file system (argument $1) before it is imported.
+CUSTOMIZE = r"""
+set -eu
+root="$1"
+chroot "$root" useradd --create-home --shell /bin/bash --groups sudo vagrant
+echo 'vagrant ALL=(ALL) NOPASSWD:ALL' > "$root/etc/sudoers.d/vagrant"
+chmod 0440 "$root/etc/sudoers.d/vagrant"
+install -d -m 0700 -o 1000 -g 1000 "$root/home/vagrant/.ssh"
+install -m 0600 -o 1000 -g 1000 "$VAGRANT_PUBKEY" "$root/home/vagrant/.ssh/authorized_keys"
+# Every node gets its own SSH host keys at first boot, not a copy of the builder's.
+rm -f "$root"/etc/ssh/ssh_host_*
+cat > "$root/etc/systemd/system/ssh-hostkeys.service" <<'UNIT'
+[Unit]
+Description=Generate SSH host keys on first boot
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+chroot "$root" systemctl enable ssh-hostkeys.service ssh.service
+# Units that have nothing to do in a container node.
+chroot "$root" systemctl mask getty@tty1.service console-getty.service systemd-remount-fs.service \
+    systemd-udevd.service sys-kernel-config.mount sys-kernel-debug.mount
+: > "$root/etc/machine-id"
+echo 'UseDNS no' > "$root/etc/ssh/sshd_config.d/10-provisioner.conf"
+printf 'node\n' > "$root/etc/hostname"
+rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    suite: str = SUITE
+    packages: tuple[str, ...] = PACKAGES
+    customize: str = CUSTOMIZE
+    mirror: str = ""
+
+    def digest(self) -> str:
+        blob = json.dumps(
+            {"suite": self.suite, "packages": self.packages, "customize": self.customize}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def tag(self) -> str:
+        return f"{IMAGE_REPO}:{self.suite}-{self.digest()}"
+
+
+def host_debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this host's apt uses (so the image builds where the host's apt works)."""
+    candidates = sorted((sources_dir / "sources.list.d").glob("*.sources")) if sources_dir.exists() else []
+    for path in candidates:
+        mirror = parse_deb822_mirror(path.read_text(encoding="utf-8", errors="replace"))
+        if mirror:
+            return mirror
+    legacy = sources_dir / "sources.list"
+    if legacy.exists():
+        for line in legacy.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[-2]:
+                url = next((p for p in parts[1:] if re.match(r"^(https?|file)://", p)), "")
+                if url:
+                    return url
+    return ""
+
+
+def parse_deb822_mirror(text: str) -> str:
+    """First URI of a deb822 stanza that carries the main archive (not security, not updates-only)."""
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        suites = fields.get("suites", "").split()
+        uris = fields.get("uris", "").split()
+        if uris and "deb" in fields.get("types", "deb").split() and any("-" not in s for s in suites):
+            return uris[0]
+    return ""
+
+
+def find_vagrant_pubkey() -> Path:
+    for pattern in VAGRANT_KEY_CANDIDATES:
+        matches = sorted(Path("/").glob(pattern.lstrip("/")))
+        if matches:
+            return matches[-1]
+    raise ProvisionError(
+        "Vagrant's insecure public key (keys/vagrant.pub) was not found; install vagrant with "
+        "`apt-get install vagrant` (or run scripts/setup.sh)"
+    )
+
+
+def image_exists(tag: str) -> bool:
+    return proc.run(["docker", "image", "inspect", tag], check=False).returncode == 0
+
+
+def ensure_image(recipe: ImageRecipe | None = None, *, force: bool = False) -> str:
+    """Return the node image tag, building it first if it is missing (or `force`)."""
+    recipe = recipe or ImageRecipe(mirror=host_debian_mirror())
+    if not force and image_exists(recipe.tag):
+        log.info("node image %s present", recipe.tag)
+        return recipe.tag
+    build_image(recipe)
+    return recipe.tag
+
+
+def build_image(recipe: ImageRecipe) -> None:
+    proc.require_tool("mmdebstrap")
+    pubkey = find_vagrant_pubkey()
+    log.info("building node image %s from Debian %s packages (about a minute)", recipe.tag, recipe.suite)
+    with tempfile.TemporaryDirectory(prefix="provision-image-") as tmp:
+        hook = Path(tmp) / "customize.sh"
+        hook.write_text(recipe.customize, encoding="utf-8")
+        tarball = Path(tmp) / "rootfs.tar"
+        cmd = [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--include=" + ",".join(recipe.packages),
+            f"--customize-hook=VAGRANT_PUBKEY={pubkey} sh {hook} \"$1\"",
+            recipe.suite,
+            str(tarball),
+        ]
+        if recipe.mirror:
+            cmd.append(recipe.mirror)
+        proc.run(cmd, timeout=900, what="mmdebstrap (node image root file system)")
+        proc.run(
+            [
+                "docker",
+                "import",
+                "--change",
+                'CMD ["/sbin/init"]',
+                "--change",
+                f"LABEL org.provisioner.recipe={recipe.digest()}",
+                str(tarball),
+                recipe.tag,
+            ],
+            timeout=600,
+            what="docker import (node image)",
+        )
+    log.info("node image %s built", recipe.tag)
