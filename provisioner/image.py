@@ -85,9 +85,7 @@ class ImageRecipe:
     mirror: str = ""
 
     def digest(self) -> str:
-        blob = json.dumps(
-            {"suite": self.suite, "packages": self.packages, "customize": self.customize}, sort_keys=True
-        )
+        blob = json.dumps({"suite": self.suite, "packages": self.packages, "customize": self.customize}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -166,7 +164,7 @@ def build_image(recipe: ImageRecipe) -> None:
             "mmdebstrap",
             "--variant=minbase",
             "--include=" + ",".join(recipe.packages),
-            f"--customize-hook=VAGRANT_PUBKEY={pubkey} sh {hook} \"$1\"",
+            f'--customize-hook=VAGRANT_PUBKEY={pubkey} sh {hook} "$1"',
             recipe.suite,
             str(tarball),
         ]

@@ -1,0 +1,158 @@
+"""Command line: parses arguments, maps them to the commands in provisioner.cluster, and turns a
+ProvisionError into one clear message and its exit code (a traceback only with --debug)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from provisioner import cluster
+from provisioner.errors import ProvisionError
+from provisioner.spec import ENGINES, PROVIDERS, RUNTIME_SOURCES, RUNTIMES
+
+
+def _spec_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster spec (flags override --config, which overrides the defaults)")
+    g.add_argument("--config", type=Path, help="cluster spec YAML file")
+    g.add_argument("--nodes", help="node count (control plane/managers first)")
+    g.add_argument("--provider", choices=None, help=f"one of: {', '.join(PROVIDERS)} (default auto)")
+    g.add_argument("--engine", help=f"one of: {', '.join(ENGINES)} (default kubernetes)")
+    g.add_argument("--name", help="cluster name (default lab); prefixes machine names")
+    g.add_argument("--network", help="node network (default 192.168.56.0/24; control plane at .10)")
+    g.add_argument("--pod-cidr", dest="pod_cidr", help="pod network (default 10.244.0.0/16)")
+    g.add_argument("--service-cidr", dest="service_cidr", help="service network (default 10.96.0.0/12)")
+    g.add_argument("--cpus", help="CPUs per node (VM providers)")
+    g.add_argument("--memory", help="MiB per node (VM providers)")
+    g.add_argument("--managers", help="swarm managers, an odd number (default 1)")
+    g.add_argument("--box", help="Vagrant box for VM providers")
+    g.add_argument("--runtime", help=f"one of: {', '.join(RUNTIMES)}")
+    g.add_argument(
+        "--runtime-source",
+        dest="runtime_source",
+        help=f"one of: {', '.join(RUNTIME_SOURCES)} (auto: distro packages in container nodes, upstream on VMs)",
+    )
+    g.add_argument("--kube-version", dest="kube_version", help="Kubernetes minor or patch, e.g. 1.36 or 1.36.2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="provision.py",
+        description="Bring up a cluster: machines with Vagrant, nodes prepared with Ansible, "
+        "Kubernetes (kubeadm + Calico) or Docker Swarm, checked with testinfra.",
+    )
+    p.add_argument("--dir", type=Path, help="where the cluster's state lives (default .provision/ or $PROVISION_DIR)")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="stream full Ansible and Vagrant output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="create machines and run every stage (resumes after a failure)")
+    _spec_flags(up)
+    up.add_argument("--no-verify", action="store_true", help="skip the testinfra checks at the end")
+    up.add_argument("--stack", help="compose file to deploy with `docker stack deploy` after verify (swarm)")
+
+    pl = sub.add_parser("plan", help="print the resolved spec and network plan; create nothing")
+    _spec_flags(pl)
+
+    sub.add_parser("status", help="machines, their state and IPs, finished stages")
+    pr = sub.add_parser("provision", help="rerun stages on the existing machines")
+    grp = pr.add_mutually_exclusive_group()
+    grp.add_argument("--stage", help="run only this stage")
+    grp.add_argument("--from", dest="from_stage", help="run this stage and the ones after it")
+
+    sub.add_parser("verify", help="run the testinfra checks and print the per-node table")
+    ssh = sub.add_parser("ssh", help="open a shell on a node")
+    ssh.add_argument("node")
+    ex = sub.add_parser("exec", help="run a command on many nodes at once: exec [--group G] -- CMD")
+    ex.add_argument("--group", default="all", help="inventory group (default all)")
+    ex.add_argument("--sudo", action="store_true", help="run with sudo")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    de = sub.add_parser("destroy", help="remove machines, generated inventory and state")
+    de.add_argument("-f", "--force", action="store_true", help="do not ask")
+    sub.add_parser("kubeconfig", help="print the kubeconfig path and the export line")
+    sub.add_parser("reset", help="kubeadm reset on every node so the cluster can form again")
+    img = sub.add_parser("image", help="node image of the docker provider")
+    img_sub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    ib = img_sub.add_parser("build", help="build the node image from Debian packages")
+    ib.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    return p
+
+
+SPEC_KEYS = (
+    "nodes",
+    "provider",
+    "engine",
+    "name",
+    "network",
+    "pod_cidr",
+    "service_cidr",
+    "cpus",
+    "memory",
+    "managers",
+    "box",
+    "runtime",
+    "runtime_source",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    over: dict[str, object] = {k: getattr(args, k) for k in SPEC_KEYS if getattr(args, k, None) is not None}
+    if getattr(args, "kube_version", None):
+        over["versions"] = {"kubernetes": args.kube_version}
+    if getattr(args, "stack", None):
+        over["stack"] = args.stack
+    return over
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ws = cluster.Workspace((args.dir or cluster.default_provision_dir()).resolve())
+    try:
+        return dispatch(args, ws)
+    except ProvisionError as exc:
+        if args.debug:
+            logging.exception("failed")
+        sys.stdout.flush()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
+    cmd = args.command
+    if cmd in ("up", "plan"):
+        opts = cluster.UpOptions(
+            overrides=_overrides(args),
+            config=args.config,
+            verbose=args.verbose,
+            verify=not getattr(args, "no_verify", False),
+        )
+        return cluster.up(ws, opts) if cmd == "up" else cluster.plan(ws, opts)
+    if cmd == "status":
+        return cluster.status(ws)
+    if cmd == "provision":
+        return cluster.provision(ws, args.stage, args.from_stage, args.verbose)
+    if cmd == "verify":
+        return cluster.verify_cmd(ws)
+    if cmd == "ssh":
+        return cluster.ssh(ws, args.node)
+    if cmd == "exec":
+        command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        return cluster.exec_cmd(ws, args.group, command, args.sudo)
+    if cmd == "destroy":
+        return cluster.destroy(ws, args.force)
+    if cmd == "kubeconfig":
+        return cluster.kubeconfig(ws)
+    if cmd == "reset":
+        return cluster.reset(ws, args.verbose)
+    if cmd == "image":
+        return cluster.image_build(args.force)
+    raise ProvisionError(f"unknown command {cmd}", exit_code=2)

@@ -1,0 +1,520 @@
+"""The commands behind the CLI. Each stays thin and calls the collaborators: spec, state, Vagrant,
+inventory, Ansible runner, verifier."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from provisioner import hostnet, image, inventory, providers, stages, verify
+from provisioner.ansible import StageRun, run_playbook
+from provisioner.errors import ProvisionError
+from provisioner.progress import Progress
+from provisioner.spec import ClusterSpec, build_spec, group_of
+from provisioner.state import State
+from provisioner.vagrant import Vagrant, parse_progress_line
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_provision_dir() -> Path:
+    return Path(os.environ.get("PROVISION_DIR") or REPO_ROOT / ".provision").resolve()
+
+
+@dataclass
+class Workspace:
+    """Everything a cluster keeps on the host, under one directory (default .provision/)."""
+
+    root: Path
+
+    @property
+    def spec_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory" / "hosts.yml"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
+
+    def load_saved(self) -> dict[str, Any] | None:
+        if not self.spec_file.exists():
+            return None
+        try:
+            data: dict[str, Any] = json.loads(self.spec_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ProvisionError(f"{self.spec_file} is unreadable ({exc}); run `destroy -f` and `up` again") from exc
+        return data
+
+    def saved_spec(self) -> ClusterSpec:
+        data = self.load_saved()
+        if data is None:
+            raise ProvisionError(f"no cluster here ({self.spec_file} missing); create one with `provision.py up`")
+        return ClusterSpec.from_dict(data["spec"])
+
+    def save_spec(self, spec: ClusterSpec, inputs: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        payload = spec.to_dict() | {"spec": spec.to_dict(), "inputs": inputs}
+        tmp = self.spec_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+        tmp.replace(self.spec_file)
+
+
+@dataclass
+class UpOptions:
+    overrides: dict[str, Any] = field(default_factory=dict)
+    config: Path | None = None
+    verify: bool = True
+    verbose: bool = False
+    stack: str | None = None
+
+
+def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
+    """Defaults < the saved inputs of an existing cluster < the spec file < the flags."""
+    from provisioner.spec import load_file
+
+    saved = ws.load_saved()
+    inputs: dict[str, Any] = dict(saved.get("inputs", {})) if saved else {}
+    if config is not None:
+        inputs.update(load_file(config))
+    inputs.update({k: v for k, v in overrides.items() if v is not None})
+    spec = build_spec(inputs)
+    return spec, inputs
+
+
+def check_networks(spec: ClusterSpec) -> None:
+    hostnet.check_against_host(
+        {"network": spec.network, "pod_cidr": spec.pod_cidr, "service_cidr": spec.service_cidr},
+        hostnet.host_networks(),
+        own_node_network=spec.network,
+    )
+
+
+def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
+    spec, _ = resolve_spec(ws, opts.overrides, opts.config)
+    check_networks(spec)
+    choice = providers.choose(spec.provider) if spec.provider == "auto" else None
+    provider = f"{choice.provider} (auto: {choice.reason})" if choice else spec.provider
+    out.write(f"cluster      {spec.name}\n")
+    out.write(f"engine       {spec.engine}\n")
+    out.write(f"provider     {provider}\n")
+    out.write(f"resources    {spec.cpus} CPUs, {spec.memory} MiB per node\n")
+    out.write(f"runtime      {spec.runtime} (source: {spec.runtime_source})\n")
+    out.write(f"versions     kubernetes {spec.versions['kubernetes']}, calico {spec.versions['calico']}\n")
+    out.write(f"node network {spec.network}\npod CIDR     {spec.pod_cidr}\nservice CIDR {spec.service_cidr}\n")
+    out.write("checks       CIDRs pairwise disjoint and clear of the host's networks\n\n")
+    out.write(f"{'node':<14}{'role':<15}{'group':<20}ip\n")
+    for n in spec.nodes:
+        out.write(f"{n.name:<14}{n.role:<15}{group_of(spec.engine, n.role):<20}{n.ip}\n")
+    eng = [s.name for s in stages.stages_for(spec.engine)]
+    out.write(f"\nstages       machines, {', '.join(eng)}, verify\n")
+    return 0
+
+
+def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
+    started = time.monotonic()
+    spec, inputs = resolve_spec(ws, opts.overrides, opts.config)
+    check_networks(spec)
+    saved = ws.load_saved()
+    if saved is not None:
+        old = ClusterSpec.from_dict(saved["spec"])
+        _refuse_incompatible_change(old, spec)
+        if spec.provider == "auto":
+            spec = spec.with_provider(old.provider)
+    if spec.provider == "auto":
+        choice = providers.choose("auto")
+        out.write(f"provider: {choice.provider} ({choice.reason})\n")
+        spec = spec.with_provider(choice.provider)
+    else:
+        providers.choose(spec.provider)
+    progress = Progress(out, verbose=opts.verbose)
+    timings: dict[str, float] = {}
+
+    if spec.provider == "docker":
+        providers.check_docker_network_free(spec.network, spec.name)
+        recipe = image.ImageRecipe(mirror=image.host_debian_mirror())
+        if not spec.image:
+            if not image.image_exists(recipe.tag):
+                progress.start(f"node image {recipe.tag}")
+                t0 = time.monotonic()
+                image.ensure_image(recipe)
+                timings["image"] = progress.stop("built")
+                del t0
+            spec = _with_image(spec, recipe.tag)
+
+    state = State.load(ws.state_file)
+    ws.save_spec(spec, inputs)
+    vg = Vagrant(ws.root, spec.provider)
+    before = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
+    extra = sorted(set(before) - {n.name for n in spec.nodes})
+    if extra and any(before[n] != "not_created" for n in extra):
+        raise ProvisionError(
+            f"machine {extra[0]} exists but is no longer in the spec; shrinking is not automatic: "
+            f"run `destroy -f` to start over, or go back to the previous node count",
+            exit_code=2,
+        )
+    new_nodes = [n.name for n in spec.nodes if before.get(n.name) != "running"]
+
+    # Stage: machines
+    progress.start(f"machines ({spec.provider}, {len(spec.nodes)} nodes)", _vagrant_detail_tracker(progress))
+    state.provider = spec.provider
+    state.last_run = "running"
+    state.save()
+    try:
+        vg.up([n.name for n in spec.nodes], ws.logs / "machines.log", on_line=_on_vagrant_line)
+    except ProvisionError:
+        progress.stop("FAILED")
+        state.mark("machines", "failed", time.monotonic() - started)
+        state.last_run = "failed"
+        state.save()
+        raise
+    timings["machines"] = progress.stop("up" + (f", created {', '.join(new_nodes)}" if new_nodes else ", all running"))
+    state.mark("machines", "done", timings["machines"])
+
+    ssh = vg.ssh_config([n.name for n in spec.nodes])
+    inventory.write_inventory(inventory.build_inventory(spec, ssh, ws.root), ws.inventory)
+    out.write(f"    inventory: {ws.inventory}\n")
+
+    todo = stages.stages_for(spec.engine)
+    failed = state.failed_stage()
+    if new_nodes and any(state.done(s.name) for s in todo):
+        out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
+    elif failed is not None and failed in [s.name for s in todo]:
+        out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
+        names = [s.name for s in todo]
+        todo = todo[names.index(failed) :]
+
+    skip_reason = kubernetes_blocker(spec)
+    runs: dict[str, StageRun] = {}
+    for stage in todo:
+        if stage.kubernetes and skip_reason:
+            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+            state.mark(stage.name, "skipped", 0.0, message=skip_reason)
+            continue
+        t0 = time.monotonic()
+        try:
+            runs[stage.name] = run_playbook(
+                stage.path,
+                ws.inventory,
+                ws.root,
+                ws.logs / f"{stage.name}.log",
+                progress,
+                f"stage {stage.name} ({stage.description})",
+                verbose=opts.verbose,
+            )
+        except ProvisionError as exc:
+            state.mark(stage.name, "failed", time.monotonic() - t0, message=exc.message)
+            state.last_run = "failed"
+            state.save()
+            _write_timings(ws, timings, runs, time.monotonic() - started)
+            raise
+        timings[stage.name] = time.monotonic() - t0
+        state.mark(stage.name, "done", timings[stage.name], changed=runs[stage.name].changed)
+
+    state.last_run = "done"
+    state.save()
+    rc = 0
+    if opts.verify:
+        t0 = time.monotonic()
+        rc = run_verify(ws, spec, state, out)
+        timings["verify"] = time.monotonic() - t0
+    total = time.monotonic() - started
+    _write_timings(ws, timings, runs, total)
+    summary(spec, timings, runs, total, out)
+    if skip_reason:
+        out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
+    return rc
+
+
+def _with_image(spec: ClusterSpec, tag: str) -> ClusterSpec:
+    data = spec.to_dict()
+    data["image"] = tag
+    return ClusterSpec.from_dict(data)
+
+
+def _refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
+    for attr in ("name", "engine", "network"):
+        if getattr(old, attr) != getattr(new, attr):
+            raise ProvisionError(
+                f"this cluster exists with {attr} {getattr(old, attr)}, the spec now says {getattr(new, attr)}; "
+                f"run `destroy -f` first, or use another --dir for a second cluster",
+                exit_code=2,
+            )
+    if new.provider not in ("auto", old.provider):
+        raise ProvisionError(
+            f"this cluster exists on provider {old.provider}, not {new.provider}; run `destroy -f` first",
+            exit_code=2,
+        )
+
+
+_vagrant_status: dict[str, str] = {}
+
+
+def _on_vagrant_line(line: str) -> None:
+    parsed = parse_progress_line(line)
+    if parsed:
+        _vagrant_status[parsed[0]] = parsed[1][:60]
+
+
+def _vagrant_detail_tracker(progress: Progress) -> Any:
+    _vagrant_status.clear()
+    return lambda: " | ".join(f"{n}: {m}" for n, m in sorted(_vagrant_status.items()))
+
+
+def host_cgroup_version() -> int:
+    try:
+        fs = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True, check=False)
+    except OSError:
+        return 0
+    return 2 if fs.stdout.strip() == "cgroup2fs" else 1
+
+
+def kubernetes_blocker(spec: ClusterSpec) -> str:
+    """Why the Kubernetes stages cannot run on these nodes at all ("" when they can be tried)."""
+    if spec.engine != "kubernetes" or spec.provider != "docker":
+        return ""
+    minor = int(spec.versions["kubernetes"].split(".")[1])
+    if minor >= 35 and host_cgroup_version() == 1:
+        return (
+            f"container nodes share this host's kernel, which runs cgroup v1, and kubelet 1.{minor} refuses "
+            f"cgroup v1; nodes are prepared with the container runtime. Use a VM provider (--provider libvirt or "
+            f"virtualbox) or --engine swarm here"
+        )
+    return ""
+
+
+def run_verify(ws: Workspace, spec: ClusterSpec, state: State, out: TextIO) -> int:
+    finished = [name for name, rec in state.stages.items() if rec.status == "done"]
+    names = [n.name for n in spec.nodes]
+    progress = Progress(out)
+    progress.start("verify (testinfra)")
+    report, logf = verify.run_verify(ws.inventory, ws.root, finished, names)
+    failed = report.failed
+    progress.stop("all checks passed" if not failed else f"{len(failed)} checks FAILED")
+    out.write(report.table(names) + "\n")
+    if failed:
+        for r in failed[:20]:
+            out.write(f"  FAIL {r.node}: {r.check}: {r.message}\n")
+        raise ProvisionError(
+            f"verify: {len(failed)} checks failed (first: {failed[0].node}: {failed[0].check})",
+            exit_code=5,
+            log_path=str(logf),
+        )
+    return 0
+
+
+def _write_timings(ws: Workspace, timings: dict[str, float], runs: dict[str, StageRun], total: float) -> None:
+    data = {
+        "total_seconds": round(total, 2),
+        "stages": {k: round(v, 2) for k, v in timings.items()},
+        "slowest_tasks": {
+            name: [{"seconds": round(s, 2), "host": h, "task": t} for s, h, t in run.slowest(5)]
+            for name, run in runs.items()
+        },
+        "changed": {name: run.changed for name, run in runs.items()},
+    }
+    ws.root.mkdir(parents=True, exist_ok=True)
+    ws.timings.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def summary(spec: ClusterSpec, timings: dict[str, float], runs: dict[str, StageRun], total: float, out: TextIO) -> None:
+    out.write(f"\nCluster '{spec.name}' ({spec.engine} on {spec.provider}) is up:\n")
+    out.write(f"  {'node':<14}{'role':<15}ip\n")
+    for n in spec.nodes:
+        out.write(f"  {n.name:<14}{n.role:<15}{n.ip}\n")
+    out.write("Stage times:\n")
+    for name, secs in timings.items():
+        changed = f"  changed={runs[name].changed}" if name in runs else ""
+        out.write(f"  {name:<15}{secs:7.1f}s{changed}\n")
+    slow = sorted((t for r in runs.values() for t in r.slowest(3)), reverse=True)[:3]
+    if slow:
+        out.write("Slowest tasks:\n")
+        for secs, host, task in slow:
+            out.write(f"  {secs:6.1f}s  {host:<12} {task}\n")
+    out.write(f"Total {total:.1f}s\n")
+
+
+def status(ws: Workspace, out: TextIO = sys.stdout) -> int:
+    spec = ws.saved_spec()
+    state = State.load(ws.state_file)
+    vg = Vagrant(ws.root, spec.provider)
+    machines = {m.name: m.state for m in vg.status()}
+    out.write(f"cluster {spec.name}: engine {spec.engine}, provider {spec.provider}, network {spec.network}\n")
+    out.write(f"  {'node':<14}{'role':<15}{'ip':<16}state\n")
+    missing = []
+    for n in spec.nodes:
+        st = machines.get(n.name, "not_created")
+        if st != "running":
+            missing.append(n.name)
+        note = "  (missing: `up` recreates it)" if st == "not_created" else ""
+        out.write(f"  {n.name:<14}{n.role:<15}{n.ip:<16}{st}{note}\n")
+    out.write("stages:\n")
+    for stage in ["machines", *[s.name for s in stages.stages_for(spec.engine)]]:
+        rec = state.stages.get(stage)
+        if rec is None:
+            out.write(f"  {stage:<15}not run\n")
+        else:
+            msg = f"  {rec.message}" if rec.status in ("failed", "skipped") and rec.message else ""
+            out.write(f"  {stage:<15}{rec.status:<8}{rec.seconds:7.1f}s{msg}\n")
+    out.write(f"inventory: {ws.inventory if ws.inventory.exists() else '(none)'}\n")
+    return 0 if not missing else 1
+
+
+def provision(ws: Workspace, only: str | None, start: str | None, verbose: bool, out: TextIO = sys.stdout) -> int:
+    spec = ws.saved_spec()
+    if not ws.inventory.exists():
+        raise ProvisionError("no inventory yet; run `provision.py up` first")
+    state = State.load(ws.state_file)
+    progress = Progress(out, verbose=verbose)
+    skip_reason = kubernetes_blocker(spec)
+    for stage in stages.select(spec.engine, only, start):
+        if stage.kubernetes and skip_reason:
+            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+            continue
+        t0 = time.monotonic()
+        try:
+            run = run_playbook(
+                stage.path,
+                ws.inventory,
+                ws.root,
+                ws.logs / f"{stage.name}.log",
+                progress,
+                f"stage {stage.name} ({stage.description})",
+                verbose=verbose,
+            )
+        except ProvisionError as exc:
+            state.mark(stage.name, "failed", time.monotonic() - t0, message=exc.message)
+            raise
+        state.mark(stage.name, "done", time.monotonic() - t0, changed=run.changed)
+    return 0
+
+
+def destroy(ws: Workspace, force: bool, out: TextIO = sys.stdout, inp: TextIO = sys.stdin) -> int:
+    saved = ws.load_saved()
+    if saved is None and not ws.root.exists():
+        out.write(f"nothing to destroy: no cluster under {ws.root}\n")
+        return 0
+    spec = ClusterSpec.from_dict(saved["spec"]) if saved else None
+    if not force:
+        if not inp.isatty():
+            raise ProvisionError("destroy needs confirmation; run it in a terminal or pass -f", exit_code=2)
+        name = spec.name if spec else ws.root.name
+        out.write(f"Destroy cluster '{name}' and all its machines? [y/N] ")
+        out.flush()
+        if inp.readline().strip().lower() not in ("y", "yes"):
+            out.write("aborted\n")
+            return 1
+    progress = Progress(out)
+    if spec is not None and (ws.root / "vagrant").exists():
+        progress.start(f"destroy {len(spec.nodes)} machines")
+        Vagrant(ws.root, spec.provider).destroy(ws.logs / "destroy.log")
+        progress.stop("done")
+    if spec is not None and spec.provider == "docker":
+        _remove_leftover_containers(spec)
+    shutil.rmtree(ws.root, ignore_errors=True)
+    out.write(f"removed machines, inventory and state ({ws.root})\n")
+    return 0
+
+
+def _remove_leftover_containers(spec: ClusterSpec) -> None:
+    """Containers of this cluster that Vagrant no longer knows about (its state was lost)."""
+    if shutil.which("docker") is None:
+        return
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.provisioner.cluster={spec.name}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+    net = f"vagrant_network_{spec.network}"
+    if not providers.docker_network_users(spec.network):
+        subprocess.run(["docker", "network", "rm", net], capture_output=True, check=False)
+
+
+def verify_cmd(ws: Workspace, out: TextIO = sys.stdout) -> int:
+    spec = ws.saved_spec()
+    state = State.load(ws.state_file)
+    return run_verify(ws, spec, state, out)
+
+
+def ssh(ws: Workspace, node: str) -> int:
+    spec = ws.saved_spec()
+    names = [n.name for n in spec.nodes]
+    if node not in names:
+        raise ProvisionError(f"no node named '{node}'; nodes are: {', '.join(names)}", exit_code=2)
+    vg = Vagrant(ws.root, spec.provider)
+    os.execvpe("vagrant", vg.ssh_exec_args(node), vg.env)
+    return 0  # not reached
+
+
+def exec_cmd(ws: Workspace, group: str, command: list[str], sudo: bool, out: TextIO = sys.stdout) -> int:
+    from provisioner import remote
+
+    if not command:
+        raise ProvisionError("exec needs a command after --, e.g. `exec -- uptime`", exit_code=2)
+    hosts = inventory.load_inventory_hosts(ws.inventory)
+    members = inventory.group_members(ws.inventory, group)
+    if not members:
+        raise ProvisionError(f"group '{group}' has no hosts", exit_code=2)
+    results = remote.run_on_hosts({h: hosts[h] for h in members}, " ".join(command), sudo=sudo)
+    return remote.print_results(results, out)
+
+
+def kubeconfig(ws: Workspace, out: TextIO = sys.stdout) -> int:
+    path = ws.root / "kubeconfig"
+    if not path.exists():
+        raise ProvisionError(f"no kubeconfig at {path} yet; it is fetched by the control_plane stage of `up`")
+    out.write(f"{path}\nexport KUBECONFIG={path}\n")
+    return 0
+
+
+def reset(ws: Workspace, verbose: bool, out: TextIO = sys.stdout) -> int:
+    spec = ws.saved_spec()
+    playbook = REPO_ROOT / "playbooks" / "reset.yml"
+    if spec.engine != "kubernetes":
+        raise ProvisionError("reset is for the kubernetes engine; for swarm use `destroy` and `up`", exit_code=2)
+    if not playbook.exists():
+        raise ProvisionError("playbooks/reset.yml is missing from this checkout")
+    run_playbook(
+        playbook, ws.inventory, ws.root, ws.logs / "reset.log", Progress(out, verbose=verbose), "reset (kubeadm reset)"
+    )
+    state = State.load(ws.state_file)
+    for stage in ("control_plane", "cni", "join"):
+        state.stages.pop(stage, None)
+    state.save()
+    return 0
+
+
+def image_build(force: bool, out: TextIO = sys.stdout) -> int:
+    providers.choose("docker")
+    recipe = image.ImageRecipe(mirror=image.host_debian_mirror())
+    progress = Progress(out)
+    if image.image_exists(recipe.tag) and not force:
+        out.write(f"{recipe.tag} is present (recipe unchanged); --force rebuilds it\n")
+        return 0
+    progress.start(f"node image {recipe.tag}")
+    image.ensure_image(recipe, force=True)
+    progress.stop("built")
+    return 0

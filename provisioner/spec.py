@@ -1,0 +1,336 @@
+"""The cluster spec: one validated object built from a YAML file and command-line flags.
+
+Validation happens before anything is created; every problem is one sentence naming the field and
+the fix (SpecError).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisioner.errors import SpecError
+
+PROVIDERS = ("auto", "virtualbox", "libvirt", "docker")
+ENGINES = ("kubernetes", "swarm")
+RUNTIMES = ("docker", "containerd")
+RUNTIME_SOURCES = ("auto", "upstream", "distro", "offline")
+KUBE_ROLES = ("control_plane", "worker")
+SWARM_ROLES = ("manager", "worker")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+FIRST_HOST_OFFSET = 10  # the control plane sits at .10 as in the classic lab
+MAX_NODES = 50
+
+DEFAULTS: dict[str, Any] = {
+    "name": "lab",
+    "nodes": 3,
+    "provider": "auto",
+    "box": "debian/bookworm64",
+    "image": "",
+    "cpus": 2,
+    "memory": 2048,
+    "network": "192.168.56.0/24",
+    "pod_cidr": "10.244.0.0/16",
+    "service_cidr": "10.96.0.0/12",
+    "engine": "kubernetes",
+    "managers": 1,
+    "runtime": "docker",
+    "runtime_source": "auto",
+    "offline_dir": "",
+    "versions": {"kubernetes": "1.36", "calico": "3.31.3", "runtime": ""},
+    "labels": {},
+    "stack": "",
+}
+KNOWN_KEYS = set(DEFAULTS)
+VERSION_KEYS = set(DEFAULTS["versions"])
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    role: str  # control_plane | worker (kubernetes), manager | worker (swarm)
+    ip: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    provider: str
+    box: str
+    image: str
+    cpus: int
+    memory: int
+    network: str
+    pod_cidr: str
+    service_cidr: str
+    engine: str
+    managers: int
+    runtime: str
+    runtime_source: str
+    offline_dir: str
+    versions: dict[str, str]
+    nodes: tuple[Node, ...]
+    stack: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["nodes"] = [{"name": n.name, "role": n.role, "ip": n.ip, "labels": n.labels} for n in self.nodes]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClusterSpec:
+        nodes = tuple(
+            Node(name=n["name"], role=n["role"], ip=n["ip"], labels=dict(n.get("labels", {}))) for n in data["nodes"]
+        )
+        fields = {k: v for k, v in data.items() if k != "nodes"}
+        return cls(nodes=nodes, **fields)
+
+    def with_provider(self, provider: str) -> ClusterSpec:
+        data = self.to_dict()
+        data["provider"] = provider
+        return ClusterSpec.from_dict(data)
+
+    @property
+    def effective_runtime_source(self) -> str:
+        """`auto` means Docker's own repository on VMs, the distribution's packages in container nodes."""
+        if self.runtime_source != "auto":
+            return self.runtime_source
+        return "distro" if self.provider == "docker" else "upstream"
+
+    def groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {
+            "kube_control_plane": [],
+            "kube_node": [],
+            "swarm_manager": [],
+            "swarm_worker": [],
+        }
+        for node in self.nodes:
+            groups[group_of(self.engine, node.role)].append(node.name)
+        return groups
+
+
+def group_of(engine: str, role: str) -> str:
+    if engine == "kubernetes":
+        return "kube_control_plane" if role == "control_plane" else "kube_node"
+    return "swarm_manager" if role == "manager" else "swarm_worker"
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read the cluster spec {path}: {exc.strerror}; check the --config path") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"the cluster spec {path} is not valid YAML{where}; fix the syntax there") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"the cluster spec {path} must be a YAML mapping of settings (name:, nodes:, ...)")
+    return data
+
+
+def build_spec(file_data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> ClusterSpec:
+    """Merge defaults, the file and the flags (flags win), validate, and plan names and addresses."""
+    raw: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    for source in (file_data or {}, {k: v for k, v in (overrides or {}).items() if v is not None}):
+        unknown = sorted(set(source) - KNOWN_KEYS)
+        if unknown:
+            raise SpecError(f"unknown spec field '{unknown[0]}'; valid fields are: {', '.join(sorted(KNOWN_KEYS))}")
+        for key, value in source.items():
+            if key == "versions":
+                if not isinstance(value, dict):
+                    raise SpecError("spec field 'versions' must be a mapping such as {kubernetes: '1.36'}")
+                bad = sorted(set(value) - VERSION_KEYS)
+                if bad:
+                    raise SpecError(
+                        f"unknown version key '{bad[0]}'; valid keys are: {', '.join(sorted(VERSION_KEYS))}"
+                    )
+                raw["versions"].update({k: str(v) for k, v in value.items()})
+            else:
+                raw[key] = value
+    return _validate(raw)
+
+
+def _choice(raw: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = raw[key]
+    if value not in choices:
+        raise SpecError(f"{key} '{value}' is not supported; use one of: {', '.join(choices)}")
+    return str(value)
+
+
+def _int(raw: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value))
+        except ValueError:
+            raise SpecError(f"{key} must be a whole number between {low} and {high}, not '{raw[key]}'") from None
+    if not low <= value <= high:
+        raise SpecError(f"{key} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _network(raw: dict[str, Any], key: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(str(raw[key]), strict=True)
+    except ValueError:
+        raise SpecError(
+            f"{key} '{raw[key]}' is not a valid IPv4 network in CIDR form with its host bits clear, e.g. 10.244.0.0/16"
+        ) from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise SpecError(f"{key} '{raw[key]}' must be an IPv4 network")
+    return net
+
+
+def _validate(raw: dict[str, Any]) -> ClusterSpec:
+    name = str(raw["name"])
+    if not NAME_RE.match(name):
+        raise SpecError(
+            f"name '{name}' is invalid; use 1-31 lowercase letters, digits and dashes, starting with a letter"
+        )
+    provider = _choice(raw, "provider", PROVIDERS)
+    engine = _choice(raw, "engine", ENGINES)
+    runtime = _choice(raw, "runtime", RUNTIMES)
+    runtime_source = _choice(raw, "runtime_source", RUNTIME_SOURCES)
+    if engine == "swarm" and runtime != "docker":
+        raise SpecError("engine swarm needs runtime docker; set runtime: docker (or drop --runtime)")
+    if runtime_source == "offline" and not raw["offline_dir"]:
+        raise SpecError("runtime_source offline needs offline_dir: a directory holding the packages")
+    cpus = _int(raw, "cpus", 1, 64)
+    memory = _int(raw, "memory", 512, 262144)
+    managers = _int(raw, "managers", 1, 7)
+    if managers % 2 == 0:
+        raise SpecError(f"managers must be an odd number (1, 3, 5) to keep a Raft quorum, not {managers}")
+
+    network = _network(raw, "network")
+    pod = _network(raw, "pod_cidr")
+    service = _network(raw, "service_cidr")
+    named = {"network": network, "pod_cidr": pod, "service_cidr": service}
+    keys = list(named)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if named[a].overlaps(named[b]):
+                raise SpecError(
+                    f"{a} {named[a]} overlaps {b} {named[b]}; choose non-overlapping ranges "
+                    f"(defaults: network 192.168.56.0/24, pod_cidr 10.244.0.0/16, service_cidr 10.96.0.0/12)"
+                )
+    if network.prefixlen > 28:
+        raise SpecError(f"network {network} is too small; use a /24 such as 192.168.56.0/24")
+
+    nodes = _plan_nodes(raw["nodes"], engine, managers, network, raw.get("labels") or {})
+    versions = {k: str(v) for k, v in raw["versions"].items()}
+    if not re.match(r"^1\.\d+(\.\d+)?$", versions["kubernetes"]):
+        raise SpecError(
+            f"versions.kubernetes '{versions['kubernetes']}' must be a minor such as 1.36 or a patch such as 1.36.2"
+        )
+    return ClusterSpec(
+        name=name,
+        provider=provider,
+        box=str(raw["box"]),
+        image=str(raw["image"] or ""),
+        cpus=cpus,
+        memory=memory,
+        network=str(network),
+        pod_cidr=str(pod),
+        service_cidr=str(service),
+        engine=engine,
+        managers=managers,
+        runtime=runtime,
+        runtime_source=runtime_source,
+        offline_dir=str(raw["offline_dir"] or ""),
+        versions=versions,
+        nodes=nodes,
+        stack=str(raw["stack"] or ""),
+    )
+
+
+def _plan_nodes(
+    nodes: Any, engine: str, managers: int, network: ipaddress.IPv4Network, labels: Any
+) -> tuple[Node, ...]:
+    if not isinstance(labels, dict):
+        raise SpecError("labels must map node names to {key: value} mappings")
+    entries: list[tuple[str, str]] = []
+    lead_role, lead_prefix = ("control_plane", "cp") if engine == "kubernetes" else ("manager", "manager")
+    roles = KUBE_ROLES if engine == "kubernetes" else SWARM_ROLES
+    if isinstance(nodes, list):
+        if not nodes:
+            raise SpecError("nodes is an empty list; give at least one node, e.g. nodes: 3")
+        for i, item in enumerate(nodes):
+            if not isinstance(item, dict) or "name" not in item:
+                raise SpecError(
+                    f"nodes[{i}] must be a mapping with name and role, e.g. {{name: cp1, role: {lead_role}}}"
+                )
+            role = str(item.get("role", "worker"))
+            if role not in roles:
+                raise SpecError(
+                    f"nodes[{i}] role '{role}' is not valid for engine {engine}; use one of: {', '.join(roles)}"
+                )
+            entries.append((str(item["name"]), role))
+        if not any(role == lead_role for _, role in entries):
+            raise SpecError(f"nodes has no {lead_role}; give the first node role {lead_role}")
+    else:
+        count = nodes
+        if isinstance(count, bool) or not isinstance(count, int):
+            try:
+                count = int(str(count))
+            except ValueError:
+                raise SpecError(f"nodes must be a count such as 3 or a list of nodes, not '{nodes}'") from None
+        if count < 1:
+            raise SpecError(
+                f"nodes must be at least 1 (got {count}); e.g. --nodes 3 for a control plane and two workers"
+            )
+        if count > MAX_NODES:
+            raise SpecError(f"nodes must be at most {MAX_NODES} (got {count})")
+        leads = 1 if engine == "kubernetes" else min(managers, count)
+        if engine == "swarm" and managers > count:
+            raise SpecError(f"managers ({managers}) cannot exceed nodes ({count}); lower --managers or add nodes")
+        entries = [(f"{lead_prefix}{i + 1}", lead_role) for i in range(leads)]
+        entries += [(f"worker{i + 1}", "worker") for i in range(count - leads)]
+    # Control plane / managers first so that they take .10, .11 ...
+    entries.sort(key=lambda e: 0 if e[1] == lead_role else 1)
+    names = [n for n, _ in entries]
+    for n in names:
+        if not NODE_NAME_RE.match(n):
+            raise SpecError(f"node name '{n}' is invalid; use lowercase letters, digits and dashes")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"node name '{dupes[0]}' is used twice; give every node its own name")
+    unknown_labels = sorted(set(labels) - set(names))
+    if unknown_labels:
+        raise SpecError(
+            f"labels name node '{unknown_labels[0]}', which is not in nodes; use one of: {', '.join(names)}"
+        )
+    hosts = list(network.hosts())
+    if FIRST_HOST_OFFSET - 1 + len(entries) > len(hosts):
+        raise SpecError(
+            f"network {network} has room for {len(hosts) - FIRST_HOST_OFFSET + 1} nodes from .{FIRST_HOST_OFFSET}; use a larger network"
+        )
+    planned = []
+    for i, (n, role) in enumerate(entries):
+        node_labels = labels.get(n) or {}
+        if not isinstance(node_labels, dict):
+            raise SpecError(f"labels.{n} must be a mapping of label names to values")
+        planned.append(
+            Node(
+                name=n,
+                role=role,
+                ip=str(hosts[FIRST_HOST_OFFSET - 1 + i]),
+                labels={str(k): str(v) for k, v in node_labels.items()},
+            )
+        )
+    return tuple(planned)
+
+
+def load_spec_file_or_empty(path: Path | None) -> dict[str, Any]:
+    return load_file(path) if path is not None else {}

@@ -1,0 +1,160 @@
+"""Vagrant, wrapped: one module that runs it and parses what it prints.
+
+Parsers are pure functions fed with saved output in the unit tests. `vagrant status` goes through
+python-vagrant (its machine-readable parser); everything that can fail loudly goes through
+provisioner.proc so that no failure is swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import vagrant as python_vagrant
+
+from provisioner import proc
+from provisioner.errors import ProvisionError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Providers that Vagrant can bring up several machines of at once.
+PARALLEL_PROVIDERS = {"docker", "libvirt"}
+
+
+@dataclass(frozen=True)
+class SshInfo:
+    host: str
+    hostname: str
+    port: int
+    user: str
+    identity_file: str
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    name: str
+    state: str  # running, stopped, not_created, ...
+    provider: str
+
+
+def parse_ssh_config(text: str) -> dict[str, SshInfo]:
+    """Parse `vagrant ssh-config` output (one `Host` block per machine)."""
+    blocks: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        value = value.strip().strip('"')
+        if key == "Host":
+            current = {}
+            blocks[value] = current
+        elif current is not None:
+            current.setdefault(key, value)
+    result = {}
+    for host, opts in blocks.items():
+        try:
+            result[host] = SshInfo(
+                host=host,
+                hostname=opts["HostName"],
+                port=int(opts.get("Port", "22")),
+                user=opts.get("User", "vagrant"),
+                identity_file=opts.get("IdentityFile", ""),
+            )
+        except KeyError as exc:
+            raise ProvisionError(f"vagrant ssh-config gave no {exc.args[0]} for {host}; run `vagrant status`") from exc
+    return result
+
+
+UP_LINE = re.compile(r"^==> (?P<node>[\w.-]+): (?P<msg>.*)$")
+
+
+def parse_progress_line(line: str) -> tuple[str, str] | None:
+    """`==> cp1: Creating the container...` -> ("cp1", "Creating the container...")."""
+    match = UP_LINE.match(line.strip())
+    if not match:
+        return None
+    return match.group("node"), match.group("msg")
+
+
+class Vagrant:
+    def __init__(self, provision_dir: Path, provider: str) -> None:
+        self.provision_dir = provision_dir
+        self.provider = provider
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "VAGRANT_CWD": str(REPO_ROOT),
+                "VAGRANT_DOTFILE_PATH": str(self.provision_dir / "vagrant"),
+                "PROVISION_DIR": str(self.provision_dir),
+                "VAGRANT_DEFAULT_PROVIDER": self.provider,
+                "VAGRANT_NO_COLOR": "1",
+                "VAGRANT_CHECKPOINT_DISABLE": "1",
+                "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1",
+            }
+        )
+        return env
+
+    def up(self, nodes: list[str], log_file: Path, on_line: Callable[[str], None] | None = None) -> None:
+        cmd = ["vagrant", "up", "--provider", self.provider]
+        cmd.append("--parallel" if self.provider in PARALLEL_PROVIDERS else "--no-parallel")
+        cmd += nodes
+        rc = proc.stream(cmd, env=self.env, cwd=REPO_ROOT, log_file=log_file, on_line=on_line)
+        if rc != 0:
+            raise ProvisionError(
+                f"vagrant up failed (exit {rc}): {last_error(log_file)}; fix that and run `up` again",
+                log_path=str(log_file),
+            )
+
+    def destroy(self, log_file: Path, nodes: list[str] | None = None) -> None:
+        rc = proc.stream(["vagrant", "destroy", "-f", *(nodes or [])], env=self.env, cwd=REPO_ROOT, log_file=log_file)
+        if rc != 0:
+            raise ProvisionError(f"vagrant destroy failed (exit {rc}): {last_error(log_file)}", log_path=str(log_file))
+
+    def status(self) -> list[MachineStatus]:
+        proc.require_tool("vagrant")
+        client = python_vagrant.Vagrant(root=str(REPO_ROOT), env=self.env, quiet_stderr=False)
+        try:
+            statuses = client.status()
+        except subprocess.CalledProcessError as exc:
+            raise ProvisionError(
+                f"vagrant status failed (exit {exc.returncode}); run `vagrant status` to see why"
+            ) from exc
+        return [MachineStatus(s.name, s.state or "unknown", s.provider or self.provider) for s in statuses]
+
+    def ssh_config(self, nodes: list[str] | None = None) -> dict[str, SshInfo]:
+        result = proc.run(
+            ["vagrant", "ssh-config", *(nodes or [])], env=self.env, cwd=REPO_ROOT, what="vagrant ssh-config"
+        )
+        return parse_ssh_config(result.stdout)
+
+    def ssh_exec_args(self, node: str) -> list[str]:
+        return ["vagrant", "ssh", node]
+
+    def exec_env(self) -> Mapping[str, str]:
+        return self.env
+
+
+ERROR_HINTS = re.compile(r"(error|failed|refused|cannot|could not|not found|denied)", re.IGNORECASE)
+
+
+def last_error(log_file: Path) -> str:
+    """The most telling line near the end of a Vagrant log."""
+    try:
+        lines = [ln.strip() for ln in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    for line in reversed(lines[-40:]):
+        if ERROR_HINTS.search(line):
+            return line
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,142 @@
+"""`provision.py verify`: the testinfra suites under tests/infra against the generated inventory,
+summarised as one table row per node."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner.ansible import ansible_env
+from provisioner.errors import ProvisionError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INFRA = REPO_ROOT / "tests" / "infra"
+# Stage -> testinfra module that checks it.
+SUITES = {
+    "prepare": "test_prepare.py",
+    "runtime": "test_runtime.py",
+    "join": "test_kubernetes.py",
+    "swarm": "test_swarm.py",
+}
+
+
+@dataclass
+class CheckResult:
+    node: str
+    check: str
+    outcome: str  # passed | failed | skipped
+    message: str = ""
+
+
+@dataclass
+class Report:
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if r.outcome == "failed"]
+
+    def table(self, nodes: list[str]) -> str:
+        checks: list[str] = []
+        for r in self.results:
+            if r.check not in checks:
+                checks.append(r.check)
+        cells: dict[tuple[str, str], list[str]] = {}
+        for r in self.results:
+            cells.setdefault((r.node, r.check), []).append(r.outcome)
+        width = max([len(n) for n in nodes] + [4])
+        lines = []
+        for check in checks:
+            row = [f"{check:<40}"]
+            for node in nodes:
+                outcomes = cells.get((node, check))
+                row.append(f"{_cell(outcomes):<{width}}")
+            lines.append("  ".join(row))
+        header = "  ".join([f"{'check':<40}"] + [f"{n:<{width}}" for n in nodes])
+        return "\n".join([header, "-" * len(header), *lines])
+
+
+def _cell(outcomes: list[str] | None) -> str:
+    if not outcomes:
+        return "-"
+    if "failed" in outcomes:
+        return "FAIL"
+    if all(o == "skipped" for o in outcomes):
+        return "skip"
+    n = outcomes.count("passed")
+    return f"ok({n})" if n > 1 else "ok"
+
+
+def split_testcase(name: str, nodes: list[str]) -> tuple[str, str]:
+    """`test_sysctl[ansible://cp1-net.ipv4.ip_forward]` -> ("cp1", "sysctl net.ipv4.ip_forward")."""
+    func, _, params = name.partition("[")
+    params = params.rstrip("]")
+    base = func.removeprefix("test_")
+    if params.startswith("ansible://"):
+        rest = params.removeprefix("ansible://")
+        for node in sorted(nodes, key=len, reverse=True):
+            if rest == node or rest.startswith(node + "-"):
+                extra = rest[len(node) + 1 :]
+                return node, f"{base} {extra}".strip()
+    return "", f"{base} {params}".strip()
+
+
+def parse_junit(path: Path, nodes: list[str]) -> Report:
+    report = Report()
+    root = ET.parse(path).getroot()
+    for case in root.iter("testcase"):
+        node, check = split_testcase(case.get("name", ""), nodes)
+        outcome, message = "passed", ""
+        for tag in ("failure", "error"):
+            el = case.find(tag)
+            if el is not None:
+                text = (el.get("message") or el.text or "").strip()
+                outcome, message = "failed", (text.splitlines() or [""])[0]
+        el = case.find("skipped")
+        if el is not None:
+            outcome, message = "skipped", el.get("message") or ""
+        report.results.append(CheckResult(node or "(cluster)", check, outcome, message))
+    return report
+
+
+def run_verify(
+    inventory: Path, provision_dir: Path, finished_stages: list[str], nodes: list[str]
+) -> tuple[Report, Path]:
+    modules = [INFRA / SUITES[s] for s in finished_stages if s in SUITES and (INFRA / SUITES[s]).exists()]
+    if not modules:
+        raise ProvisionError("nothing to verify yet: no finished stage has a testinfra suite; run `up` first")
+    junit = provision_dir / "verify.xml"
+    logf = provision_dir / "logs" / "verify.log"
+    logf.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rs",
+        "--color=no",
+        f"--ansible-inventory={inventory}",
+        "--connection=ansible",
+        f"--junitxml={junit}",
+        *[str(m) for m in modules],
+    ]
+    with logf.open("w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        rc = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=ansible_env(provision_dir), stdout=out, stderr=subprocess.STDOUT, check=False
+        ).returncode
+    if not junit.exists():
+        raise ProvisionError(f"the testinfra run produced no report (exit {rc})", log_path=str(logf))
+    report = parse_junit(junit, nodes)
+    if rc not in (0, 1) and not report.results:
+        raise ProvisionError(f"the testinfra run failed to start (exit {rc})", log_path=str(logf))
+    return report, logf
