@@ -303,7 +303,7 @@ def select_node_ip(facts: Mapping[str, Any], network_cidr: str, node_ip: object 
 
 def _network(cidr: object, name: str) -> ipaddress.IPv4Network:
     try:
-        return ipaddress.IPv4Network(str(cidr).strip(), strict=True)
+        return ipaddress.IPv4Network(str(cidr).strip(), strict=False)
     except ValueError as exc:
         raise KubeConfigError(f'{name} "{cidr}" is not an IPv4 network in CIDR form ({exc})') from None
 

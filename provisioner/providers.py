@@ -71,7 +71,7 @@ def choose(requested: str) -> Choice:
                 exit_code=3,
             )
         return Choice(requested, why)
-    reasons = []
+    reasons: list[str] = []
     for name in ("virtualbox", "libvirt", "docker"):
         ok, why = CHECKS[name]()
         if ok:

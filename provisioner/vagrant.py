@@ -123,9 +123,9 @@ class Vagrant:
 
     def status(self) -> list[MachineStatus]:
         proc.require_tool("vagrant")
-        client = python_vagrant.Vagrant(root=str(REPO_ROOT), env=self.env, quiet_stderr=False)
+        client = python_vagrant.Vagrant(root=str(REPO_ROOT), env=self.env, quiet_stderr=False)  # type: ignore[no-untyped-call]  # python-vagrant has no hints
         try:
-            statuses = client.status()
+            statuses = client.status()  # type: ignore[no-untyped-call]
         except subprocess.CalledProcessError as exc:
             raise ProvisionError(
                 f"vagrant status failed (exit {exc.returncode}); run `vagrant status` to see why"

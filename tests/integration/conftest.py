@@ -1,0 +1,101 @@
+"""Helpers for the tests that bring real docker-provider nodes up.
+
+Every cluster here lives in its own state directory, with its own name and node network, and is
+destroyed at the end even when a test fails. Traffic goes only to these nodes (via loopback ports).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def docker_ready() -> str:
+    """Empty when a Docker daemon, Vagrant and mmdebstrap are usable; else the reason."""
+    for tool in ("docker", "vagrant", "mmdebstrap"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (run scripts/setup.sh)"
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
+        return "the Docker daemon does not answer (run scripts/setup.sh)"
+    return ""
+
+
+@dataclass
+class Cluster:
+    root: Path
+    name: str
+    network: str
+
+    def run(self, *args: str, timeout: float = 1500, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "provision.py"), "--dir", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"provision.py {' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\n"
+                f"STDERR:\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "provision.py"), "--dir", str(self.root), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory" / "hosts.yml"
+
+    def timings(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.root / "timings.json").read_text())
+        return data
+
+    def containers(self) -> list[str]:
+        out = subprocess.run(
+            ["docker", "ps", "-a", "--filter", f"label=org.provisioner.cluster={self.name}", "--format", "{{.Names}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return sorted(out.stdout.split())
+
+    def docker_network_exists(self) -> bool:
+        out = subprocess.run(
+            ["docker", "network", "ls", "--format", "{{.Name}}"], capture_output=True, text=True, check=True
+        )
+        return f"vagrant_network_{self.network}" in out.stdout.split()
+
+    def force_cleanup(self) -> None:
+        self.run("destroy", "-f", check=False, timeout=300)
+        for c in self.containers():
+            subprocess.run(["docker", "rm", "-f", c], capture_output=True, check=False)
+
+
+def make_cluster(tmp_path_factory: pytest.TempPathFactory, name: str, network: str) -> Iterator[Cluster]:
+    reason = docker_ready()
+    if reason:
+        pytest.skip(reason)
+    cluster = Cluster(tmp_path_factory.mktemp(name) / "ws", name, network)
+    cluster.force_cleanup()
+    try:
+        yield cluster
+    finally:
+        cluster.force_cleanup()

@@ -1,0 +1,138 @@
+"""End to end on real docker-provider nodes: orchestrator, Vagrant, inventory, Ansible stages and
+testinfra together, with the swarm engine (the one cluster this machine can form completely).
+
+The tests run in file order against one cluster; each step builds on the previous one.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import REPO, Cluster, make_cluster
+
+pytestmark = pytest.mark.integration
+
+NAME = "it-swarm"
+NETWORK = "192.168.157.0/24"
+IPS = {"manager1": "192.168.157.10", "worker1": "192.168.157.11", "worker2": "192.168.157.12"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from make_cluster(tmp_path_factory, NAME, NETWORK)
+
+
+def _status_rows(text: str) -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s+(\S+)\s+(manager|worker|control_plane)\s+(\S+)\s+(\S+)", line)
+        if m:
+            rows[m.group(1)] = (m.group(3), m.group(4))
+    return rows
+
+
+def test_up_from_clean_state(cluster: Cluster) -> None:
+    proc = cluster.run("up", "--nodes", "3", "--engine", "swarm", "--name", NAME, "--network", NETWORK)
+    out = proc.stdout
+    for stage in ("machines", "stage prepare", "stage runtime", "stage swarm", "verify (testinfra)"):
+        assert f"==> {stage}" in out, out
+    assert "all checks passed" in out
+    for node, ip in IPS.items():
+        assert re.search(rf"{node}\s+\S+\s+{re.escape(ip)}", out)
+    assert "FAIL" not in out
+
+
+def test_status_shows_running_nodes_with_planned_ips(cluster: Cluster) -> None:
+    proc = cluster.run("status")
+    rows = _status_rows(proc.stdout)
+    assert rows == {node: (ip, "running") for node, ip in IPS.items()}
+    assert re.search(r"swarm\s+done", proc.stdout)
+
+
+def test_nodes_reachable_over_ssh_through_generated_inventory(cluster: Cluster) -> None:
+    ping = subprocess.run(
+        [str(REPO / ".venv/bin/ansible"), "all", "-i", str(cluster.inventory), "-m", "ansible.builtin.ping", "-o"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert sorted(re.findall(r"^(\S+) \| SUCCESS", ping.stdout, re.M)) == sorted(IPS)
+    proc = cluster.run("exec", "--", "ip", "-4", "-o", "addr", "show")
+    for node, ip in IPS.items():
+        assert re.search(rf"^\[{node}\s*\] .*inet {re.escape(ip)}/24", proc.stdout, re.M), proc.stdout
+    assert "3 of 3 hosts succeeded" in proc.stdout
+
+
+def test_exec_fails_when_any_host_fails(cluster: Cluster) -> None:
+    proc = cluster.run("exec", "--group", "swarm_worker", "--", "test", "$(hostname)", "=", "worker1", check=False)
+    assert proc.returncode == 1
+    assert "[worker2] exit 1" in proc.stdout and "1 of 2 hosts succeeded" in proc.stdout
+
+
+def test_second_up_changes_nothing(cluster: Cluster) -> None:
+    proc = cluster.run("up")
+    changed = cluster.timings()["changed"]
+    assert isinstance(changed, dict)
+    assert set(changed) == {"prepare", "runtime", "swarm"}
+    assert all(v == 0 for v in changed.values()), changed
+    assert "all checks passed" in proc.stdout
+
+
+def test_join_tokens_never_reach_the_host(cluster: Cluster) -> None:
+    proc = cluster.run(
+        "exec", "--group", "swarm_manager", "--sudo", "--", "docker", "swarm", "join-token", "-q", "worker"
+    )
+    token = proc.stdout.split("] ", 1)[1].split()[0]
+    assert token.startswith("SWMTKN-")
+    leaks = [p for p in cluster.root.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_node_stopped_mid_run_is_named_and_up_resumes(cluster: Cluster) -> None:
+    victim = f"{NAME}-worker2"
+    runner = cluster.popen("up")
+    log = cluster.root / "logs" / "prepare.log"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not log.exists():
+        time.sleep(0.5)
+    subprocess.run(["docker", "stop", "-t", "2", victim], capture_output=True, check=True)
+    out, err = runner.communicate(timeout=900)
+    assert runner.returncode != 0, out
+    assert "worker2" in err and "unreachable" in err, err
+    assert "log: " in err
+    proc = cluster.run("up")
+    assert "all checks passed" in proc.stdout
+    assert _status_rows(cluster.run("status").stdout)["worker2"] == (IPS["worker2"], "running")
+
+
+def test_node_destroyed_outside_is_noticed_and_recreated(cluster: Cluster) -> None:
+    subprocess.run(["docker", "rm", "-f", f"{NAME}-worker1"], capture_output=True, check=True)
+    status = cluster.run("status", check=False)
+    assert status.returncode == 1
+    assert "missing" in status.stdout and "worker1" in status.stdout
+    proc = cluster.run("up")
+    assert "created worker1" in proc.stdout
+    assert "all checks passed" in proc.stdout
+
+
+def test_adding_nodes_leaves_the_others_alone(cluster: Cluster) -> None:
+    proc = cluster.run("up", "--nodes", "4")
+    assert "created worker3" in proc.stdout
+    assert "all checks passed" in proc.stdout
+    rows = _status_rows(cluster.run("status").stdout)
+    assert rows["worker3"] == ("192.168.157.13", "running")
+
+
+def test_destroy_leaves_nothing_behind(cluster: Cluster) -> None:
+    cluster.run("destroy", "-f")
+    assert cluster.containers() == []
+    assert not cluster.docker_network_exists()
+    assert not Path(cluster.root).exists()

@@ -1,0 +1,59 @@
+"""The CLI's error path: one clear sentence, a non-zero exit, nothing created."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "provision.py"), "--dir", str(tmp_path / "ws"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["up", "--nodes", "0"], "nodes must be at least 1"),
+        (["up", "--provider", "hyperv"], "provider 'hyperv' is not supported"),
+        (["up", "--pod-cidr", "10.96.0.0/16"], "pod_cidr 10.96.0.0/16 overlaps service_cidr 10.96.0.0/12"),
+        (["up", "--network", "10.244.1.0/24"], "network 10.244.1.0/24 overlaps pod_cidr 10.244.0.0/16"),
+        (["plan", "--engine", "swarm", "--managers", "2"], "managers must be an odd number"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_sentence_and_creates_nothing(
+    args: list[str], fragment: str, tmp_path: Path
+) -> None:
+    proc = _run(args, tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "ws").exists()
+
+
+def test_commands_without_a_cluster(tmp_path: Path) -> None:
+    proc = _run(["status"], tmp_path)
+    assert proc.returncode == 1 and "no cluster here" in proc.stderr
+    proc = _run(["destroy", "-f"], tmp_path)
+    assert proc.returncode == 0 and "nothing to destroy" in proc.stdout
+
+
+def test_plan_prints_the_network_plan(tmp_path: Path) -> None:
+    proc = _run(["plan", "--nodes", "4", "--provider", "docker", "--network", "192.168.99.0/24"], tmp_path)
+    if proc.returncode == 3:
+        pytest.skip(f"docker daemon not available: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert "worker3       worker         kube_node           192.168.99.13" in proc.stdout
+    assert not (tmp_path / "ws").exists()

@@ -1,0 +1,93 @@
+"""Cluster spec: merging, validation and the node/network plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner.errors import SpecError
+from provisioner.spec import ClusterSpec, build_spec, load_file
+
+
+def test_defaults_plan_classic_lab() -> None:
+    spec = build_spec()
+    assert [(n.name, n.role, n.ip) for n in spec.nodes] == [
+        ("cp1", "control_plane", "192.168.56.10"),
+        ("worker1", "worker", "192.168.56.11"),
+        ("worker2", "worker", "192.168.56.12"),
+    ]
+    assert spec.pod_cidr == "10.244.0.0/16"
+    assert spec.service_cidr == "10.96.0.0/12"
+    assert spec.groups()["kube_control_plane"] == ["cp1"]
+    assert spec.groups()["kube_node"] == ["worker1", "worker2"]
+
+
+def test_flags_override_file() -> None:
+    spec = build_spec({"nodes": 2, "engine": "swarm"}, {"nodes": 5, "managers": 3})
+    assert [n.name for n in spec.nodes] == ["manager1", "manager2", "manager3", "worker1", "worker2"]
+    assert spec.groups()["swarm_manager"] == ["manager1", "manager2", "manager3"]
+    assert spec.nodes[-1].ip == "192.168.56.14"
+
+
+def test_explicit_node_list_puts_control_plane_first() -> None:
+    spec = build_spec({"nodes": [{"name": "w", "role": "worker"}, {"name": "boss", "role": "control_plane"}]})
+    assert [(n.name, n.ip) for n in spec.nodes] == [("boss", "192.168.56.10"), ("w", "192.168.56.11")]
+
+
+def test_roundtrip_through_dict() -> None:
+    spec = build_spec({"labels": {"worker1": {"zone": "a"}}})
+    again = ClusterSpec.from_dict(spec.to_dict())
+    assert again == spec
+    assert again.nodes[1].labels == {"zone": "a"}
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"nodes": 0}, "nodes must be at least 1"),
+        ({"nodes": "three"}, "nodes must be a count"),
+        ({"provider": "hyperv"}, "provider 'hyperv' is not supported"),
+        ({"engine": "nomad"}, "engine 'nomad' is not supported"),
+        ({"pod_cidr": "192.168.0.0/16"}, "network 192.168.56.0/24 overlaps pod_cidr 192.168.0.0/16"),
+        ({"service_cidr": "10.244.0.0/12"}, "is not a valid IPv4 network"),
+        ({"service_cidr": "10.240.0.0/12"}, "pod_cidr 10.244.0.0/16 overlaps service_cidr 10.240.0.0/12"),
+        ({"network": "not-a-net"}, "network 'not-a-net' is not a valid IPv4 network"),
+        ({"managers": 2, "engine": "swarm"}, "managers must be an odd number"),
+        ({"engine": "swarm", "nodes": 1, "managers": 3}, "managers (3) cannot exceed nodes (1)"),
+        ({"colour": "blue"}, "unknown spec field 'colour'"),
+        ({"name": "Bad_Name"}, "name 'Bad_Name' is invalid"),
+        ({"nodes": [{"name": "a", "role": "worker"}]}, "nodes has no control_plane"),
+        ({"nodes": [{"name": "a", "role": "control_plane"}, {"name": "a", "role": "worker"}]}, "used twice"),
+        ({"labels": {"ghost": {"a": "b"}}}, "labels name node 'ghost'"),
+        ({"versions": {"kubernetes": "latest"}}, "versions.kubernetes 'latest'"),
+        ({"engine": "swarm", "runtime": "containerd"}, "engine swarm needs runtime docker"),
+        ({"nodes": 60}, "nodes must be at most 50"),
+        ({"network": "192.168.56.0/29"}, "too small"),
+    ],
+)
+def test_bad_specs_are_refused_with_one_sentence(data: dict[str, object], fragment: str) -> None:
+    with pytest.raises(SpecError) as info:
+        build_spec(data)
+    assert fragment in info.value.message
+    assert "\n" not in info.value.message
+    assert info.value.exit_code == 2
+
+
+def test_load_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("nodes: [1, 2\n")
+    with pytest.raises(SpecError, match="not valid YAML at line"):
+        load_file(bad)
+    listy = tmp_path / "list.yml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_file(listy)
+    with pytest.raises(SpecError, match="cannot read the cluster spec"):
+        load_file(tmp_path / "missing.yml")
+
+
+def test_runtime_source_auto_depends_on_provider() -> None:
+    assert build_spec({"provider": "docker"}).effective_runtime_source == "distro"
+    assert build_spec({"provider": "libvirt"}).effective_runtime_source == "upstream"
+    assert build_spec({"provider": "docker", "runtime_source": "upstream"}).effective_runtime_source == "upstream"

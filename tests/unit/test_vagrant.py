@@ -1,0 +1,56 @@
+"""Parsers of Vagrant's output, fed with saved output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner.errors import ProvisionError
+from provisioner.vagrant import last_error, parse_progress_line, parse_ssh_config
+
+SSH_CONFIG = """Host cp1
+  HostName 127.0.0.1
+  User vagrant
+  Port 2200
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /work/.provision/vagrant/machines/cp1/docker/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+
+Host worker1
+  HostName 192.168.121.7
+  User vagrant
+  Port 22
+  IdentityFile "/home/u/my dir/private_key"
+"""
+
+
+def test_parse_ssh_config() -> None:
+    info = parse_ssh_config(SSH_CONFIG)
+    assert set(info) == {"cp1", "worker1"}
+    assert (info["cp1"].hostname, info["cp1"].port, info["cp1"].user) == ("127.0.0.1", 2200, "vagrant")
+    assert info["cp1"].identity_file.endswith("cp1/docker/private_key")
+    assert info["worker1"].identity_file == "/home/u/my dir/private_key"
+    assert info["worker1"].port == 22
+
+
+def test_parse_ssh_config_without_hostname_is_an_error() -> None:
+    with pytest.raises(ProvisionError, match="no HostName for cp1"):
+        parse_ssh_config("Host cp1\n  User vagrant\n")
+
+
+def test_progress_lines() -> None:
+    assert parse_progress_line("==> worker2: Creating the container...") == ("worker2", "Creating the container...")
+    assert parse_progress_line("    worker2: Name: lab-worker2") is None
+
+
+def test_last_error_prefers_error_lines(tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    log.write_text("==> cp1: Creating\nStderr: Error response from daemon: Address already in use\nsome tail\n")
+    assert "Address already in use" in last_error(log)
+    assert last_error(tmp_path / "missing.log") == "no output"
