@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Benchmark of `up` on the docker provider with the swarm engine; prints its figures.
+
+    .venv/bin/python bench/bench.py            # cold N=3, warm rerun, N=1/3/6
+    .venv/bin/python bench/bench.py --quick    # cold N=3 and the warm rerun only
+
+Each cold run starts from nothing but the node image (built first if missing, not timed) and is
+destroyed afterwards. Targets (2-core machine): cold N=3 < 180 s, warm rerun < 30 s, N=6 < 1.6 x N=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "bench"
+NETWORK = "192.168.158.0/24"
+
+
+def provision(root: Path, *args: str) -> tuple[float, dict[str, object]]:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "provision.py"), "--dir", str(root), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    elapsed = time.monotonic() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
+        raise SystemExit(f"bench: provision.py {' '.join(args)} failed (exit {proc.returncode})")
+    timings_file = root / "timings.json"
+    timings: dict[str, object] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    return elapsed, timings
+
+
+def up_args(nodes: int) -> list[str]:
+    return ["up", "--nodes", str(nodes), "--engine", "swarm", "--name", NAME, "--network", NETWORK]
+
+
+def shares(timings: dict[str, object]) -> str:
+    stages = timings.get("stages", {})
+    total = float(timings.get("total_seconds", 0) or 0) or 1.0
+    assert isinstance(stages, dict)
+    return ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in stages.items())
+
+
+def cold(nodes: int, keep: bool = False) -> tuple[float, dict[str, object], Path]:
+    root = Path(tempfile.mkdtemp(prefix="provision-bench-")) / "ws"
+    elapsed, timings = provision(root, *up_args(nodes))
+    if not keep:
+        provision(root, "destroy", "-f")
+    return elapsed, timings, root
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="cold N=3 and warm rerun only")
+    args = parser.parse_args()
+    subprocess.run([sys.executable, str(REPO / "provision.py"), "image", "build"], check=True, cwd=REPO)
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {subprocess.getoutput('nproc')} cores, "
+        f"{subprocess.getoutput('free -g | awk "/Mem:/{print \\$2}"')} GiB, python {platform.python_version()}"
+    )
+
+    c3, t3, root = cold(3, keep=True)
+    print(f"cold up N=3 (image present): {c3:6.1f}s  [{shares(t3)}]")
+    warm, tw = provision(root, "up")
+    print(f"warm rerun N=3 (no change):  {warm:6.1f}s  [{shares(tw)}]")
+    provision(root, "destroy", "-f")
+    print(f"rerun/cold ratio:            {warm / c3:6.2f}   (target: rerun < 30 s; cold < 180 s)")
+    if args.quick:
+        return 0
+    c1, t1, _ = cold(1)
+    print(f"cold up N=1:                 {c1:6.1f}s  [{shares(t1)}]")
+    c6, t6, _ = cold(6)
+    print(f"cold up N=6:                 {c6:6.1f}s  [{shares(t6)}]")
+    print(f"N=6/N=1 ratio:               {c6 / c1:6.2f}   (target < 1.6)")
+    print(f"N=3 (this run) for scale:    {c3:6.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
