@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def up_args(nodes: int) -> list[str]:
 
 def shares(timings: dict[str, object]) -> str:
     stages = timings.get("stages", {})
-    total = float(timings.get("total_seconds", 0) or 0) or 1.0
+    total = float(str(timings.get("total_seconds") or 0)) or 1.0
     assert isinstance(stages, dict)
     return ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in stages.items())
 
