@@ -67,9 +67,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="cold N=3 and warm rerun only")
     args = parser.parse_args()
     subprocess.run([sys.executable, str(REPO / "provision.py"), "image", "build"], check=True, cwd=REPO)
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    osname = platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
     print(
-        f"machine: {platform.node()} {platform.machine()}, {subprocess.getoutput('nproc')} cores, "
-        f"{subprocess.getoutput('free -g | awk "/Mem:/{print \\$2}"')} GiB, python {platform.python_version()}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, {osname}, python {platform.python_version()}"
     )
 
     c3, t3, root = cold(3, keep=True)
