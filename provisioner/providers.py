@@ -59,6 +59,11 @@ def docker_usable() -> tuple[bool, str]:
 
 
 CHECKS = {"virtualbox": virtualbox_usable, "libvirt": libvirt_usable, "docker": docker_usable}
+FIXES = {
+    "virtualbox": "install VirtualBox with its kernel modules",
+    "libvirt": "install libvirt, qemu and vagrant-libvirt (scripts/setup-libvirt.sh) and start libvirtd",
+    "docker": "run scripts/setup.sh (it installs docker.io and starts dockerd)",
+}
 
 
 def choose(requested: str) -> Choice:
@@ -67,7 +72,7 @@ def choose(requested: str) -> Choice:
         ok, why = CHECKS[requested]()
         if not ok:
             raise ProvisionError(
-                f"provider {requested} is not usable here: {why}; install it or pick another with --provider",
+                f"provider {requested} is not usable here: {why}; {FIXES[requested]}, or pick another with --provider",
                 exit_code=3,
             )
         return Choice(requested, why)
