@@ -104,6 +104,7 @@ def ansible_env(provision_dir: Path, events: Path | None = None) -> dict[str, st
             "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
             "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "roles"),
             "ANSIBLE_CALLBACK_PLUGINS": str(REPO_ROOT / "callback_plugins"),
+            "ANSIBLE_FILTER_PLUGINS": str(REPO_ROOT / "filter_plugins"),
             "ANSIBLE_CALLBACKS_ENABLED": "provision_events,ansible.builtin.profile_tasks",
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_NOCOLOR": "1",

@@ -1,0 +1,231 @@
+"""Kubernetes stage checks (kube_packages, control_plane, cni, join), one row per node.
+
+Run: pytest tests/infra/test_kubernetes.py --ansible-inventory=INV --connection=ansible
+Cluster state is read with kubectl on the first control plane (as root, admin.conf); node-local
+checks run on each node. Every wait is bounded, and every failure names the node and the check.
+The workloads the checks start (a busybox pod per node, an nginx NodePort service) live in their
+own namespace, which is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+from provisioner import kubeconf
+
+testinfra_hosts = ["ansible://k8s_cluster"]
+
+KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+NAMESPACE = "provisioner-verify"
+NGINX_IMAGE = os.environ.get("KUBE_VERIFY_NGINX_IMAGE", "nginx:1.27-alpine")
+BUSYBOX_IMAGE = os.environ.get("KUBE_VERIFY_BUSYBOX_IMAGE", "busybox:1.36")
+ATTEMPTS = int(os.environ.get("KUBE_VERIFY_ATTEMPTS", "30"))
+DELAY = float(os.environ.get("KUBE_VERIFY_DELAY", "5"))
+
+T = TypeVar("T")
+
+
+def retry(check: Callable[[], T], what: str, attempts: int = ATTEMPTS, delay: float = DELAY) -> T:
+    """Call check until it stops raising AssertionError; re-raise the last one, naming `what`."""
+    last: AssertionError | None = None
+    for attempt in range(attempts):
+        try:
+            return check()
+        except AssertionError as exc:
+            last = exc
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+    raise AssertionError(f"{what}: still failing after {attempts} attempts ({attempts * delay:.0f} s): {last}")
+
+
+@pytest.fixture(scope="module")
+def inventory(request: pytest.FixtureRequest) -> str:
+    path = request.config.option.ansible_inventory
+    if not path:
+        pytest.skip("run with --ansible-inventory=INVENTORY --connection=ansible")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def control_plane(inventory: str) -> Any:
+    hosts = AnsibleRunner(inventory).get_hosts("kube_control_plane")
+    if not hosts:
+        pytest.skip("the inventory has no kube_control_plane host")
+    return testinfra.get_host(f"ansible://{hosts[0]}?ansible_inventory={inventory}")
+
+
+def kubectl(control_plane: Any, args: str) -> str:
+    with control_plane.sudo():
+        result = control_plane.run(f"{KUBECTL} {args}")
+    assert result.rc == 0, f"kubectl {args} failed (rc {result.rc}): {result.stderr.strip()[-500:]}"
+    return str(result.stdout)
+
+
+def kubectl_json(control_plane: Any, args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(kubectl(control_plane, f"{args} -o json"))
+    return data
+
+
+_NODE_IPS: dict[str, str] = {}
+
+
+def node_ip_of(host: Any) -> str:
+    """The node IP the roles chose: node_ip, else the address inside node_network_cidr (cached per host)."""
+    key = host.backend.get_pytest_id()
+    if key not in _NODE_IPS:
+        variables = host.ansible.get_variables()
+        setup = host.ansible("setup", "gather_subset=network", check=False)
+        facts = {k.removeprefix("ansible_"): v for k, v in setup.get("ansible_facts", {}).items()}
+        _NODE_IPS[key] = kubeconf.select_node_ip(
+            facts, str(variables.get("node_network_cidr", "192.168.56.0/24")), variables.get("node_ip", "")
+        )
+    return _NODE_IPS[key]
+
+
+def node_name_of(host: Any, control_plane: Any) -> str:
+    ip = node_ip_of(host)
+    names = [
+        name
+        for name, address in kubeconf.node_addresses(kubectl(control_plane, "get nodes -o json")).items()
+        if address == ip
+    ]
+    assert names, f"{host.backend.get_pytest_id()}: no Node has InternalIP {ip}"
+    return names[0]
+
+
+def test_kubelet_enabled_and_running(host: Any) -> None:
+    service = host.service("kubelet")
+    assert service.is_enabled, f"{host.backend.get_pytest_id()}: kubelet is not enabled"
+    retry(lambda: _assert(service.is_running, "kubelet is not running"), f"{host.backend.get_pytest_id()} kubelet")
+
+
+@pytest.mark.parametrize("package", ["kubeadm", "kubelet", "kubectl"])
+def test_binaries_match_kube_version(host: Any, package: str) -> None:
+    wanted = str(host.ansible.get_variables().get("kube_version", ""))
+    flag = {"kubeadm": "version -o short", "kubelet": "--version", "kubectl": "version --client -o json"}[package]
+    result = host.run(f"{package} {flag}")
+    assert result.rc == 0, f"{host.backend.get_pytest_id()}: `{package} {flag}` failed: {result.stderr.strip()[-300:]}"
+    out = result.stdout.strip()
+    version = json.loads(out)["clientVersion"]["gitVersion"] if package == "kubectl" else out.split()[-1]
+    if wanted:
+        assert kubeconf.installed_version_matches(wanted, version), (
+            f"{host.backend.get_pytest_id()}: {package} is {version}, kube_version is {wanted}"
+        )
+
+
+def test_node_ready(host: Any, control_plane: Any) -> None:
+    ip = node_ip_of(host)
+
+    def ready() -> None:
+        problems = kubeconf.node_problems(kubectl(control_plane, "get nodes -o json"), [ip])
+        assert not problems, "; ".join(problems)
+
+    retry(ready, f"{host.backend.get_pytest_id()} node-ready")
+
+
+def test_internal_ip_in_node_network_and_unique(host: Any, control_plane: Any) -> None:
+    cidr = ipaddress.IPv4Network(str(host.ansible.get_variables().get("node_network_cidr", "192.168.56.0/24")))
+    name = node_name_of(host, control_plane)
+    addresses = kubeconf.node_addresses(kubectl(control_plane, "get nodes -o json"))
+    mine = addresses[name]
+    assert ipaddress.IPv4Address(mine) in cidr, f"node {name}: InternalIP {mine} is outside node_network_cidr {cidr}"
+    assert mine != kubeconf.VAGRANT_NAT_ADDRESS, f"node {name}: InternalIP is the Vagrant NAT address"
+    others = [n for n, a in addresses.items() if a == mine and n != name]
+    assert not others, f"node {name}: InternalIP {mine} is shared with {', '.join(others)}"
+
+
+def test_calico_node_ready(host: Any, control_plane: Any) -> None:
+    name = node_name_of(host, control_plane)
+
+    def ready() -> None:
+        state = kubectl(control_plane, "get nodes,pods -n calico-system -o json")
+        problems = [p for p in kubeconf.calico_node_problems(state) if p.startswith(f"node {name}:")]
+        assert not problems, "; ".join(problems)
+
+    retry(ready, f"node {name} calico-node")
+
+
+def test_coredns_running(control_plane: Any) -> None:
+    def running() -> None:
+        pods = kubectl_json(control_plane, "get pods -n kube-system -l k8s-app=kube-dns")["items"]
+        ready = [
+            p["metadata"]["name"]
+            for p in pods
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in p["status"].get("conditions", []))
+        ]
+        assert pods, "no CoreDNS pods in kube-system"
+        assert ready, f"no CoreDNS pod is Ready ({', '.join(p['metadata']['name'] for p in pods)})"
+
+    retry(running, "cluster coredns")
+
+
+@pytest.fixture(scope="module")
+def workload(control_plane: Any) -> Iterator[dict[str, str]]:
+    """An nginx Deployment exposed as a NodePort in NAMESPACE; deleted (with the namespace) at the end."""
+    kubectl(control_plane, f"delete namespace {NAMESPACE} --ignore-not-found --wait=true --timeout=120s")
+    try:
+        kubectl(control_plane, f"create namespace {NAMESPACE}")
+        kubectl(control_plane, f"-n {NAMESPACE} create deployment nginx --image={NGINX_IMAGE} --replicas=2 --port=80")
+        kubectl(control_plane, f"-n {NAMESPACE} expose deployment nginx --type=NodePort --port=80")
+        kubectl(control_plane, f"-n {NAMESPACE} rollout status deployment/nginx --timeout={int(ATTEMPTS * DELAY)}s")
+        service = kubectl_json(control_plane, f"-n {NAMESPACE} get service nginx")
+        cluster_ip = kubectl(control_plane, "get service kubernetes -n default -o jsonpath={.spec.clusterIP}").strip()
+        yield {"node_port": str(service["spec"]["ports"][0]["nodePort"]), "kubernetes_ip": cluster_ip}
+    finally:
+        with control_plane.sudo():
+            control_plane.run(f"{KUBECTL} delete namespace {NAMESPACE} --ignore-not-found --wait=false")
+
+
+def test_dns_resolves_from_a_pod_on_the_node(host: Any, control_plane: Any, workload: dict[str, str]) -> None:
+    name = node_name_of(host, control_plane)
+    pod = f"dns-{name}"[:63].rstrip("-")
+    overrides = json.dumps({"spec": {"nodeName": name, "tolerations": [{"operator": "Exists"}]}})
+
+    def resolves() -> None:
+        with control_plane.sudo():
+            control_plane.run(f"{KUBECTL} -n {NAMESPACE} delete pod {pod} --ignore-not-found --wait=true")
+        out = kubectl(
+            control_plane,
+            f"-n {NAMESPACE} run {pod} --image={BUSYBOX_IMAGE} --restart=Never --rm -i --quiet "
+            f"--pod-running-timeout=120s --overrides={shlex.quote(overrides)} -- nslookup kubernetes.default",
+        )
+        assert workload["kubernetes_ip"] in out, f"nslookup kubernetes.default gave: {out.strip()[-300:]}"
+
+    retry(resolves, f"node {name} dns-from-pod", attempts=max(3, ATTEMPTS // 10), delay=DELAY)
+
+
+def test_nodeport_answers_on_the_node(host: Any, workload: dict[str, str]) -> None:
+    ip = node_ip_of(host)
+    url = f"http://{ip}:{workload['node_port']}/"
+    probe = "python3 -c " + shlex.quote(
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)"
+    )
+
+    def answers() -> None:
+        result = host.run(probe)
+        assert result.rc == 0 and result.stdout.strip() == "200", (
+            f"GET {url} from the node: rc {result.rc} {result.stdout.strip()} {result.stderr.strip()[-200:]}"
+        )
+
+    retry(answers, f"{host.backend.get_pytest_id()} nodeport {url}")
+
+
+def test_user_kubeconfig_on_control_plane(control_plane: Any) -> None:
+    result = control_plane.run("kubectl get nodes -o name")
+    assert result.rc == 0 and "node/" in result.stdout, (
+        f"the inventory user's ~/.kube/config does not work on the control plane: {result.stderr.strip()[-300:]}"
+    )
+
+
+def _assert(condition: bool, message: str) -> None:
+    assert condition, message

@@ -1,0 +1,180 @@
+"""Parsing kubectl JSON: node readiness, calico-node per node, operator resource drift, interfaces."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from provisioner import kubeconf
+from provisioner.kubeconf import KubeConfigError
+
+
+def node(name: str, ip: str, ready: bool = True, reason: str = "KubeletReady") -> dict[str, Any]:
+    return {
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+            "conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": "True" if ready else "False", "reason": reason},
+            ],
+        },
+    }
+
+
+def pod(name: str, node_name: str, ready: bool, app: str = "calico-node") -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"k8s-app": app}},
+        "spec": {"nodeName": node_name},
+        "status": {"phase": "Running" if ready else "Pending", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+
+
+def as_list(*items: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(items)})
+
+
+def test_all_nodes_ready() -> None:
+    nodes = as_list(node("cp1", "192.168.56.10"), node("w1", "192.168.56.11"))
+    assert kubeconf.node_problems(nodes) == []
+    assert kubeconf.node_addresses(nodes) == {"cp1": "192.168.56.10", "w1": "192.168.56.11"}
+
+
+def test_not_ready_node_is_named_with_its_reason() -> None:
+    nodes = as_list(node("cp1", "192.168.56.10"), node("w1", "192.168.56.11", False, "KubeletNotReady"))
+    assert kubeconf.node_problems(nodes) == ["node w1 (192.168.56.11) not Ready: KubeletNotReady"]
+
+
+def test_expected_ips_limit_the_check_and_must_be_registered() -> None:
+    nodes = as_list(node("cp1", "192.168.56.10", False), node("w1", "192.168.56.11"))
+    assert kubeconf.node_problems(nodes, ["192.168.56.11"]) == []
+    assert kubeconf.node_problems(nodes, ["192.168.56.12"]) == ["no node registered with InternalIP 192.168.56.12"]
+
+
+def test_no_nodes() -> None:
+    assert kubeconf.node_problems(as_list()) == ["no nodes registered"]
+
+
+def test_calico_ready_everywhere() -> None:
+    state = as_list(
+        node("cp1", "192.168.56.10"),
+        node("w1", "192.168.56.11"),
+        pod("calico-node-a", "cp1", True),
+        pod("calico-node-b", "w1", True),
+        pod("calico-typha-x", "w1", False, app="calico-typha"),
+    )
+    assert kubeconf.calico_node_problems(state) == []
+
+
+def test_calico_problems_name_the_node() -> None:
+    state = as_list(
+        node("cp1", "192.168.56.10"),
+        node("w1", "192.168.56.11"),
+        node("w2", "192.168.56.12"),
+        pod("calico-node-a", "cp1", True),
+        pod("calico-node-b", "w1", False),
+    )
+    assert kubeconf.calico_node_problems(state) == [
+        "node w1: calico-node pod calico-node-b not ready (Pending)",
+        "node w2: no calico-node pod yet",
+    ]
+
+
+def test_calico_before_the_operator_created_anything() -> None:
+    assert kubeconf.calico_node_problems(as_list(node("cp1", "192.168.56.10"))) == ["node cp1: no calico-node pod yet"]
+
+
+def test_kubectl_error_text_is_not_json() -> None:
+    with pytest.raises(KubeConfigError, match="did not return JSON"):
+        kubeconf.calico_node_problems("The connection to the server was refused")
+
+
+DESIRED = [
+    {
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "metadata": {"name": "default"},
+        "spec": {
+            "calicoNetwork": {
+                "ipPools": [{"cidr": "10.244.0.0/16", "encapsulation": "VXLANCrossSubnet"}],
+                "nodeAddressAutodetectionV4": {"cidrs": ["192.168.56.0/24"]},
+            }
+        },
+    },
+    {"apiVersion": "operator.tigera.io/v1", "kind": "APIServer", "metadata": {"name": "default"}, "spec": {}},
+]
+
+
+def live_installation(encapsulation: str = "VXLANCrossSubnet") -> dict[str, Any]:
+    """What the operator writes back: our fields plus its defaults and status."""
+    return {
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "metadata": {"name": "default", "resourceVersion": "812"},
+        "spec": {
+            "variant": "Calico",
+            "calicoNetwork": {
+                "bgp": "Enabled",
+                "mtu": 1450,
+                "ipPools": [
+                    {
+                        "cidr": "10.244.0.0/16",
+                        "encapsulation": encapsulation,
+                        "blockSize": 26,
+                        "allowedUses": ["Workload", "Tunnel"],
+                    }
+                ],
+                "nodeAddressAutodetectionV4": {"cidrs": ["192.168.56.0/24"]},
+            },
+        },
+        "status": {"computed": {}},
+    }
+
+
+def test_no_drift_when_operator_only_added_defaults() -> None:
+    live = as_list(live_installation(), {"kind": "APIServer", "metadata": {"name": "default"}, "spec": {}})
+    assert kubeconf.resource_drift(DESIRED, live) == []
+
+
+def test_drift_names_the_field() -> None:
+    live = as_list(live_installation("IPIP"), {"kind": "APIServer", "metadata": {"name": "default"}, "spec": {}})
+    assert kubeconf.resource_drift(DESIRED, live) == [
+        "Installation/default.spec.calicoNetwork.ipPools[0].encapsulation: 'IPIP' -> 'VXLANCrossSubnet'"
+    ]
+
+
+def test_absent_resources_drift() -> None:
+    assert kubeconf.resource_drift(DESIRED, as_list()) == ["Installation/default: absent", "APIServer/default: absent"]
+
+
+def test_interface_names_from_ip_link() -> None:
+    output = "\n".join(
+        [
+            "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT",
+            "2: eth0@if41: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP",
+            "5: cali1a2b3c4d5e6@if3: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue state UP",
+            "6: vxlan.calico: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue state UNKNOWN",
+            "7: tunl0@NONE: <NOARP,UP,LOWER_UP> mtu 1480 qdisc noqueue state UNKNOWN",
+        ]
+    )
+    assert kubeconf.interface_names(output) == ["lo", "eth0", "cali1a2b3c4d5e6", "vxlan.calico", "tunl0"]
+
+
+def test_manifest_urls_follow_calicos_install_guide() -> None:
+    assert kubeconf.calico_manifest_urls("3.31.3") == {
+        "operator-crds.yaml": "https://raw.githubusercontent.com/projectcalico/calico/v3.31.3/manifests/operator-crds.yaml",
+        "tigera-operator.yaml": "https://raw.githubusercontent.com/projectcalico/calico/v3.31.3/manifests/tigera-operator.yaml",
+    }
+    assert kubeconf.calico_manifest_urls("v3.31.3", "https://mirror.example.test/calico/")["tigera-operator.yaml"] == (
+        "https://mirror.example.test/calico/tigera-operator.yaml"
+    )
+
+
+@pytest.mark.parametrize("version", ["3.31", "latest", "4.0.0"])
+def test_manifest_urls_need_an_exact_release(version: str) -> None:
+    with pytest.raises(KubeConfigError, match="exact release"):
+        kubeconf.calico_manifest_urls(version)

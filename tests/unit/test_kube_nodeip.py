@@ -1,0 +1,93 @@
+"""Node IP selection from Ansible facts (the address kubelet, the API server and Calico use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from provisioner import kubeconf
+from provisioner.kubeconf import KubeConfigError
+
+
+def facts(interfaces: dict[str, list[str]]) -> dict[str, Any]:
+    """Ansible-like facts: interfaces list, per-interface ipv4 (+ secondaries), all_ipv4_addresses."""
+    out: dict[str, Any] = {"interfaces": [*interfaces, "lo"], "lo": {"ipv4": {"address": "127.0.0.1"}}}
+    everything: list[str] = []
+    for name, addresses in interfaces.items():
+        entry: dict[str, Any] = {"device": name}
+        if addresses:
+            entry["ipv4"] = {"address": addresses[0], "netmask": "255.255.255.0"}
+            entry["ipv4_secondaries"] = [{"address": a} for a in addresses[1:]]
+        out[name.replace("-", "_")] = entry
+        everything += addresses
+    out["all_ipv4_addresses"] = everything
+    return out
+
+
+VAGRANT_VM = facts({"eth0": ["10.0.2.15"], "eth1": ["192.168.56.11"]})
+
+
+def test_vagrant_vm_picks_the_private_network_not_nat() -> None:
+    assert kubeconf.select_node_ip(VAGRANT_VM, "192.168.56.0/24") == "192.168.56.11"
+
+
+def test_nat_address_is_never_picked_even_inside_the_cidr() -> None:
+    vm = facts({"eth0": ["10.0.2.15"], "eth1": ["10.0.2.20"]})
+    assert kubeconf.select_node_ip(vm, "10.0.2.0/24") == "10.0.2.20"
+
+
+def test_explicit_node_ip_wins() -> None:
+    vm = facts({"eth0": ["10.0.2.15"], "eth1": ["192.168.56.11", "192.168.56.50"]})
+    assert kubeconf.select_node_ip(vm, "192.168.56.0/24", "192.168.56.50") == "192.168.56.50"
+
+
+def test_explicit_node_ip_without_facts_is_trusted() -> None:
+    assert kubeconf.select_node_ip({}, "192.168.56.0/24", "192.168.56.12") == "192.168.56.12"
+
+
+def test_container_node_with_dashed_interface_name() -> None:
+    node = facts({"eth0": ["172.17.0.3"], "br-private": ["192.168.94.21"]})
+    assert kubeconf.select_node_ip(node, "192.168.94.0/24") == "192.168.94.21"
+
+
+def test_secondary_address_is_found() -> None:
+    node = facts({"eth0": ["203.0.113.7", "192.168.56.30"]})
+    assert kubeconf.select_node_ip(node, "192.168.56.0/24") == "192.168.56.30"
+
+
+def test_primary_addresses_come_before_secondaries() -> None:
+    node = facts({"eth0": ["203.0.113.7", "192.168.56.99"], "eth1": ["192.168.56.13"]})
+    assert kubeconf.select_node_ip(node, "192.168.56.0/24") == "192.168.56.13"
+
+
+def test_no_address_in_cidr_is_a_clear_error() -> None:
+    with pytest.raises(KubeConfigError) as info:
+        kubeconf.select_node_ip(facts({"eth0": ["10.0.2.15"]}), "192.168.56.0/24")
+    message = str(info.value)
+    assert "no address of this host lies inside node_network_cidr 192.168.56.0/24" in message
+    assert "10.0.2.15" in message
+    assert "set node_ip" in message
+
+
+def test_no_facts_at_all_says_so() -> None:
+    with pytest.raises(KubeConfigError, match=r"were facts gathered"):
+        kubeconf.select_node_ip({}, "192.168.56.0/24")
+
+
+@pytest.mark.parametrize(
+    ("node_ip", "message"),
+    [
+        ("192.168.57.11", "outside node_network_cidr"),
+        ("node1", "not an IPv4 address"),
+        ("192.168.56.77", "not configured on this host"),
+    ],
+)
+def test_bad_explicit_node_ip(node_ip: str, message: str) -> None:
+    with pytest.raises(KubeConfigError, match=message):
+        kubeconf.select_node_ip(VAGRANT_VM, "192.168.56.0/24", node_ip)
+
+
+def test_bad_cidr() -> None:
+    with pytest.raises(KubeConfigError, match="node_network_cidr"):
+        kubeconf.select_node_ip(VAGRANT_VM, "192.168.56.0/33")

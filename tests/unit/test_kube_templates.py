@@ -1,0 +1,416 @@
+"""The roles' kubeadm and Calico templates, rendered with the same filters the roles use.
+
+Two renderers: jinja2 with the repository's filter plugin and Ansible's core filters (fast, many
+specs), and one real `ansible-playbook` run on localhost that renders the same templates through
+Ansible itself and must give the same documents. No machine, no network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import yaml
+from ansible.errors import AnsibleError
+from ansible.plugins.filter.core import FilterModule as CoreFilters
+
+REPO = Path(__file__).resolve().parents[2]
+INIT_TEMPLATE = REPO / "roles" / "kube_control_plane" / "templates" / "kubeadm-config.yaml.j2"
+JOIN_TEMPLATE = REPO / "roles" / "kube_join" / "templates" / "kubeadm-join.yaml.j2"
+CALICO_TEMPLATE = REPO / "roles" / "calico" / "templates" / "custom-resources.yaml.j2"
+TOKEN = "abcdef.0123456789abcdef"
+CA_HASH = "sha256:" + "ab" * 32
+# What a failing filter raises inside a template: the plugin turns KubeConfigError into AnsibleFilterError.
+RENDER_ERRORS = (jinja2.TemplateError, AnsibleError)
+
+
+def _filters() -> dict[str, Callable[..., Any]]:
+    spec = importlib.util.spec_from_file_location("kube_filters", REPO / "filter_plugins" / "kube.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    filters: dict[str, Callable[..., Any]] = dict(CoreFilters().filters())
+    filters.update(module.FilterModule().filters())
+    return filters
+
+
+FILTERS = _filters()
+
+
+def render(template: Path, variables: dict[str, Any]) -> list[dict[str, Any]]:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters.update(FILTERS)
+    text = env.from_string(template.read_text()).render(**variables)
+    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+
+
+def init_vars(**overrides: Any) -> dict[str, Any]:
+    """The kube_control_plane variables after the role resolved them (defaults, then facts)."""
+    values: dict[str, Any] = {
+        "kube_control_plane_node_ip_resolved": "192.168.56.10",
+        "kube_control_plane_kubernetes_version": "v1.36.2",
+        "kube_control_plane_pods_subnet": "10.244.0.0/16",
+        "kube_control_plane_service_subnet": "10.96.0.0/12",
+        "kube_control_plane_endpoint": "",
+        "kube_control_plane_bind_port": 6443,
+        "kube_control_plane_cluster_name": "kubernetes",
+        "kube_control_plane_dns_domain": "cluster.local",
+        "kube_control_plane_cri_socket": "unix:///run/containerd/containerd.sock",
+        "kube_control_plane_init_token_ttl": "15m",
+        "kube_control_plane_ignore_preflight_errors": [],
+        "kube_control_plane_cert_sans": [],
+        "kube_control_plane_apiserver_extra_args": {},
+        "kube_control_plane_controller_manager_extra_args": {},
+        "kube_control_plane_scheduler_extra_args": {},
+        "kube_control_plane_kubelet_extra_args": {},
+        "kube_control_plane_kubelet_config": {},
+        "kube_control_plane_schedulable": False,
+    }
+    values.update(overrides)
+    return values
+
+
+EXPECTED_DEFAULT_INIT: list[dict[str, Any]] = [
+    {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [
+            {
+                "ttl": "15m",
+                "description": "kubeadm init token (short-lived; kube_join creates its own)",
+                "usages": ["signing", "authentication"],
+                "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+            }
+        ],
+        "localAPIEndpoint": {"advertiseAddress": "192.168.56.10", "bindPort": 6443},
+        "nodeRegistration": {
+            "criSocket": "unix:///run/containerd/containerd.sock",
+            "kubeletExtraArgs": [{"name": "node-ip", "value": "192.168.56.10"}],
+        },
+    },
+    {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "ClusterConfiguration",
+        "clusterName": "kubernetes",
+        "kubernetesVersion": "v1.36.2",
+        "controlPlaneEndpoint": "192.168.56.10:6443",
+        "networking": {"podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12", "dnsDomain": "cluster.local"},
+        "apiServer": {"certSANs": ["192.168.56.10"]},
+    },
+    {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration", "cgroupDriver": "systemd"},
+]
+
+
+def test_init_default_spec() -> None:
+    assert render(INIT_TEMPLATE, init_vars()) == EXPECTED_DEFAULT_INIT
+
+
+def test_init_custom_cidrs_and_endpoint() -> None:
+    docs = render(
+        INIT_TEMPLATE,
+        init_vars(
+            kube_control_plane_node_ip_resolved="10.20.0.5",
+            kube_control_plane_pods_subnet="172.16.0.0/16",
+            kube_control_plane_service_subnet="10.112.0.0/12",
+            kube_control_plane_endpoint="k8s-api.example.test:6443",
+            kube_control_plane_cert_sans=["k8s-api.example.test", "10.20.0.5"],
+        ),
+    )
+    cluster = docs[1]
+    assert cluster["networking"] == {
+        "podSubnet": "172.16.0.0/16",
+        "serviceSubnet": "10.112.0.0/12",
+        "dnsDomain": "cluster.local",
+    }
+    assert cluster["controlPlaneEndpoint"] == "k8s-api.example.test:6443"
+    assert cluster["apiServer"]["certSANs"] == ["10.20.0.5", "k8s-api.example.test"]
+    assert docs[0]["localAPIEndpoint"]["advertiseAddress"] == "10.20.0.5"
+    assert docs[0]["nodeRegistration"]["kubeletExtraArgs"] == [{"name": "node-ip", "value": "10.20.0.5"}]
+
+
+def test_init_non_canonical_cidr_is_normalized() -> None:
+    docs = render(INIT_TEMPLATE, init_vars(kube_control_plane_pods_subnet="10.244.3.0/16"))
+    assert docs[1]["networking"]["podSubnet"] == "10.244.0.0/16"
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "installed", "expected"),
+    [
+        pytest.param("1.36.2", "v1.36.2", "v1.36.2", id="patch-pinned"),
+        pytest.param("1.36", "v1.36.4", "v1.36.4", id="minor-uses-installed-kubeadm"),
+        pytest.param("v1.35.1", "", "v1.35.1", id="patch-without-kubeadm-yet"),
+    ],
+)
+def test_kubernetes_version_resolution(kube_version: str, installed: str, expected: str) -> None:
+    version = FILTERS["kube_resolve_version"](kube_version, installed)
+    assert version == expected
+    docs = render(INIT_TEMPLATE, init_vars(kube_control_plane_kubernetes_version=version))
+    assert docs[1]["kubernetesVersion"] == expected
+
+
+def test_kubernetes_version_mismatch_is_refused() -> None:
+    with pytest.raises(Exception, match="rerun the kube_packages stage"):
+        FILTERS["kube_resolve_version"]("1.36.2", "v1.36.1")
+
+
+def test_init_ignored_preflight_errors_and_extra_args() -> None:
+    docs = render(
+        INIT_TEMPLATE,
+        init_vars(
+            kube_control_plane_ignore_preflight_errors=["NumCPU", "Mem"],
+            kube_control_plane_apiserver_extra_args={"audit-log-maxage": 7, "anonymous-auth": False},
+            kube_control_plane_kubelet_extra_args={"max-pods": 50, "node-ip": "1.2.3.4"},
+            kube_control_plane_kubelet_config={"maxPods": 50, "cgroupDriver": "cgroupfs"},
+            kube_control_plane_schedulable=True,
+        ),
+    )
+    registration = docs[0]["nodeRegistration"]
+    assert registration["ignorePreflightErrors"] == ["NumCPU", "Mem"]
+    assert registration["taints"] == []
+    # node-ip always comes from the node IP, whatever the extra arguments say.
+    assert registration["kubeletExtraArgs"] == [
+        {"name": "node-ip", "value": "192.168.56.10"},
+        {"name": "max-pods", "value": "50"},
+    ]
+    assert docs[1]["apiServer"]["extraArgs"] == [
+        {"name": "anonymous-auth", "value": "false"},
+        {"name": "audit-log-maxage", "value": "7"},
+    ]
+    assert docs[2] == {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "maxPods": 50,
+        "cgroupDriver": "systemd",
+    }
+
+
+@pytest.mark.parametrize("errors", [["all"], ["NumCPU", "ALL"]])
+def test_init_refuses_ignoring_all_preflight_errors(errors: list[str]) -> None:
+    with pytest.raises(RENDER_ERRORS, match="one by one"):
+        render(INIT_TEMPLATE, init_vars(kube_control_plane_ignore_preflight_errors=errors))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"kube_control_plane_pods_subnet": "10.96.0.0/16"}, "overlaps kube_service_addresses"),
+        ({"kube_control_plane_node_ip_resolved": "10.244.0.9"}, "lies inside kube_pods_subnet"),
+        ({"kube_control_plane_kubernetes_version": "1.36"}, "exact version"),
+        ({"kube_control_plane_node_ip_resolved": "node1"}, "not an IPv4 address"),
+    ],
+)
+def test_init_refuses_bad_input(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(RENDER_ERRORS, match=message):
+        render(INIT_TEMPLATE, init_vars(**override))
+
+
+def join_vars(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "kube_join_token": TOKEN,
+        "kube_join_ca_cert_hash": CA_HASH,
+        "kube_join_endpoint_resolved": "192.168.56.10:6443",
+        "kube_join_node_ip_resolved": "192.168.56.11",
+        "kube_join_cri_socket": "unix:///run/containerd/containerd.sock",
+        "kube_join_ignore_preflight_errors": [],
+        "kube_join_kubelet_extra_args": {},
+    }
+    values.update(overrides)
+    return values
+
+
+def test_join_configuration() -> None:
+    assert render(JOIN_TEMPLATE, join_vars()) == [
+        {
+            "apiVersion": "kubeadm.k8s.io/v1beta4",
+            "kind": "JoinConfiguration",
+            "discovery": {
+                "bootstrapToken": {
+                    "token": TOKEN,
+                    "apiServerEndpoint": "192.168.56.10:6443",
+                    "caCertHashes": [CA_HASH],
+                }
+            },
+            "nodeRegistration": {
+                "criSocket": "unix:///run/containerd/containerd.sock",
+                "kubeletExtraArgs": [{"name": "node-ip", "value": "192.168.56.11"}],
+            },
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"kube_join_token": "not-a-token"}, "token is missing or malformed"),
+        ({"kube_join_ca_cert_hash": "sha256:xyz"}, "CA certificate hash"),
+        ({"kube_join_endpoint_resolved": "https://192.168.56.10:6443"}, "must be host:port"),
+    ],
+)
+def test_join_refuses_bad_credentials_without_echoing_the_token(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(RENDER_ERRORS, match=message) as info:
+        render(JOIN_TEMPLATE, join_vars(**override))
+    assert TOKEN not in str(info.value)
+    assert "not-a-token" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("server", "endpoint"),
+    [
+        ("https://192.168.56.10:6443", "192.168.56.10:6443"),
+        ("https://k8s.example.test", "k8s.example.test:443"),
+        ("https://k8s.example.test:8443/", "k8s.example.test:8443"),
+    ],
+)
+def test_api_server_endpoint(server: str, endpoint: str) -> None:
+    assert FILTERS["kube_api_server_endpoint"](server) == endpoint
+
+
+def calico_vars(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "calico_pods_subnet": "10.244.0.0/16",
+        "calico_node_network_cidr": "192.168.56.0/24",
+        "calico_encapsulation": "VXLANCrossSubnet",
+        "calico_bgp": "",
+        "calico_block_size": 26,
+        "calico_nat_outgoing": True,
+        "calico_mtu": 0,
+        "calico_registry": "",
+        "calico_apiserver_enabled": True,
+        "calico_whisker_enabled": False,
+    }
+    values.update(overrides)
+    return values
+
+
+def test_calico_default_installation() -> None:
+    assert render(CALICO_TEMPLATE, calico_vars()) == [
+        {
+            "apiVersion": "operator.tigera.io/v1",
+            "kind": "Installation",
+            "metadata": {"name": "default"},
+            "spec": {
+                "calicoNetwork": {
+                    "ipPools": [
+                        {
+                            "name": "default-ipv4-ippool",
+                            "cidr": "10.244.0.0/16",
+                            "blockSize": 26,
+                            "encapsulation": "VXLANCrossSubnet",
+                            "natOutgoing": "Enabled",
+                            "nodeSelector": "all()",
+                        }
+                    ],
+                    "nodeAddressAutodetectionV4": {"cidrs": ["192.168.56.0/24"]},
+                }
+            },
+        },
+        {"apiVersion": "operator.tigera.io/v1", "kind": "APIServer", "metadata": {"name": "default"}, "spec": {}},
+    ]
+
+
+@pytest.mark.parametrize("encapsulation", ["IPIP", "VXLAN", "None", "IPIPCrossSubnet"])
+def test_calico_encapsulations(encapsulation: str) -> None:
+    docs = render(CALICO_TEMPLATE, calico_vars(calico_encapsulation=encapsulation))
+    assert docs[0]["spec"]["calicoNetwork"]["ipPools"][0]["encapsulation"] == encapsulation
+
+
+def test_calico_options() -> None:
+    docs = render(
+        CALICO_TEMPLATE,
+        calico_vars(
+            calico_pods_subnet="172.20.0.0/16",
+            calico_node_network_cidr="10.10.0.0/24",
+            calico_encapsulation="VXLAN",
+            calico_bgp="Disabled",
+            calico_mtu=1400,
+            calico_registry="mirror.example.test",
+            calico_nat_outgoing=False,
+            calico_apiserver_enabled=False,
+            calico_whisker_enabled=True,
+        ),
+    )
+    assert [d["kind"] for d in docs] == ["Installation", "Goldmane", "Whisker"]
+    spec = docs[0]["spec"]
+    assert spec["registry"] == "mirror.example.test/"
+    assert spec["calicoNetwork"]["bgp"] == "Disabled"
+    assert spec["calicoNetwork"]["mtu"] == 1400
+    assert spec["calicoNetwork"]["nodeAddressAutodetectionV4"] == {"cidrs": ["10.10.0.0/24"]}
+    assert spec["calicoNetwork"]["ipPools"][0]["cidr"] == "172.20.0.0/16"
+    assert spec["calicoNetwork"]["ipPools"][0]["natOutgoing"] == "Disabled"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"calico_encapsulation": "GRE"}, "is not one of"),
+        ({"calico_pods_subnet": "192.168.0.0/16"}, "overlaps node_network_cidr"),
+        ({"calico_encapsulation": "IPIP", "calico_bgp": "Disabled"}, "IPIP encapsulation needs BGP"),
+        ({"calico_block_size": 12}, "calico_block_size"),
+    ],
+)
+def test_calico_refuses_bad_input(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(RENDER_ERRORS, match=message):
+        render(CALICO_TEMPLATE, calico_vars(**override))
+
+
+def test_templates_render_the_same_through_ansible(tmp_path: Path) -> None:
+    """The real engine: ansible-playbook on localhost renders the three templates with the plugin."""
+    playbook_bin = Path(sys.executable).with_name("ansible-playbook")
+    if not playbook_bin.exists():
+        found = shutil.which("ansible-playbook")
+        if found is None:
+            pytest.skip("ansible-playbook is not installed next to this Python interpreter")
+        playbook_bin = Path(found)
+    variables = {**init_vars(), **join_vars(), **calico_vars()}
+    jobs = {"init": INIT_TEMPLATE, "join": JOIN_TEMPLATE, "calico": CALICO_TEMPLATE}
+    playbook = [
+        {
+            "name": "Render the Kubernetes templates",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {**variables, "ansible_python_interpreter": sys.executable},
+            "tasks": [
+                {
+                    "name": f"Render {name}",
+                    "ansible.builtin.template": {
+                        "src": str(src),
+                        "dest": str(tmp_path / f"{name}.yaml"),
+                        "mode": "0600",
+                    },
+                }
+                for name, src in jobs.items()
+            ],
+        }
+    ]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(playbook))
+    env = {
+        **os.environ,
+        "ANSIBLE_FILTER_PLUGINS": str(REPO / "filter_plugins"),
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+    }
+    result = subprocess.run(
+        [str(playbook_bin), "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    renderers = {"init": init_vars(), "join": join_vars(), "calico": calico_vars()}
+    for name, src in jobs.items():
+        through_ansible = [d for d in yaml.safe_load_all((tmp_path / f"{name}.yaml").read_text()) if d is not None]
+        assert through_ansible == render(src, renderers[name]), name
+    # The documents are also valid JSON-serializable data (what kubectl/kubeadm parse).
+    json.dumps(render(INIT_TEMPLATE, init_vars()))
