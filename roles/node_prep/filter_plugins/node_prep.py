@@ -1,0 +1,36 @@
+"""Filters of the node_prep role.
+
+node_prep_address_in: pick a node's address on the cluster's private network from the addresses
+Ansible discovered (ansible_facts.all_ipv4_addresses), for hosts whose inventory has no node_ip.
+Vagrant VMs carry a NAT address (10.0.2.15) first, so "the first address" is never good enough.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def node_prep_address_in(addresses: Iterable[Any], cidr: str) -> str:
+    """Return the first address of ``addresses`` inside ``cidr``, or "" when none is.
+
+    Entries that are not IP addresses (None, "", garbage) are ignored, so the filter can be fed
+    straight from facts of any host.
+    """
+    network = ipaddress.ip_network(str(cidr), strict=False)
+    for raw in addresses or []:
+        try:
+            address = ipaddress.ip_address(str(raw).split("/", 1)[0])
+        except ValueError:
+            continue
+        if address.version == network.version and address in network:
+            return str(address)
+    return ""
+
+
+class FilterModule:
+    """Ansible entry point."""
+
+    def filters(self) -> dict[str, Callable[..., Any]]:
+        return {"node_prep_address_in": node_prep_address_in}

@@ -1,0 +1,140 @@
+"""Stage prepare (role node_prep): what kubeadm and Docker Swarm need from every node.
+
+On container nodes (docker provider) the kernel is the host's: the checks that only the host can
+satisfy are skipped with the reason, exactly as the role reports them, or checked for what the
+container really shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+testinfra_hosts = ["ansible://k8s_cluster", "ansible://swarm_manager", "ansible://swarm_worker"]
+
+SYSCTL_KEYS = [
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.ipv4.ip_forward",
+]
+SYSCTL_FILE = "/etc/sysctl.d/99-kubernetes.conf"
+MODULES_LOAD_FILE = "/etc/modules-load.d/k8s.conf"
+# Built-in modules without parameters leave no /sys/module/NAME: the feature they provide shows.
+MODULE_FEATURES = {
+    "overlay": ("/proc/filesystems", "overlay"),
+    "br_netfilter": ("/proc/sys/net/bridge/bridge-nf-call-iptables", None),
+}
+CALICO_UNMANAGED = "interface-name:cali*;interface-name:tunl*;interface-name:vxlan.calico"
+
+
+def test_selinux_permissive_or_absent(host: Any, container_node: bool) -> None:
+    if not host.file("/sys/fs/selinux/enforce").exists:
+        assert not host.exists("getenforce") or host.check_output("getenforce") == "Disabled"
+        return
+    if container_node:
+        pytest.skip("container node: SELinux is the host kernel's")
+    with host.sudo():
+        assert host.check_output("getenforce") == "Permissive"
+    assert host.file("/etc/selinux/config").contains("^SELINUX=permissive")
+
+
+def test_swap_off(host: Any, container_node: bool) -> None:
+    areas = host.file("/proc/swaps").content_string.splitlines()[1:]
+    if container_node and areas:
+        pytest.skip(f"container node: the host has swap on ({len(areas)} area(s)); only the host can turn it off")
+    meminfo = dict(line.split(":", 1) for line in host.file("/proc/meminfo").content_string.splitlines() if ":" in line)
+    assert areas == []
+    assert meminfo["SwapTotal"].split()[0] == "0"
+
+
+def test_fstab_swap_lines_commented(host: Any) -> None:
+    fstab = host.file("/etc/fstab")
+    if not fstab.exists:
+        pytest.skip("no /etc/fstab on this node")
+    active = [
+        line
+        for line in fstab.content_string.splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and len(line.split()) > 2 and line.split()[2] == "swap"
+    ]
+    assert active == []
+
+
+@pytest.mark.parametrize("module", sorted(MODULE_FEATURES))
+def test_kernel_module_present(host: Any, module: str) -> None:
+    if host.file(f"/sys/module/{module}").exists:
+        return
+    path, word = MODULE_FEATURES[module]
+    feature = host.file(path)
+    assert feature.exists, f"{module}: neither /sys/module/{module} nor {path}"
+    if word:
+        assert feature.contains(word)
+
+
+@pytest.mark.parametrize("module", sorted(MODULE_FEATURES))
+def test_kernel_module_loaded_at_boot(host: Any, module: str, container_node: bool) -> None:
+    if container_node:
+        pytest.skip("container node: loading modules at boot belongs to the host")
+    assert host.file(MODULES_LOAD_FILE).contains(f"^{module}$")
+
+
+@pytest.mark.parametrize("key", SYSCTL_KEYS)
+def test_sysctl_value(host: Any, key: str) -> None:
+    assert host.sysctl(key) == 1
+
+
+@pytest.mark.parametrize("key", SYSCTL_KEYS)
+def test_sysctl_persisted(host: Any, key: str) -> None:
+    assert host.file(SYSCTL_FILE).contains(f"^{key} *= *1$")
+
+
+def test_hosts_file_lists_the_nodes(host: Any, inventory_vars: dict[str, Any]) -> None:
+    hosts = host.file("/etc/hosts").content_string
+    assert "# BEGIN node_prep: cluster nodes" in hosts
+    block = hosts.split("# BEGIN node_prep: cluster nodes", 1)[1].split("# END node_prep", 1)[0]
+    names = {line.split()[1]: line.split()[0] for line in block.splitlines() if line.strip()}
+    variables = inventory_vars
+    me = variables["inventory_hostname"]
+    assert me in names
+    if variables.get("node_ip"):
+        assert names[me] == variables["node_ip"]
+    groups = variables["groups"]
+    for group in ("k8s_cluster", "swarm_manager", "swarm_worker"):
+        for node in groups.get(group, []):
+            assert node in names, f"{node} of {group} missing from /etc/hosts"
+
+
+def test_time_sync_running(host: Any, container_node: bool) -> None:
+    if container_node:
+        pytest.skip("container node: the clock is the host kernel's (timesyncd: ConditionVirtualization=!container)")
+    services = [host.service(name) for name in ("chronyd", "chrony", "systemd-timesyncd")]
+    assert any(s.is_running and s.is_enabled for s in services)
+
+
+def test_firewall_opened_or_absent(host: Any, inventory_vars: dict[str, Any]) -> None:
+    mode = inventory_vars.get("node_prep_firewall", "open")
+    if mode != "open":
+        pytest.skip(f"node_prep_firewall={mode}")
+    groups = set(inventory_vars.get("group_names", []))
+    with host.sudo():
+        if host.exists("firewall-cmd"):
+            listed = host.check_output("firewall-cmd --list-ports")
+            assert "22/tcp" in listed
+            if "kube_control_plane" in groups:
+                assert "6443/tcp" in listed
+        elif host.exists("ufw"):
+            status = host.check_output("ufw status")
+            assert "Status: active" in status
+            assert "22/tcp" in status
+            if "kube_control_plane" in groups:
+                assert "6443/tcp" in status
+            if "kube_node" in groups:
+                assert "30000:32767/tcp" in status
+        else:
+            pytest.skip("no firewall installed (node_prep_firewall_install false): the role reports a no-op")
+
+
+def test_networkmanager_leaves_calico_alone(host: Any) -> None:
+    if not host.file("/usr/sbin/NetworkManager").exists:
+        pytest.skip("NetworkManager not installed")
+    assert host.file("/etc/NetworkManager/conf.d/calico.conf").contains(CALICO_UNMANAGED.replace("*", r"\*"))
