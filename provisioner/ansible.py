@@ -132,6 +132,7 @@ def run_playbook(
     title: str,
     extra_vars: dict[str, Any] | None = None,
     limit: str | None = None,
+    tags: str | None = None,
     verbose: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> StageRun:
@@ -145,6 +146,8 @@ def run_playbook(
         cmd += ["-e", json.dumps(extra_vars)]
     if limit:
         cmd += ["--limit", limit]
+    if tags:
+        cmd += ["--tags", tags]
     run = StageRun()
     progress.start(title, run.summary_line)
     with log_file.open("w", encoding="utf-8") as out:

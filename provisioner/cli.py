@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="print the resolved spec and network plan; create nothing")
     _spec_flags(pl)
+    for q in (up, pl):
+        q.add_argument(
+            "--fast",
+            action="store_true",
+            help="with provider auto, take the fastest provider here (docker container nodes) before VMs",
+        )
 
     sub.add_parser("status", help="machines, their state and IPs, finished stages")
     pr = sub.add_parser("provision", help="rerun stages on the existing machines")
@@ -76,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     img_sub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     ib = img_sub.add_parser("build", help="build the node image from Debian packages")
     ib.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    bx = sub.add_parser("box", help="Vagrant box of the VM providers, built from Debian packages")
+    bx_sub = bx.add_subparsers(dest="box_command", required=True, metavar="ACTION")
+    bb = bx_sub.add_parser("build", help="build the box and add it to Vagrant (cached by a hash of its recipe)")
+    bb.add_argument("--provider", default="libvirt", choices=["libvirt"], help="box provider (default libvirt)")
+    bb.add_argument("--with-runtime", action="store_true", help="bake Docker and containerd (Debian packages) in")
+    bb.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
     return p
 
 
@@ -101,7 +113,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     if getattr(args, "kube_version", None):
         over["versions"] = {"kubernetes": args.kube_version}
     if getattr(args, "stack", None):
-        over["stack"] = args.stack
+        over["stack"] = str(Path(args.stack).expanduser().resolve())
     return over
 
 
@@ -134,6 +146,7 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
             config=args.config,
             verbose=args.verbose,
             verify=not getattr(args, "no_verify", False),
+            prefer_speed=args.fast,
         )
         return cluster.up(ws, opts) if cmd == "up" else cluster.plan(ws, opts)
     if cmd == "status":
@@ -155,4 +168,6 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
         return cluster.reset(ws, args.verbose)
     if cmd == "image":
         return cluster.image_build(args.force)
+    if cmd == "box":
+        return cluster.box_build(args.provider, args.with_runtime, args.force)
     raise ProvisionError(f"unknown command {cmd}", exit_code=2)

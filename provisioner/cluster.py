@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from provisioner import hostnet, image, inventory, providers, stages, verify
+from provisioner import box, hostnet, image, inventory, libvirt, providers, stages, verify
 from provisioner.ansible import StageRun, run_playbook
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
@@ -72,9 +72,10 @@ class Workspace:
             raise ProvisionError(f"no cluster here ({self.spec_file} missing); create one with `provision.py up`")
         return ClusterSpec.from_dict(data["spec"])
 
-    def save_spec(self, spec: ClusterSpec, inputs: dict[str, Any]) -> None:
+    def save_spec(self, spec: ClusterSpec, inputs: dict[str, Any], vagrant_extra: dict[str, Any] | None = None) -> None:
+        """`vagrant_extra`: settings only the Vagrantfile reads (e.g. libvirt_driver), kept beside the spec."""
         self.root.mkdir(parents=True, exist_ok=True)
-        payload = spec.to_dict() | {"spec": spec.to_dict(), "inputs": inputs}
+        payload = spec.to_dict() | (vagrant_extra or {}) | {"spec": spec.to_dict(), "inputs": inputs}
         tmp = self.spec_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
         tmp.replace(self.spec_file)
@@ -87,6 +88,7 @@ class UpOptions:
     verify: bool = True
     verbose: bool = False
     stack: str | None = None
+    prefer_speed: bool = False  # provider auto: the fastest provider (container nodes) over VMs
 
 
 def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
@@ -113,8 +115,11 @@ def check_networks(spec: ClusterSpec) -> None:
 def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     spec, _ = resolve_spec(ws, opts.overrides, opts.config)
     check_networks(spec)
-    choice = providers.choose(spec.provider) if spec.provider == "auto" else None
+    choice = providers.choose(spec.provider, opts.prefer_speed) if spec.provider == "auto" else None
     provider = f"{choice.provider} (auto: {choice.reason})" if choice else spec.provider
+    if (choice.provider if choice else spec.provider) == "libvirt":
+        kind, why = libvirt.domain_type()
+        provider += f"; domain type {kind}: {why}"
     out.write(f"cluster      {spec.name}\n")
     out.write(f"engine       {spec.engine}\n")
     out.write(f"provider     {provider}\n")
@@ -135,6 +140,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     started = time.monotonic()
     spec, inputs = resolve_spec(ws, opts.overrides, opts.config)
     check_networks(spec)
+    check_stack(spec)
     saved = ws.load_saved()
     if saved is not None:
         old = ClusterSpec.from_dict(saved["spec"])
@@ -142,7 +148,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         if spec.provider == "auto":
             spec = spec.with_provider(old.provider)
     if spec.provider == "auto":
-        choice = providers.choose("auto")
+        choice = providers.choose("auto", opts.prefer_speed)
         out.write(f"provider: {choice.provider} ({choice.reason})\n")
         spec = spec.with_provider(choice.provider)
     else:
@@ -162,8 +168,12 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
                 del t0
             spec = _with_image(spec, recipe.tag)
 
+    vagrant_extra: dict[str, Any] = {}
+    if spec.provider == "libvirt":
+        spec, vagrant_extra = _prepare_libvirt(spec, inputs, progress, timings, out)
+
     state = State.load(ws.state_file)
-    ws.save_spec(spec, inputs)
+    ws.save_spec(spec, inputs, vagrant_extra)
     vg = Vagrant(ws.root, spec.provider)
     before = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
     extra = sorted(set(before) - {n.name for n in spec.nodes})
@@ -238,12 +248,73 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         t0 = time.monotonic()
         rc = run_verify(ws, spec, state, out)
         timings["verify"] = time.monotonic() - t0
+    if spec.stack:
+        t0 = time.monotonic()
+        deploy_stack(ws, spec, progress, opts.verbose)
+        timings["stack"] = time.monotonic() - t0
     total = time.monotonic() - started
     _write_timings(ws, timings, runs, total)
     summary(spec, timings, runs, total, out)
     if skip_reason:
         out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
     return rc
+
+
+def _prepare_libvirt(
+    spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
+) -> tuple[ClusterSpec, dict[str, Any]]:
+    """libvirt daemons and storage pool (started here where no service manager runs them), the domain
+    type (kvm only where a stock guest kernel really runs, else qemu), and the toolkit's own box built
+    from Debian packages unless the spec names another box."""
+    progress.start("libvirt (daemons, storage pool)")
+    done = libvirt.ensure_host()
+    progress.stop(", ".join(done) if done else "ready")
+    kind, why = libvirt.domain_type()
+    os.environ["PROVISION_LIBVIRT_DRIVER"] = kind  # the Vagrantfile reads it (and cluster.json's copy)
+    out.write(f"    libvirt domain type: {kind} ({why})\n")
+    # The default box and the toolkit's own box names are built here from Debian packages when
+    # missing (cached by recipe hash); any other box is Vagrant's business.
+    own = {box.BOX_NAME: False, box.BOX_NAME_RUNTIME: True}
+    wanted = inputs.get("box")
+    if wanted is None or wanted in own:
+        recipe = box.BoxRecipe(mirror=image.host_debian_mirror(), with_runtime=own.get(str(wanted), False))
+        if not box.box_present(recipe):
+            progress.start(f"box {recipe.name} {recipe.version} (Debian packages)")
+            box.ensure_box(recipe)
+            timings["box"] = progress.stop("built")
+        data = spec.to_dict()
+        data["box"] = recipe.name
+        spec = ClusterSpec.from_dict(data)
+    return spec, {"libvirt_driver": kind}
+
+
+def check_stack(spec: ClusterSpec) -> Path | None:
+    """The compose file of `--stack`, checked before anything is created."""
+    if not spec.stack:
+        return None
+    if spec.engine != "swarm":
+        raise ProvisionError("--stack deploys a compose file on a swarm; use it with --engine swarm", exit_code=2)
+    stack = Path(spec.stack).expanduser().resolve()
+    if not stack.is_file():
+        raise ProvisionError(f"stack file {spec.stack} does not exist; give the path of a compose file", exit_code=2)
+    return stack
+
+
+def deploy_stack(ws: Workspace, spec: ClusterSpec, progress: Progress, verbose: bool) -> StageRun:
+    """`docker stack deploy` of the spec's compose file on the first manager (the swarm role's stack tasks)."""
+    stack = check_stack(spec)
+    assert stack is not None
+    return run_playbook(
+        stages.PLAYBOOKS / "swarm.yml",
+        ws.inventory,
+        ws.root,
+        ws.logs / "stack.log",
+        progress,
+        f"stack {stack.name} (docker stack deploy)",
+        extra_vars={"swarm_stack_file": str(stack)},
+        tags="swarm_stack",
+        verbose=verbose,
+    )
 
 
 def _with_image(spec: ClusterSpec, tag: str) -> ClusterSpec:
@@ -425,15 +496,32 @@ def destroy(ws: Workspace, force: bool, out: TextIO = sys.stdout, inp: TextIO = 
             out.write("aborted\n")
             return 1
     progress = Progress(out)
+    if spec is not None and spec.provider == "libvirt":
+        libvirt.ensure_host()  # vagrant-libvirt needs libvirtd to destroy anything
     if spec is not None and (ws.root / "vagrant").exists():
         progress.start(f"destroy {len(spec.nodes)} machines")
         Vagrant(ws.root, spec.provider).destroy(ws.logs / "destroy.log")
         progress.stop("done")
     if spec is not None and spec.provider == "docker":
         _remove_leftover_containers(spec)
+    if spec is not None and spec.provider == "libvirt":
+        _remove_libvirt_leftovers(spec, out)
     shutil.rmtree(ws.root, ignore_errors=True)
     out.write(f"removed machines, inventory and state ({ws.root})\n")
     return 0
+
+
+def _remove_libvirt_leftovers(spec: ClusterSpec, out: TextIO) -> None:
+    """Domains, volumes and networks of this cluster that Vagrant no longer knows about; then, when no
+    machine of any cluster is left, the box volumes, the pool, the daemons the toolkit started and the
+    LIBVIRT_* iptables chains."""
+    node_net = libvirt.network_for_subnet(spec.network.rsplit(".", 1)[0] + ".")
+    left = libvirt.cleanup_cluster(f"{spec.name}-", [f"{spec.name}-mgmt", *([node_net] if node_net else [])])
+    if not left.empty():
+        out.write(f"removed leftovers: {', '.join(left.domains + left.volumes + left.networks)}\n")
+    host = libvirt.teardown_host()
+    if host:
+        out.write(f"libvirt host cleaned: {', '.join(host)}\n")
 
 
 def _remove_leftover_containers(spec: ClusterSpec) -> None:
@@ -498,12 +586,33 @@ def reset(ws: Workspace, verbose: bool, out: TextIO = sys.stdout) -> int:
     if not playbook.exists():
         raise ProvisionError("playbooks/reset.yml is missing from this checkout")
     run_playbook(
-        playbook, ws.inventory, ws.root, ws.logs / "reset.log", Progress(out, verbose=verbose), "reset (kubeadm reset)"
+        playbook,
+        ws.inventory,
+        ws.root,
+        ws.logs / "reset.log",
+        Progress(out, verbose=verbose),
+        "reset (kubeadm reset)",
+        extra_vars={"kube_reset_confirm": True},  # the playbook refuses to run without it
     )
     state = State.load(ws.state_file)
     for stage in ("control_plane", "cni", "join"):
         state.stages.pop(stage, None)
     state.save()
+    return 0
+
+
+def box_build(provider: str, with_runtime: bool, force: bool, out: TextIO = sys.stdout) -> int:
+    """Build the VM box from Debian packages (libvirt provider) and add it to Vagrant."""
+    if provider != "libvirt":
+        raise ProvisionError(f"box build supports --provider libvirt only, not {provider}", exit_code=2)
+    recipe = box.BoxRecipe(mirror=image.host_debian_mirror(), with_runtime=with_runtime)
+    if box.box_present(recipe) and not force:
+        out.write(f"{recipe.name} {recipe.version} is present (recipe unchanged); --force rebuilds it\n")
+        return 0
+    progress = Progress(out)
+    progress.start(f"box {recipe.name} {recipe.version}")
+    box.ensure_box(recipe, force=True)
+    progress.stop("built and added to Vagrant")
     return 0
 
 

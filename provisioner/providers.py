@@ -40,14 +40,35 @@ def virtualbox_usable() -> tuple[bool, str]:
 
 
 def libvirt_usable() -> tuple[bool, str]:
-    if shutil.which("virsh") is None:
-        return False, "virsh not installed"
-    if not _ok(["virsh", "-c", "qemu:///system", "version"]):
-        return False, "libvirtd does not answer on qemu:///system"
+    """libvirt, qemu and vagrant-libvirt installed, and libvirtd answering or startable by the toolkit
+    (provisioner.libvirt starts it where no service manager does). The reason names the domain type."""
+    for tool, pkg in (
+        ("virsh", "libvirt-clients"),
+        ("libvirtd", "libvirt-daemon-system"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+    ):
+        if shutil.which(tool) is None:
+            return False, f"{tool} not installed (Debian package {pkg}; scripts/setup-libvirt.sh installs it)"
+    if shutil.which("vagrant") is None:
+        return False, "vagrant not installed"
     plugins = subprocess.run(["vagrant", "plugin", "list"], capture_output=True, text=True, check=False)
     if "vagrant-libvirt" not in plugins.stdout:
-        return False, "the vagrant-libvirt plugin is not installed"
-    return True, "libvirtd answers and vagrant-libvirt is installed"
+        return False, "the vagrant-libvirt plugin is not installed (Debian package vagrant-libvirt)"
+    kind, why = libvirt_domain_type()
+    if _ok(["virsh", "-c", "qemu:///system", "version"]):
+        state = "libvirtd answers"
+    elif os.geteuid() == 0:
+        state = "libvirtd is started on demand"
+    else:
+        return False, "libvirtd does not answer on qemu:///system and only root can start it"
+    return True, f"{state}, vagrant-libvirt installed; domain type {kind}: {why}"
+
+
+def libvirt_domain_type() -> tuple[str, str]:
+    """`kvm` only where a stock guest kernel really runs under /dev/kvm (not PVM), else `qemu` (TCG)."""
+    from provisioner.libvirt import domain_type
+
+    return domain_type()
 
 
 def docker_usable() -> tuple[bool, str]:
@@ -66,8 +87,16 @@ FIXES = {
 }
 
 
-def choose(requested: str) -> Choice:
-    """Resolve `auto` to the first provider that works here; check an explicit one."""
+AUTO_ORDER = ("virtualbox", "libvirt", "docker")
+SPEED_ORDER = ("docker", "virtualbox", "libvirt")
+
+
+def choose(requested: str, prefer_speed: bool = False) -> Choice:
+    """Resolve `auto` to the first provider that works here; check an explicit one.
+
+    `auto` prefers real VMs (virtualbox, then libvirt) over container nodes, except libvirt under
+    software emulation (no usable KVM): VMs there are about ten times slower, so docker goes first
+    and libvirt stays available with --provider libvirt. `prefer_speed` puts docker first anyway."""
     if requested != "auto":
         ok, why = CHECKS[requested]()
         if not ok:
@@ -77,8 +106,16 @@ def choose(requested: str) -> Choice:
             )
         return Choice(requested, why)
     reasons: list[str] = []
-    for name in ("virtualbox", "libvirt", "docker"):
+    order = list(SPEED_ORDER if prefer_speed else AUTO_ORDER)
+    for name in order:
         ok, why = CHECKS[name]()
+        slow_vm = ok and name == "libvirt" and not prefer_speed and libvirt_domain_type()[0] == "qemu"
+        if slow_vm and docker_usable()[0]:
+            reasons.append(
+                "libvirt: usable but only under software emulation (qemu TCG, no usable KVM), much slower "
+                "than container nodes; ask for it with --provider libvirt"
+            )
+            continue
         if ok:
             skipped = "; ".join(reasons)
             return Choice(name, why + (f" (skipped: {skipped})" if skipped else ""))

@@ -50,6 +50,8 @@ class Report:
         cells: dict[tuple[str, str], list[str]] = {}
         for r in self.results:
             cells.setdefault((r.node, r.check), []).append(r.outcome)
+        if any(r.node == "(cluster)" for r in self.results):
+            nodes = [*nodes, "(cluster)"]
         width = max([len(n) for n in nodes] + [4])
         lines = []
         for check in checks:
