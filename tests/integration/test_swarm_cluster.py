@@ -98,11 +98,14 @@ def test_join_tokens_never_reach_the_host(cluster: Cluster) -> None:
 
 def test_node_stopped_mid_run_is_named_and_up_resumes(cluster: Cluster) -> None:
     victim = f"{NAME}-worker2"
+    events = cluster.root / "logs" / "prepare.events.jsonl"
+    events.unlink(missing_ok=True)
     runner = cluster.popen("up")
-    log = cluster.root / "logs" / "prepare.log"
+    # Stop the node once Ansible is really at work on the prepare stage (its first task has started).
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not log.exists():
-        time.sleep(0.5)
+    while time.monotonic() < deadline and not (events.exists() and '"event": "task"' in events.read_text()):
+        time.sleep(0.2)
+    assert runner.poll() is None, "up finished before the prepare stage started"
     subprocess.run(["docker", "stop", "-t", "2", victim], capture_output=True, check=True)
     out, err = runner.communicate(timeout=900)
     assert runner.returncode != 0, out
