@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,13 +335,26 @@ class Resources:
         return not (self.domains or self.volumes or self.networks)
 
 
-def cluster_resources(prefix: str, networks: Iterable[str] = ()) -> Resources:
-    """Domains and volumes named `prefix*` (vagrant-libvirt's default_prefix), and the given networks
-    where they exist. Empty when libvirtd does not answer."""
+def owned_domain(name: str, match: str | Sequence[str]) -> bool:
+    """A domain of the cluster: `match` is a name prefix (str) or the exact domain names."""
+    return name.startswith(match) if isinstance(match, str) else name in match
+
+
+def owned_volume(name: str, match: str | Sequence[str]) -> bool:
+    """A volume of the cluster: vagrant-libvirt names a machine's disks DOMAIN.img, DOMAIN-vdb.qcow2 ..."""
+    if isinstance(match, str):
+        return name.startswith(match)
+    return any(name.startswith((f"{d}.", f"{d}-vd", f"{d}-sd")) for d in match)
+
+
+def cluster_resources(match: str | Sequence[str], networks: Iterable[str] = ()) -> Resources:
+    """Domains and volumes of a cluster (`match`: the exact domain names, or a name prefix such as
+    vagrant-libvirt's default_prefix), and the given networks where they exist. Empty when libvirtd
+    does not answer. Exact names are the safe form: a prefix `lab-` also matches a cluster `lab-2`."""
     if not answers():
         return Resources([], [], [])
-    domains = [d for d in parse_name_list(virsh("list", "--all", "--name").stdout) if d.startswith(prefix)]
-    volumes = [v for v in pool_volumes() if v.startswith(prefix)]
+    domains = [d for d in parse_name_list(virsh("list", "--all", "--name").stdout) if owned_domain(d, match)]
+    volumes = [v for v in pool_volumes() if owned_volume(v, match)]
     existing = set(parse_name_list(virsh("net-list", "--all", "--name").stdout))
     return Resources(domains, volumes, [n for n in networks if n in existing])
 
@@ -360,10 +373,10 @@ def network_for_subnet(subnet_address: str) -> str:
     return ""
 
 
-def cleanup_cluster(prefix: str, networks: Iterable[str] = ()) -> Resources:
-    """Remove what is left of one cluster: domains `prefix*` with their storage, volumes `prefix*`
-    in the pool, and the named networks. Returns what it removed."""
-    found = cluster_resources(prefix, networks)
+def cleanup_cluster(match: str | Sequence[str], networks: Iterable[str] = ()) -> Resources:
+    """Remove what is left of one cluster (see cluster_resources for `match`): its domains with their
+    storage, its volumes in the pool, and the named networks. Returns what it removed."""
+    found = cluster_resources(match, networks)
     for dom in found.domains:
         virsh("destroy", dom, check=False)
         virsh("undefine", dom, "--remove-all-storage", "--managed-save", "--snapshots-metadata", check=False)

@@ -16,6 +16,9 @@ step "mypy"
 $PY/mypy
 step "ansible-lint (production profile, empty skip list)"
 $PY/ansible-lint --offline -q
+# The libvirt VM lane (tests/integration/test_libvirt_vms.py) runs only when asked for: under qemu
+# software emulation it is not yet shown to fit CI's limit beside the other suites.
+export PROVISION_VM_LANE="${PROVISION_VM_LANE:-0}"
 step "pytest: unit and integration"
 # -p no:cacheprovider keeps the clone clean; -ra lists every skip with its reason.
 set +e

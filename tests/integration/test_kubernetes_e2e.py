@@ -24,7 +24,10 @@ NAME = "it-kube"
 NETWORK = "192.168.158.0/24"
 PROBE_URL = "https://pkgs.k8s.io/"
 UNREACHABLE = "pkgs.k8s.io unreachable from this machine: kubeadm, kubelet and images cannot be downloaded"
-NOT_ASKED = "set KUBE_E2E=1 to run the Kubernetes end-to-end test (it downloads kubeadm, kubelet and images)"
+NOT_ASKED = (
+    "needs pkgs.k8s.io and the Kubernetes/Calico image registries, which are unreachable on the test machines; "
+    "set KUBE_E2E=1 where they are reachable to run it (it downloads kubeadm, kubelet and images)"
+)
 
 
 def pkgs_k8s_io_reachable(timeout: float = 5.0) -> bool:
