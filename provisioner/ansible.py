@@ -204,6 +204,7 @@ def stage_error(title: str, rc: int, run: StageRun, log_file: Path) -> Provision
             f"{title}: host {f.host} {what} at task '{f.task}': {msg}{more}; fix it and run `up` again to resume here",
             exit_code=4,
             log_path=str(log_file),
+            hosts=tuple(dict.fromkeys(x.host for x in run.failures)),
         )
     return ProvisionError(
         f"{title}: ansible-playbook exited {rc} before any task failed (syntax or inventory error)",

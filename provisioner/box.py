@@ -63,10 +63,14 @@ PACKAGES = (
     "ca-certificates",
     "less",
     "extlinux",
+    # Debian's kernel enables AppArmor: Docker refuses to start containers when apparmor_parser is
+    # missing ("AppArmor enabled on system but the docker-default profile could not be loaded").
+    "apparmor",
 )
 # Baked in with --with-runtime so that nodes start with the runtime installed (Debian's packages,
-# the same ones the container_runtime role installs with container_runtime_source: distro).
-RUNTIME_PACKAGES = ("docker.io", "containerd", "runc")
+# the same ones the container_runtime role installs with container_runtime_source: distro), and
+# busybox-static, from which the swarm role builds its registry-free smoke-test image.
+RUNTIME_PACKAGES = ("docker.io", "containerd", "runc", "busybox-static")
 
 # Run by mmdebstrap against the finished root file system ($1) before it is packed.
 CUSTOMIZE = r"""
@@ -152,8 +156,9 @@ chroot "$root" systemctl enable ssh-hostkeys.service ssh.service systemd-network
 # Periodic apt runs would take the dpkg lock in the middle of a provisioning run.
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer
 # The package lists stay (as in other Vagrant boxes): a role that installs a package without
-# refreshing them first still finds it. Downloaded .debs go.
-rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
+# refreshing them first still finds it; so do apt's binary caches built from them, which take
+# minutes to rebuild on an emulated CPU. Downloaded .debs go.
+rm -rf "$root"/var/cache/apt/archives/*.deb
 """
 
 
@@ -316,7 +321,7 @@ def build_box(recipe: BoxRecipe, workdir: Path) -> Path:
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
-        "--skip=cleanup/apt/lists",
+        "--skip=cleanup/apt",  # keep the package lists and apt's binary cache (see CUSTOMIZE)
         "--include=" + ",".join(recipe.all_packages),
         f'--customize-hook=VAGRANT_PUBKEY={pubkey} ROOT_UUID={root_uuid} sh {hook} "$1"',
         recipe.suite,

@@ -233,11 +233,14 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
                 verbose=opts.verbose,
             )
         except ProvisionError as exc:
-            state.mark(stage.name, "failed", time.monotonic() - t0, message=exc.message)
+            err = lost_machines_error(exc, vg, stage.name)
+            state.mark(stage.name, "failed", time.monotonic() - t0, message=err.message)
             state.last_run = "failed"
             state.save()
             _write_timings(ws, timings, runs, time.monotonic() - started)
-            raise
+            if err is exc:
+                raise
+            raise err from exc
         timings[stage.name] = time.monotonic() - t0
         state.mark(stage.name, "done", timings[stage.name], changed=runs[stage.name].changed)
 
@@ -258,6 +261,30 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     if skip_reason:
         out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
     return rc
+
+
+def lost_machines_error(exc: ProvisionError, vg: Vagrant, stage: str) -> ProvisionError:
+    """A stage failed on some hosts: when their machines are no longer running (stopped or removed
+    outside the tool during the run), say so instead of the Ansible symptom, which varies with the
+    moment the machine went away (unreachable, a module that "failed to execute", a broken pipe)."""
+    if not exc.hosts:
+        return exc
+    try:
+        states = {m.name: m.state for m in vg.status()}
+    except ProvisionError:
+        return exc
+    lost = [(h, states.get(h, "not_created")) for h in exc.hosts if states.get(h, "not_created") != "running"]
+    if not lost:
+        return exc
+    names = ", ".join(f"{h} (now {st.replace('_', ' ')})" for h, st in lost)
+    noun = "node" if len(lost) == 1 else "nodes"
+    return ProvisionError(
+        f"stage {stage}: {noun} {names} stopped or vanished during the run and became unreachable; "
+        f"run `up` again: it starts or recreates the machine and resumes at this stage",
+        exit_code=exc.exit_code,
+        log_path=exc.log_path,
+        hosts=tuple(h for h, _ in lost),
+    )
 
 
 def _prepare_libvirt(
@@ -474,8 +501,11 @@ def provision(ws: Workspace, only: str | None, start: str | None, verbose: bool,
                 verbose=verbose,
             )
         except ProvisionError as exc:
-            state.mark(stage.name, "failed", time.monotonic() - t0, message=exc.message)
-            raise
+            err = lost_machines_error(exc, Vagrant(ws.root, spec.provider), stage.name)
+            state.mark(stage.name, "failed", time.monotonic() - t0, message=err.message)
+            if err is exc:
+                raise
+            raise err from exc
         state.mark(stage.name, "done", time.monotonic() - t0, changed=run.changed)
     return 0
 

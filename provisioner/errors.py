@@ -6,11 +6,15 @@ from __future__ import annotations
 class ProvisionError(Exception):
     """A failure the user can act on: `message` is one sentence naming the problem and the fix."""
 
-    def __init__(self, message: str, exit_code: int = 1, log_path: str | None = None) -> None:
+    def __init__(
+        self, message: str, exit_code: int = 1, log_path: str | None = None, hosts: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
         self.log_path = log_path
+        # The inventory hosts that failed, when the error comes from an Ansible stage.
+        self.hosts = hosts
 
     def __str__(self) -> str:
         if self.log_path:

@@ -12,12 +12,13 @@ import yaml
 
 from provisioner import stages
 from provisioner.ansible import StageRun, stage_error
+from provisioner.cluster import lost_machines_error
 from provisioner.errors import ProvisionError
 from provisioner.inventory import build_inventory, group_members, write_inventory
 from provisioner.progress import Progress
 from provisioner.spec import build_spec
 from provisioner.state import State
-from provisioner.vagrant import SshInfo
+from provisioner.vagrant import MachineStatus, SshInfo
 from provisioner.verify import parse_junit, split_testcase
 
 
@@ -166,3 +167,38 @@ def test_timings_file_written(tmp_path: Path) -> None:
     data = json.loads(ws.timings.read_text())
     assert data["stages"] == {"machines": 10.0, "runtime": 20.0}
     assert data["slowest_tasks"]["runtime"][0] == {"seconds": 12.5, "host": "cp1", "task": "Install docker"}
+
+
+class _FakeVagrant:
+    def __init__(self, states: dict[str, str] | None) -> None:
+        self.states = states
+
+    def status(self) -> list[MachineStatus]:
+        if self.states is None:
+            raise ProvisionError("vagrant status failed (exit 1)")
+        return [MachineStatus(n, st, "docker") for n, st in self.states.items()]
+
+
+def _failed_run(tmp_path: Path) -> ProvisionError:
+    run = StageRun()
+    for ev in EVENTS:
+        run.feed(ev)
+    return stage_error("stage prepare (node preparation)", 2, run, tmp_path / "prepare.log")
+
+
+def test_stage_failure_on_a_machine_that_went_away_says_so(tmp_path: Path) -> None:
+    exc = _failed_run(tmp_path)
+    assert exc.hosts == ("w1",)
+    err = lost_machines_error(exc, _FakeVagrant({"cp1": "running", "w1": "stopped"}), "prepare")  # type: ignore[arg-type]
+    assert err is not exc
+    assert "node w1 (now stopped) stopped or vanished during the run and became unreachable" in err.message
+    assert "run `up` again" in err.message and err.exit_code == exc.exit_code and err.log_path == exc.log_path
+    gone = lost_machines_error(exc, _FakeVagrant({"cp1": "running"}), "prepare")  # type: ignore[arg-type]
+    assert "w1 (now not created)" in gone.message
+
+
+def test_stage_failure_on_a_running_machine_keeps_the_ansible_reason(tmp_path: Path) -> None:
+    exc = _failed_run(tmp_path)
+    assert lost_machines_error(exc, _FakeVagrant({"cp1": "running", "w1": "running"}), "prepare") is exc  # type: ignore[arg-type]
+    # When the provider cannot be asked, the original error stands rather than a second failure.
+    assert lost_machines_error(exc, _FakeVagrant(None), "prepare") is exc  # type: ignore[arg-type]
