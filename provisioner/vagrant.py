@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,12 @@ def parse_progress_line(line: str) -> tuple[str, str] | None:
     return match.group("node"), match.group("msg")
 
 
+# Vagrant's message when another Vagrant process holds a machine's lock, and how often to wait for it.
+LOCKED_MARK = "because it is locked"
+LOCK_RETRIES = 6
+LOCK_WAIT = 5.0
+
+
 class Vagrant:
     def __init__(self, provision_dir: Path, provider: str) -> None:
         self.provision_dir = provision_dir
@@ -105,11 +112,27 @@ class Vagrant:
         )
         return env
 
+    def _stream(self, cmd: list[str], log_file: Path, on_line: Callable[[str], None] | None = None) -> int:
+        """Run a Vagrant command; retry while Vagrant says a machine is locked by another Vagrant
+        process (another cluster's run on the same host can hold the provider's locks briefly)."""
+        for attempt in range(1, LOCK_RETRIES + 1):
+            start = log_file.stat().st_size if log_file.exists() else 0
+            rc = proc.stream(cmd, env=self.env, cwd=REPO_ROOT, log_file=log_file, on_line=on_line)
+            if rc == 0 or attempt == LOCK_RETRIES:
+                return rc
+            with log_file.open(encoding="utf-8", errors="replace") as f:
+                f.seek(start)
+                if LOCKED_MARK not in f.read():
+                    return rc
+            log.info("vagrant: a machine is locked by another Vagrant process; retrying (%d/%d)", attempt, LOCK_RETRIES)
+            time.sleep(LOCK_WAIT * attempt)
+        return rc
+
     def up(self, nodes: list[str], log_file: Path, on_line: Callable[[str], None] | None = None) -> None:
         cmd = ["vagrant", "up", "--provider", self.provider]
         cmd.append("--parallel" if self.provider in PARALLEL_PROVIDERS else "--no-parallel")
         cmd += nodes
-        rc = proc.stream(cmd, env=self.env, cwd=REPO_ROOT, log_file=log_file, on_line=on_line)
+        rc = self._stream(cmd, log_file, on_line)
         if rc != 0:
             raise ProvisionError(
                 f"vagrant up failed (exit {rc}): {last_error(log_file)}; fix that and run `up` again",
@@ -117,7 +140,7 @@ class Vagrant:
             )
 
     def destroy(self, log_file: Path, nodes: list[str] | None = None) -> None:
-        rc = proc.stream(["vagrant", "destroy", "-f", *(nodes or [])], env=self.env, cwd=REPO_ROOT, log_file=log_file)
+        rc = self._stream(["vagrant", "destroy", "-f", *(nodes or [])], log_file)
         if rc != 0:
             raise ProvisionError(f"vagrant destroy failed (exit {rc}): {last_error(log_file)}", log_path=str(log_file))
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from provisioner import vagrant as vagrant_mod
 from provisioner.errors import ProvisionError
-from provisioner.vagrant import last_error, parse_progress_line, parse_ssh_config
+from provisioner.vagrant import Vagrant, last_error, parse_progress_line, parse_ssh_config
 
 SSH_CONFIG = """Host cp1
   HostName 127.0.0.1
@@ -54,3 +56,32 @@ def test_last_error_prefers_error_lines(tmp_path: Path) -> None:
     log.write_text("==> cp1: Creating\nStderr: Error response from daemon: Address already in use\nsome tail\n")
     assert "Address already in use" in last_error(log)
     assert last_error(tmp_path / "missing.log") == "no output"
+
+
+def _fake_vagrant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "vagrant"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setattr(vagrant_mod, "LOCK_WAIT", 0.01)
+    return tmp_path / "calls"
+
+
+def test_destroy_waits_for_a_machine_locked_by_another_vagrant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_vagrant(
+        tmp_path,
+        monkeypatch,
+        f"echo x >> {tmp_path}/calls\n[ $(wc -l < {tmp_path}/calls) -ge 3 ] && exit 0\n"
+        'echo "Vagrant can\'t use the requested machine because it is locked! This"; exit 1\n',
+    )
+    Vagrant(tmp_path, "docker").destroy(tmp_path / "destroy.log")
+    assert len(calls.read_text().split()) == 3
+
+
+def test_other_vagrant_failures_are_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_vagrant(tmp_path, monkeypatch, f"echo x >> {tmp_path}/calls\necho 'The provider failed'; exit 1\n")
+    with pytest.raises(ProvisionError, match="vagrant destroy failed"):
+        Vagrant(tmp_path, "docker").destroy(tmp_path / "destroy.log")
+    assert len(calls.read_text().split()) == 1
