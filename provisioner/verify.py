@@ -107,38 +107,70 @@ def parse_junit(path: Path, nodes: list[str]) -> Report:
     return report
 
 
+def testinfra_env(provision_dir: Path) -> dict[str, str]:
+    """The environment of a testinfra run. testinfra's SSH backend opens a new connection for every
+    command unless it is given a ControlPath (ansible.cfg turns ControlMaster on but leaves the path
+    to Ansible), so every check would pay a key exchange: give it one shared connection per node."""
+    env = ansible_env(provision_dir)
+    common = env.get("ANSIBLE_SSH_COMMON_ARGS", "")
+    if "controlpath" not in common.lower():
+        # A short directory: a socket path has at most 107 bytes.
+        cp_dir = Path.home() / ".ansible" / "cp"
+        cp_dir.mkdir(parents=True, exist_ok=True)
+        env["ANSIBLE_SSH_COMMON_ARGS"] = f"{common} -o ControlPath={cp_dir}/ti-%C".strip()
+    return env
+
+
 def run_verify(
     inventory: Path, provision_dir: Path, finished_stages: list[str], nodes: list[str]
 ) -> tuple[Report, Path]:
+    """Run the suites of the finished stages side by side (one pytest each: the nodes are mostly
+    waiting on SSH round trips), then merge their reports in stage order."""
     modules = [INFRA / SUITES[s] for s in finished_stages if s in SUITES and (INFRA / SUITES[s]).exists()]
     if not modules:
         raise ProvisionError("nothing to verify yet: no finished stage has a testinfra suite; run `up` first")
-    junit = provision_dir / "verify.xml"
     logf = provision_dir / "logs" / "verify.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "-rs",
-        "--color=no",
-        f"--ansible-inventory={inventory}",
-        "--connection=ansible",
-        f"--junitxml={junit}",
-        *[str(m) for m in modules],
-    ]
+    env = testinfra_env(provision_dir)
+    runs: list[tuple[Path, Path, Path, subprocess.Popen[bytes]]] = []
+    for module in modules:
+        junit = provision_dir / f"verify-{module.stem}.xml"
+        junit.unlink(missing_ok=True)
+        part_log = logf.with_name(f"verify-{module.stem}.log")
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rs",
+            "--color=no",
+            f"--ansible-inventory={inventory}",
+            "--connection=ansible",
+            f"--junitxml={junit}",
+            str(module),
+        ]
+        with part_log.open("w", encoding="utf-8") as out:
+            out.write("$ " + " ".join(cmd) + "\n")
+            out.flush()
+            child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        runs.append((module, junit, part_log, child))
+    codes = [child.wait() for *_, child in runs]
+    report = Report()
     with logf.open("w", encoding="utf-8") as out:
-        out.write("$ " + " ".join(cmd) + "\n")
-        out.flush()
-        rc = subprocess.run(
-            cmd, cwd=REPO_ROOT, env=ansible_env(provision_dir), stdout=out, stderr=subprocess.STDOUT, check=False
-        ).returncode
-    if not junit.exists():
-        raise ProvisionError(f"the testinfra run produced no report (exit {rc})", log_path=str(logf))
-    report = parse_junit(junit, nodes)
-    if rc not in (0, 1) and not report.results:
-        raise ProvisionError(f"the testinfra run failed to start (exit {rc})", log_path=str(logf))
+        for (module, junit, part_log, _), rc in zip(runs, codes, strict=True):
+            out.write(part_log.read_text(encoding="utf-8", errors="replace") + f"(exit {rc})\n\n")
+            part_log.unlink(missing_ok=True)
+            if not junit.exists():
+                raise ProvisionError(
+                    f"the testinfra run of {module.name} produced no report (exit {rc})", log_path=str(logf)
+                )
+            part = parse_junit(junit, nodes)
+            junit.unlink()
+            if rc not in (0, 1) and not part.results:
+                raise ProvisionError(
+                    f"the testinfra run of {module.name} failed to start (exit {rc})", log_path=str(logf)
+                )
+            report.results.extend(part.results)
     return report, logf
