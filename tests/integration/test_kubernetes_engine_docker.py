@@ -8,18 +8,43 @@ stages, which need the Kubernetes package repository: that is tests/integration/
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Cluster, make_cluster
+from tests.integration.conftest import REPO, Cluster, make_cluster
 
 pytestmark = pytest.mark.integration
 
 NAME = "it-kube"
 NETWORK = "192.168.156.0/24"
+
+# Check mode of the Kubernetes stages: every URL the roles would fetch points at a tiny HTTP
+# server on each node's own loopback, started (and stopped) by the test.
+KUBE_ROLES = ("kube_packages", "kube_control_plane", "calico", "kube_join")
+KUBE_PLAYBOOKS = ("kube_packages", "control_plane", "cni", "join")
+CHECK_PORT = 18680
+CHECK_UNIT = "it-kube-check-http"
+CHECK_DIR = "/run/it-kube-check-http"
+CHECK_BASE = f"http://127.0.0.1:{CHECK_PORT}"
+CHECK_VARS = {
+    "kube_version": "1.34",  # the last minor whose kubelet still accepts cgroup v1
+    "kube_packages_allow_cgroup_v1": True,
+    "kube_packages_repo_base_url": CHECK_BASE,
+    "calico_manifest_base_url": f"{CHECK_BASE}/calico",
+}
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+: ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+URL = re.compile(r"\b(?:https?|ftps?|git|ssh|rsync|s3)://[^\s\"'\\,)]+", re.IGNORECASE)
 
 
 def _cgroup_v1() -> bool:
@@ -54,6 +79,166 @@ def test_rerun_reports_no_change_and_status_records_the_skip(cluster: Cluster) -
     status = cluster.run("status").stdout
     assert re.search(r"kube_packages\s+skipped.*cgroup v1", status)
     assert re.search(r"runtime\s+done", status)
+
+
+def _url_defaults() -> set[str]:
+    """The kube roles' variables whose defaults or vars hold a URL."""
+    names: set[str] = set()
+    for role in KUBE_ROLES:
+        for sub in ("defaults", "vars"):
+            for path in sorted((REPO / "roles" / role / sub).glob("*.yml")):
+                for line in path.read_text().splitlines():
+                    match = re.match(r"^(\w+):\s*(.*)$", line)
+                    if match and "http" in match.group(2).lower():
+                        names.add(match.group(1))
+    return names
+
+
+def _task_sections(out: str) -> dict[str, str]:
+    """The output of each task of one ansible-playbook run, by task name (without the role prefix)."""
+    sections: dict[str, str] = {}
+    for chunk in out.split("\nTASK [")[1:]:
+        title, _, body = chunk.partition("]")
+        sections[title.split(" : ", 1)[-1]] = sections.get(title.split(" : ", 1)[-1], "") + body
+    return sections
+
+
+def _section(sections: dict[str, str], prefix: str) -> str:
+    """The output of the tasks whose names start with prefix."""
+    bodies = [body for name, body in sections.items() if name.startswith(prefix)]
+    assert bodies, f"no task named {prefix!r}: {sorted(sections)}"
+    return "".join(bodies)
+
+
+def _changed_hosts(sections: dict[str, str], prefix: str) -> set[str]:
+    """The hosts that the tasks whose names start with prefix reported as changed."""
+    return set(re.findall(r"^changed: \[(\w+)\]", _section(sections, prefix), re.MULTILINE))
+
+
+def _on_nodes(cluster: Cluster, script: str) -> subprocess.CompletedProcess[str]:
+    """Run a shell script as root on every node (provision.py exec)."""
+    assert "'" not in script
+    return cluster.run("exec", "--sudo", "--", f"sh -c '{script}'", timeout=300, check=False)
+
+
+def _check_playbook(cluster: Cluster, name: str) -> tuple[str, dict[str, dict[str, int]]]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCAL_TEMP": str(cluster.root / "ansible-tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cluster.root / "cp"),
+        }
+    )
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            str(cluster.inventory),
+            "--check",
+            "--diff",
+            "-v",
+            "-e",
+            json.dumps(CHECK_VARS),
+            f"playbooks/{name}.yml",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=1200,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"{name}: rc {proc.returncode}\n{out[-8000:]}\n{proc.stderr[-3000:]}"
+    recap = {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")} for m in RECAP.finditer(out)}
+    assert recap, f"{name}: no recap\n{out[-4000:]}"
+    for host, counts in recap.items():
+        assert counts["failed"] == 0 and counts["unreachable"] == 0, f"{name}: {host} {counts}\n{out[-6000:]}"
+    return out, recap
+
+
+def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: Cluster) -> None:
+    # Every URL default of the kube roles is pointed at loopback below.
+    assert _url_defaults() <= set(CHECK_VARS), _url_defaults()
+    files = {
+        "v1.34/deb/Release.key": "check-mode placeholder",
+        "calico/operator-crds.yaml": "# check-mode placeholder",
+        "calico/tigera-operator.yaml": "# check-mode placeholder",
+    }
+    setup = " && ".join(
+        [f"mkdir -p {CHECK_DIR}/v1.34/deb {CHECK_DIR}/calico"]
+        + [f'echo "{text}" > {CHECK_DIR}/{path}' for path, text in files.items()]
+        + [
+            f"systemd-run --unit {CHECK_UNIT} --quiet python3 -m http.server {CHECK_PORT} --bind 127.0.0.1"
+            f" --directory {CHECK_DIR}",
+            'for i in $(seq 100); do python3 -c "import urllib.request as u;'
+            f' u.urlopen(\\"{CHECK_BASE}/v1.34/deb/Release.key\\", timeout=2)" 2>/dev/null && exit 0;'
+            " sleep 0.2; done; exit 1",
+        ]
+    )
+    started = _on_nodes(cluster, setup)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        outputs: dict[str, str] = {}
+        recaps: dict[str, dict[str, dict[str, int]]] = {}
+        for name in KUBE_PLAYBOOKS:
+            outputs[name], recaps[name] = _check_playbook(cluster, name)
+    finally:
+        stopped = _on_nodes(cluster, f"systemctl stop {CHECK_UNIT} 2>/dev/null; rm -rf {CHECK_DIR}")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+    nodes = {"cp1", "worker1", "worker2"}
+    # kube_packages: the key would be fetched (from loopback) and the repository added on every node.
+    assert set(recaps["kube_packages"]) == nodes
+    assert all(c["changed"] > 0 for c in recaps["kube_packages"].values()), recaps["kube_packages"]
+    packages = _task_sections(outputs["kube_packages"])
+    assert _changed_hosts(packages, "Upstream | Fetch the repository signing key") == nodes
+    assert f'"url": "{CHECK_BASE}/v1.34/deb/Release.key"' in _section(
+        packages, "Upstream | Fetch the repository signing key"
+    )
+    assert _changed_hosts(packages, "Upstream | Write the Kubernetes deb822 source") == nodes
+    assert f"URIs: {CHECK_BASE}/v1.34/deb/" in _section(packages, "Upstream | Write the Kubernetes deb822 source")
+    assert "skipping: [cp1]" in _section(packages, "Upstream | Install the pinned Kubernetes packages")
+    # control_plane: the kubeadm configuration would be written and kubeadm init run on cp1.
+    assert set(recaps["control_plane"]) == {"cp1"} and recaps["control_plane"]["cp1"]["changed"] > 0
+    plane = _task_sections(outputs["control_plane"])
+    assert "check mode: kubeadm is not installed on cp1 yet" in outputs["control_plane"]
+    config = _section(plane, "Init | Write the kubeadm configuration")
+    assert _changed_hosts(plane, "Init | Write the kubeadm configuration") == {"cp1"}
+    assert "kubernetesVersion: v1.34.0" in config and "advertiseAddress: 192.168.156.10" in config
+    assert "Command would have run if not in check mode" in _section(plane, "Init | Run kubeadm init")
+    assert _changed_hosts(plane, "Init | Run kubeadm init") == {"cp1"}
+    # cni: the manifests would be downloaded (checked on loopback) and the custom resources rendered.
+    assert set(recaps["cni"]) == {"cp1"} and recaps["cni"]["cp1"]["changed"] > 0
+    cni = _task_sections(outputs["cni"])
+    heads = _section(cni, "Manifests | Check that the operator manifests can be downloaded")
+    assert heads.count('"status": 200') == 2 and f"{CHECK_BASE}/calico/tigera-operator.yaml" in heads
+    assert _changed_hosts(cni, "Manifests | Render the operator custom resources") == {"cp1"}
+    assert "check mode: the control plane is not initialized yet" in outputs["cni"]
+    # join: both workers would join.
+    assert set(recaps["join"]) == nodes
+    assert "worker1, worker2 would join the cluster" in outputs["join"]
+    # Nothing left the machine: every URL in the task output is on loopback.
+    for name, out in outputs.items():
+        task_lines = [line for line in out.splitlines() if not line.startswith(("[WARNING]", "[DEPRECATION"))]
+        foreign = {
+            u for u in URL.findall("\n".join(task_lines)) if not re.match(r"\w+://(127\.0\.0\.1|localhost)\b", u)
+        }
+        assert not foreign, f"{name}: non-loopback URLs in the output: {sorted(foreign)}"
+
+    # Check mode changed nothing on the nodes nor on the controller.
+    untouched = _on_nodes(
+        cluster,
+        "test ! -e /etc/apt/sources.list.d/kubernetes.sources && test ! -e /etc/apt/keyrings/kubernetes-apt-keyring.asc"
+        " && test ! -e /etc/kubernetes/kubeadm-config.yaml && test ! -e /etc/kubernetes/calico"
+        " && ! command -v kubeadm >/dev/null && ! systemctl is-active --quiet " + CHECK_UNIT,
+    )
+    assert untouched.returncode == 0, untouched.stdout + untouched.stderr
+    assert not (cluster.root / "kubeconfig").exists()
 
 
 def test_rerun_one_stage_and_destroy(cluster: Cluster) -> None:
