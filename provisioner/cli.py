@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="create machines and run every stage (resumes after a failure)")
     _spec_flags(up)
     up.add_argument("--no-verify", action="store_true", help="skip the testinfra checks at the end")
+    up.add_argument(
+        "--converge",
+        action="store_true",
+        help="re-apply every stage even when nothing changed since the last converge (by default such a "
+        "rerun only verifies the nodes, and converges when verify finds drift)",
+    )
     up.add_argument("--stack", help="compose file to deploy with `docker stack deploy` after verify (swarm)")
 
     pl = sub.add_parser("plan", help="print the resolved spec and network plan; create nothing")
@@ -147,6 +153,7 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
             verbose=args.verbose,
             verify=not getattr(args, "no_verify", False),
             prefer_speed=args.fast,
+            converge=getattr(args, "converge", False),
         )
         return cluster.up(ws, opts) if cmd == "up" else cluster.plan(ws, opts)
     if cmd == "status":

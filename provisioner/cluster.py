@@ -3,6 +3,7 @@ inventory, Ansible runner, verifier."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -89,6 +90,7 @@ class UpOptions:
     verbose: bool = False
     stack: str | None = None
     prefer_speed: bool = False  # provider auto: the fastest provider (container nodes) over VMs
+    converge: bool = False  # re-apply every stage even when nothing changed since the last converge
 
 
 def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
@@ -173,6 +175,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         spec, vagrant_extra = _prepare_libvirt(spec, inputs, progress, timings, out)
 
     state = State.load(ws.state_file)
+    previous_run = state.last_run
     ws.save_spec(spec, inputs, vagrant_extra)
     vg = Vagrant(ws.root, spec.provider)
     before = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
@@ -207,50 +210,79 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
 
     todo = stages.stages_for(spec.engine)
     failed = state.failed_stage()
-    if new_nodes and any(state.done(s.name) for s in todo):
-        out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
-    elif failed is not None and failed in [s.name for s in todo]:
-        out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
-        names = [s.name for s in todo]
-        todo = todo[names.index(failed) :]
-
+    fingerprint = converge_fingerprint(ws, spec)
     skip_reason = kubernetes_blocker(spec)
     runs: dict[str, StageRun] = {}
-    for stage in todo:
-        if stage.kubernetes and skip_reason:
-            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
-            state.mark(stage.name, "skipped", 0.0, message=skip_reason)
-            continue
+    rc = 0
+    unchanged = (
+        opts.verify
+        and not opts.converge
+        and not new_nodes
+        and failed is None
+        and previous_run == "done"
+        and state.last_verify == "passed"
+        and state.fingerprint == fingerprint
+    )
+    if unchanged:
+        out.write(
+            "==> stages: nothing changed since the last converge (same roles, playbooks, inventory and "
+            "machines): verify checks the nodes instead of re-applying (`up --converge` re-applies)\n"
+        )
         t0 = time.monotonic()
         try:
-            runs[stage.name] = run_playbook(
-                stage.path,
-                ws.inventory,
-                ws.root,
-                ws.logs / f"{stage.name}.log",
-                progress,
-                f"stage {stage.name} ({stage.description})",
-                verbose=opts.verbose,
-            )
+            rc = run_verify(ws, spec, state, out)
         except ProvisionError as exc:
-            err = lost_machines_error(exc, vg, stage.name)
-            state.mark(stage.name, "failed", time.monotonic() - t0, message=err.message)
-            state.last_run = "failed"
-            state.save()
-            _write_timings(ws, timings, runs, time.monotonic() - started)
-            if err is exc:
+            if exc.exit_code != 5:
                 raise
-            raise err from exc
-        timings[stage.name] = time.monotonic() - t0
-        state.mark(stage.name, "done", timings[stage.name], changed=runs[stage.name].changed)
-
-    state.last_run = "done"
-    state.save()
-    rc = 0
-    if opts.verify:
-        t0 = time.monotonic()
-        rc = run_verify(ws, spec, state, out)
+            out.write(f"    the nodes drifted from what the roles set ({exc.message}): converging every stage\n")
+            unchanged = False
         timings["verify"] = time.monotonic() - t0
+    if not unchanged:
+        if new_nodes and any(state.done(s.name) for s in todo):
+            out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
+        elif failed is not None and failed in [s.name for s in todo]:
+            out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
+            names = [s.name for s in todo]
+            todo = todo[names.index(failed) :]
+        state.fingerprint = ""  # until every stage has converged again
+        for stage in todo:
+            if stage.kubernetes and skip_reason:
+                out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+                state.mark(stage.name, "skipped", 0.0, message=skip_reason)
+                continue
+            t0 = time.monotonic()
+            try:
+                runs[stage.name] = run_playbook(
+                    stage.path,
+                    ws.inventory,
+                    ws.root,
+                    ws.logs / f"{stage.name}.log",
+                    progress,
+                    f"stage {stage.name} ({stage.description})",
+                    verbose=opts.verbose,
+                )
+            except ProvisionError as exc:
+                err = lost_machines_error(exc, vg, stage.name)
+                state.mark(stage.name, "failed", time.monotonic() - t0, message=err.message)
+                state.last_run = "failed"
+                state.save()
+                _write_timings(ws, timings, runs, time.monotonic() - started)
+                if err is exc:
+                    raise
+                raise err from exc
+            timings[stage.name] = time.monotonic() - t0
+            state.mark(stage.name, "done", timings[stage.name], changed=runs[stage.name].changed)
+
+        state.last_run = "done"
+        state.fingerprint = fingerprint
+        state.save()
+        if opts.verify:
+            t0 = time.monotonic()
+            rc = run_verify(ws, spec, state, out)
+            timings["verify"] = timings.get("verify", 0.0) + time.monotonic() - t0
+    else:
+        state.last_run = "done"
+        state.save()
     if spec.stack:
         t0 = time.monotonic()
         deploy_stack(ws, spec, progress, opts.verbose)
@@ -261,6 +293,31 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     if skip_reason:
         out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
     return rc
+
+
+# What a converge applies besides the inventory: the playbooks, the roles and the plugins they use.
+CONVERGE_INPUTS = ("ansible.cfg", "playbooks", "roles", "filter_plugins")
+
+
+def converge_fingerprint(ws: Workspace, spec: ClusterSpec) -> str:
+    """Digest of everything a converge of this cluster depends on: the project's Ansible content (the
+    roles' Molecule scenarios aside), the generated inventory (spec, variables, addresses) and the
+    identity of each machine (a recreated machine has a new one)."""
+    digest = hashlib.sha256()
+    files: list[Path] = []
+    for name in CONVERGE_INPUTS:
+        top = REPO_ROOT / name
+        files += [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+    for path in files:
+        rel = path.relative_to(REPO_ROOT)
+        if "molecule" in rel.parts or "__pycache__" in rel.parts:
+            continue
+        digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(ws.inventory.read_bytes() if ws.inventory.exists() else b"")
+    for node in spec.nodes:
+        ident = ws.root / "vagrant" / "machines" / node.name / spec.provider / "id"
+        digest.update(node.name.encode() + b"=" + (ident.read_bytes() if ident.exists() else b"?") + b"\0")
+    return digest.hexdigest()
 
 
 def lost_machines_error(exc: ProvisionError, vg: Vagrant, stage: str) -> ProvisionError:
@@ -406,8 +463,12 @@ def run_verify(ws: Workspace, spec: ClusterSpec, state: State, out: TextIO) -> i
     names = [n.name for n in spec.nodes]
     progress = Progress(out)
     progress.start("verify (testinfra)")
+    state.last_verify = ""
+    state.save()
     report, logf = verify.run_verify(ws.inventory, ws.root, finished, names)
     failed = report.failed
+    state.last_verify = "failed" if failed else "passed"
+    state.save()
     progress.stop("all checks passed" if not failed else f"{len(failed)} checks FAILED")
     out.write(report.table(names) + "\n")
     if failed:
@@ -627,6 +688,7 @@ def reset(ws: Workspace, verbose: bool, out: TextIO = sys.stdout) -> int:
     state = State.load(ws.state_file)
     for stage in ("control_plane", "cni", "join"):
         state.stages.pop(stage, None)
+    state.fingerprint = ""
     state.save()
     return 0
 

@@ -34,6 +34,10 @@ class State:
     provider: str = ""
     stages: dict[str, StageRecord] = field(default_factory=dict)
     last_run: str = ""  # "" | running | failed | done
+    # Digest of everything the last complete converge applied (see cluster.converge_fingerprint) and
+    # the outcome of the last verify run: together they let a rerun with nothing new skip the stages.
+    fingerprint: str = ""
+    last_verify: str = ""  # "" | passed | failed
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -52,6 +56,8 @@ class State:
             provider=data.get("provider", ""),
             stages=stages,
             last_run=data.get("last_run", ""),
+            fingerprint=data.get("fingerprint", ""),
+            last_verify=data.get("last_verify", ""),
         )
 
     def save(self) -> None:
@@ -61,6 +67,8 @@ class State:
             "spec_digest": self.spec_digest,
             "provider": self.provider,
             "last_run": self.last_run,
+            "fingerprint": self.fingerprint,
+            "last_verify": self.last_verify,
             "stages": {name: rec.__dict__ for name, rec in self.stages.items()},
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
@@ -84,4 +92,5 @@ class State:
 
     def reset_stages(self) -> None:
         self.stages.clear()
+        self.fingerprint = ""
         self.save()

@@ -53,14 +53,15 @@ class Report:
         if any(r.node == "(cluster)" for r in self.results):
             nodes = [*nodes, "(cluster)"]
         width = max([len(n) for n in nodes] + [4])
+        first = max([len(c) for c in checks] + [5])
         lines = []
         for check in checks:
-            row = [f"{check:<40}"]
+            row = [f"{check:<{first}}"]
             for node in nodes:
                 outcomes = cells.get((node, check))
                 row.append(f"{_cell(outcomes):<{width}}")
             lines.append("  ".join(row))
-        header = "  ".join([f"{'check':<40}"] + [f"{n:<{width}}" for n in nodes])
+        header = "  ".join([f"{'check':<{first}}"] + [f"{n:<{width}}" for n in nodes])
         return "\n".join([header, "-" * len(header), *lines])
 
 

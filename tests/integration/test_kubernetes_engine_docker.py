@@ -73,7 +73,7 @@ def test_up_prepares_nodes_and_says_why_kubernetes_did_not_run(cluster: Cluster)
 
 
 def test_rerun_reports_no_change_and_status_records_the_skip(cluster: Cluster) -> None:
-    cluster.run("up")
+    cluster.run("up", "--converge")
     changed = cluster.timings()["changed"]
     assert changed == {"prepare": 0, "runtime": 0}
     status = cluster.run("status").stdout

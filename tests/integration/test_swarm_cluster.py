@@ -78,12 +78,37 @@ def test_exec_fails_when_any_host_fails(cluster: Cluster) -> None:
 
 
 def test_second_up_changes_nothing(cluster: Cluster) -> None:
-    proc = cluster.run("up")
+    proc = cluster.run("up", "--converge")
     changed = cluster.timings()["changed"]
     assert isinstance(changed, dict)
     assert set(changed) == {"prepare", "runtime", "swarm"}
     assert all(v == 0 for v in changed.values()), changed
     assert "all checks passed" in proc.stdout
+
+
+def test_rerun_with_nothing_new_verifies_instead_of_reapplying(cluster: Cluster) -> None:
+    proc = cluster.run("up")
+    assert "nothing changed since the last converge" in proc.stdout, proc.stdout
+    assert "==> stage" not in proc.stdout
+    assert "all checks passed" in proc.stdout
+    stages = cluster.timings()["stages"]
+    assert isinstance(stages, dict) and set(stages) == {"machines", "verify"}, stages
+
+
+def test_rerun_notices_drift_and_converges(cluster: Cluster) -> None:
+    subprocess.run(
+        ["docker", "exec", f"{NAME}-worker1", "systemctl", "stop", "docker.socket", "docker"],
+        capture_output=True,
+        check=True,
+    )
+    proc = cluster.run("up")
+    assert "the nodes drifted from what the roles set" in proc.stdout, proc.stdout
+    assert "worker1" in proc.stdout
+    assert "==> stage runtime" in proc.stdout
+    changed = cluster.timings()["changed"]
+    assert isinstance(changed, dict) and changed["runtime"] > 0, changed  # docker started again
+    assert proc.stdout.rstrip().count("all checks passed") == 1
+    assert _status_rows(cluster.run("status").stdout)["worker1"] == (IPS["worker1"], "running")
 
 
 def test_join_tokens_never_reach_the_host(cluster: Cluster) -> None:
@@ -100,7 +125,7 @@ def test_node_stopped_mid_run_is_named_and_up_resumes(cluster: Cluster) -> None:
     victim = f"{NAME}-worker2"
     events = cluster.root / "logs" / "prepare.events.jsonl"
     events.unlink(missing_ok=True)
-    runner = cluster.popen("up")
+    runner = cluster.popen("up", "--converge")
     # Stop the node once Ansible is really at work on the prepare stage (its first task has started).
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (events.exists() and '"event": "task"' in events.read_text()):

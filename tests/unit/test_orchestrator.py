@@ -202,3 +202,37 @@ def test_stage_failure_on_a_running_machine_keeps_the_ansible_reason(tmp_path: P
     assert lost_machines_error(exc, _FakeVagrant({"cp1": "running", "w1": "running"}), "prepare") is exc  # type: ignore[arg-type]
     # When the provider cannot be asked, the original error stands rather than a second failure.
     assert lost_machines_error(exc, _FakeVagrant(None), "prepare") is exc  # type: ignore[arg-type]
+
+
+def test_converge_fingerprint_follows_roles_inventory_and_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner import cluster
+
+    repo = tmp_path / "repo"
+    for rel in ("ansible.cfg", "playbooks/site.yml", "roles/r/tasks/main.yml", "roles/r/molecule/default/x.yml"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(rel)
+    (repo / "filter_plugins").mkdir()
+    monkeypatch.setattr(cluster, "REPO_ROOT", repo)
+    ws = cluster.Workspace(tmp_path / "ws")
+    spec = build_spec({"provider": "docker", "nodes": 1})
+    ws.inventory.parent.mkdir(parents=True)
+    ws.inventory.write_text("all: {}\n")
+    ident = ws.root / "vagrant" / "machines" / "cp1" / "docker" / "id"
+    ident.parent.mkdir(parents=True)
+    ident.write_text("abc")
+    first = cluster.converge_fingerprint(ws, spec)
+    assert cluster.converge_fingerprint(ws, spec) == first
+    (repo / "roles/r/molecule/default/x.yml").write_text("changed")  # test scenarios are not applied
+    assert cluster.converge_fingerprint(ws, spec) == first
+    seen = {first}
+    for path, text in (
+        (repo / "roles/r/tasks/main.yml", "new task"),
+        (ws.inventory, "all: {vars: {a: 1}}\n"),
+        (ident, "def"),
+    ):
+        path.write_text(text)
+        now = cluster.converge_fingerprint(ws, spec)
+        assert now not in seen, path
+        seen.add(now)
