@@ -160,7 +160,12 @@ def lane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         pytest.skip(reason)
     root = tmp_path_factory.mktemp(NAME)
     control_dir = tempfile.mkdtemp(prefix="vmcp-")  # short: a socket path has at most 107 bytes
-    lane_env = SLOW_TIMEOUT | {"ANSIBLE_SSH_COMMON_ARGS": CONTROL_PATH_ARG.format(control_dir)}
+    # testinfra's ansible backend runs ansible-inventory from PATH: the one next to this Python.
+    bindir = str(Path(sys.executable).parent)
+    lane_env = SLOW_TIMEOUT | {
+        "ANSIBLE_SSH_COMMON_ARGS": CONTROL_PATH_ARG.format(control_dir),
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+    }
     saved_env = {k: os.environ.get(k) for k in lane_env}
     os.environ.update(lane_env)
     lane = Lane(Cluster(root / "ws", NAME, NETWORK), daemons_before=libvirt.started_daemons())
