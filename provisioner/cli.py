@@ -34,6 +34,12 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
         help=f"one of: {', '.join(RUNTIME_SOURCES)} (auto: distro packages in container nodes, upstream on VMs)",
     )
     g.add_argument("--kube-version", dest="kube_version", help="Kubernetes minor or patch, e.g. 1.36 or 1.36.2")
+    g.add_argument(
+        "--package-proxy",
+        dest="package_proxy",
+        metavar="URL",
+        help='caching proxy for apt/dnf on the nodes, e.g. http://192.168.56.1:3142; "" removes it',
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +117,7 @@ SPEC_KEYS = (
     "box",
     "runtime",
     "runtime_source",
+    "package_proxy",
 )
 
 

@@ -15,7 +15,8 @@ ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker"
 
 
 def cluster_vars(spec: ClusterSpec, provision_dir: Path) -> dict[str, Any]:
-    """Cluster-wide variables, the same keys as inventory/sample/group_vars/all.yml."""
+    """Cluster-wide variables, the same keys as inventory/sample/group_vars/all.yml (plus the role
+    variable node_prep_package_proxy, whose role default "" means no proxy)."""
     return {
         "cluster_name": spec.name,
         "cluster_engine": spec.engine,
@@ -30,6 +31,7 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path) -> dict[str, Any]:
         "container_runtime_offline_dir": spec.offline_dir,
         "container_runtime_version": spec.versions.get("runtime", ""),
         "kube_kubeconfig_dest": str(provision_dir / "kubeconfig"),
+        "node_prep_package_proxy": spec.package_proxy,
     }
 
 

@@ -26,6 +26,12 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 FIRST_HOST_OFFSET = 10  # the control plane sits at .10 as in the classic lab
 MAX_NODES = 50
+# A package proxy: http(s)://, a host name, an IPv4 address or a bracketed IPv6 address, an optional
+# port and an optional trailing slash; nothing else (no path, no credentials, no query).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+PROXY_RE = re.compile(
+    rf"(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?/?"
+)
 
 DEFAULTS: dict[str, Any] = {
     "name": "lab",
@@ -46,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "versions": {"kubernetes": "1.36", "calico": "3.31.3", "runtime": ""},
     "labels": {},
     "stack": "",
+    "package_proxy": "",
 }
 KNOWN_KEYS = set(DEFAULTS)
 VERSION_KEYS = set(DEFAULTS["versions"])
@@ -78,6 +85,7 @@ class ClusterSpec:
     versions: dict[str, str]
     nodes: tuple[Node, ...]
     stack: str = ""
+    package_proxy: str = ""  # "" = none; else http(s)://HOST[:PORT] for apt/dnf on the nodes
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -193,6 +201,32 @@ def _network(raw: dict[str, Any], key: str) -> ipaddress.IPv4Network:
     return net
 
 
+def _package_proxy(value: Any) -> str:
+    """'' (none) or an http(s) URL made of a host and an optional port, without a trailing slash."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f'package_proxy must be a URL such as http://192.168.56.1:3142 (or "" for none), not {value!r}')
+    if value == "":
+        return ""
+    match = PROXY_RE.fullmatch(value)
+    valid = match is not None
+    if match and (match["host"].startswith("[") or re.fullmatch(r"[0-9.]+", match["host"])):
+        host = match["host"]
+        try:  # brackets hold an IPv6 address; digits and dots must be a real IPv4 address
+            ipaddress.IPv6Address(host[1:-1]) if host.startswith("[") else ipaddress.IPv4Address(host)
+        except ValueError:
+            valid = False
+    if match and match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+        valid = False
+    if not valid:
+        raise SpecError(
+            f"package_proxy {value!r} is not an http:// or https:// URL made of a host and an optional port; "
+            'use e.g. http://192.168.56.1:3142 (no path, no credentials), or "" for none'
+        )
+    return value.rstrip("/")
+
+
 def _validate(raw: dict[str, Any]) -> ClusterSpec:
     name = str(raw["name"])
     if not NAME_RE.match(name):
@@ -207,6 +241,7 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
         raise SpecError("engine swarm needs runtime docker; set runtime: docker (or drop --runtime)")
     if runtime_source == "offline" and not raw["offline_dir"]:
         raise SpecError("runtime_source offline needs offline_dir: a directory holding the packages")
+    package_proxy = _package_proxy(raw["package_proxy"])
     cpus = _int(raw, "cpus", 1, 64)
     memory = _int(raw, "memory", 512, 262144)
     managers = _int(raw, "managers", 1, 7)
@@ -252,6 +287,7 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
         versions=versions,
         nodes=nodes,
         stack=str(raw["stack"] or ""),
+        package_proxy=package_proxy,
     )
 
 

@@ -7,6 +7,7 @@ container really shows.
 
 from __future__ import annotations
 
+import configparser
 from typing import Any
 
 import pytest
@@ -25,6 +26,8 @@ MODULE_FEATURES = {
     "overlay": ("/proc/filesystems", "overlay"),
     "br_netfilter": ("/proc/sys/net/bridge/bridge-nf-call-iptables", None),
 }
+APT_PROXY_FILE = "/etc/apt/apt.conf.d/01provisioner-proxy"
+DNF_CONF = "/etc/dnf/dnf.conf"
 CALICO_UNMANAGED = "interface-name:cali*;interface-name:tunl*;interface-name:vxlan.calico"
 
 
@@ -138,3 +141,24 @@ def test_networkmanager_leaves_calico_alone(host: Any) -> None:
     if not host.file("/usr/sbin/NetworkManager").exists:
         pytest.skip("NetworkManager not installed")
     assert host.file("/etc/NetworkManager/conf.d/calico.conf").contains(CALICO_UNMANAGED.replace("*", r"\*"))
+
+
+def test_package_proxy_matches_the_inventory(host: Any, inventory_vars: dict[str, Any]) -> None:
+    """node_prep_package_proxy set: apt (http only) or dnf goes through it; empty: no proxy setting."""
+    proxy = inventory_vars.get("node_prep_package_proxy") or ""
+    if host.exists("apt-get"):
+        conf = host.file(APT_PROXY_FILE)
+        effective = host.run("apt-config dump Acquire::http::Proxy").stdout
+        if proxy:
+            assert conf.exists and conf.user == "root" and conf.mode == 0o644
+            assert f'Acquire::http::Proxy "{proxy}";' in conf.content_string
+            assert "Acquire::https::Proxy" not in conf.content_string  # https repositories stay direct
+            assert f'Acquire::http::Proxy "{proxy}";' in effective
+        else:
+            assert not conf.exists, f"{APT_PROXY_FILE} left behind with node_prep_package_proxy empty"
+    elif host.file(DNF_CONF).exists:
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(host.file(DNF_CONF).content_string)
+        assert parser.get("main", "proxy", fallback="") == proxy
+    else:
+        pytest.skip("neither apt nor dnf on this node")

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.cli import _overrides, build_parser
+from provisioner.cluster import Workspace, resolve_spec
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -30,6 +33,8 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
         (["up", "--pod-cidr", "10.96.0.0/16"], "pod_cidr 10.96.0.0/16 overlaps service_cidr 10.96.0.0/12"),
         (["up", "--network", "10.244.1.0/24"], "network 10.244.1.0/24 overlaps pod_cidr 10.244.0.0/16"),
         (["plan", "--engine", "swarm", "--managers", "2"], "managers must be an odd number"),
+        (["up", "--package-proxy", "ftp://192.168.56.1:3142"], "package_proxy 'ftp://192.168.56.1:3142' is not"),
+        (["plan", "--package-proxy", "http://192.168.56.1:3142/apt"], "no path, no credentials"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_sentence_and_creates_nothing(
@@ -57,3 +62,23 @@ def test_plan_prints_the_network_plan(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "worker3       worker         kube_node           192.168.99.13" in proc.stdout
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("command", ["up", "plan"])
+def test_package_proxy_flag_reaches_the_spec(command: str, tmp_path: Path) -> None:
+    args = build_parser().parse_args(["--dir", str(tmp_path), command, "--package-proxy", "http://10.1.2.3:3142"])
+    overrides = _overrides(args)
+    assert overrides["package_proxy"] == "http://10.1.2.3:3142"
+    spec, _ = resolve_spec(Workspace(tmp_path / "ws"), overrides, None)
+    assert spec.package_proxy == "http://10.1.2.3:3142"
+
+
+def test_package_proxy_is_kept_on_reruns_and_cleared_with_an_empty_flag(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    parse = build_parser().parse_args
+    spec, inputs = resolve_spec(ws, _overrides(parse(["up", "--package-proxy", "http://10.1.2.3:3142"])), None)
+    ws.save_spec(spec, inputs)
+    again, _ = resolve_spec(ws, _overrides(parse(["up"])), None)  # a rerun without the flag keeps it
+    assert again.package_proxy == "http://10.1.2.3:3142"
+    cleared, _ = resolve_spec(ws, _overrides(parse(["up", "--package-proxy", ""])), None)
+    assert cleared.package_proxy == ""

@@ -43,6 +43,15 @@ def test_inventory_groups_and_vars(tmp_path: Path) -> None:
         group_members(path, "nope")
 
 
+def test_inventory_carries_the_package_proxy(tmp_path: Path) -> None:
+    names = ["cp1", "worker1", "worker2"]
+    inv = build_inventory(build_spec({"package_proxy": "http://192.168.56.1:3142/"}), _ssh(names), tmp_path)
+    data = yaml.safe_load(write_inventory(inv, tmp_path / "hosts.yml").read_text())
+    assert data["all"]["vars"]["node_prep_package_proxy"] == "http://192.168.56.1:3142"
+    # No proxy is an explicit "", so that a rerun removes a proxy set before.
+    assert build_inventory(build_spec(), _ssh(names), tmp_path)["all"]["vars"]["node_prep_package_proxy"] == ""
+
+
 def test_inventory_swarm_labels(tmp_path: Path) -> None:
     spec = build_spec({"engine": "swarm", "nodes": 2, "labels": {"worker1": {"disk": "ssd"}}})
     inv = build_inventory(spec, _ssh(["manager1", "worker1"]), tmp_path)

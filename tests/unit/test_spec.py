@@ -91,3 +91,64 @@ def test_runtime_source_auto_depends_on_provider() -> None:
     assert build_spec({"provider": "docker"}).effective_runtime_source == "distro"
     assert build_spec({"provider": "libvirt"}).effective_runtime_source == "upstream"
     assert build_spec({"provider": "docker", "runtime_source": "upstream"}).effective_runtime_source == "upstream"
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("", ""),
+        (None, ""),
+        ("http://192.168.56.1:3142", "http://192.168.56.1:3142"),
+        ("http://192.168.56.1:3142/", "http://192.168.56.1:3142"),
+        ("https://proxy.example.com", "https://proxy.example.com"),
+        ("http://apt-cache:3142", "http://apt-cache:3142"),
+        ("http://[fd00::1]:3142", "http://[fd00::1]:3142"),
+    ],
+)
+def test_package_proxy_accepts_http_urls(url: str | None, stored: str) -> None:
+    spec = build_spec({"package_proxy": url})
+    assert spec.package_proxy == stored
+    assert ClusterSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://192.168.56.1:3142",
+        "http://",
+        "http://:3142",
+        "http://proxy host:3142",
+        " http://192.168.56.1:3142",
+        "/var/cache/apt",
+        "192.168.56.1:3142",
+        "http://192.168.56.1:3142/acng",
+        "http://user:secret@192.168.56.1:3142",
+        "http://192.168.56.1:3142?x=1",
+        "http://192.168.56.1:0",
+        "http://192.168.56.1:70000",
+        "http://192.168.56.300:3142",
+        "http://[1.2.3.4]:3142",
+        "http://192.168.56.1:3142\n",
+        3142,
+    ],
+)
+def test_package_proxy_refuses_anything_but_a_host_and_port(url: object) -> None:
+    with pytest.raises(SpecError) as info:
+        build_spec({"package_proxy": url})
+    assert "package_proxy" in info.value.message
+    assert "http://192.168.56.1:3142" in info.value.message  # the fix: an example of a valid value
+    assert "\n" not in info.value.message
+    assert info.value.exit_code == 2
+
+
+def test_package_proxy_flag_overrides_the_file_and_empty_clears_it() -> None:
+    file_data = {"package_proxy": "http://10.0.0.1:3142"}
+    assert build_spec(file_data).package_proxy == "http://10.0.0.1:3142"
+    assert build_spec(file_data, {"package_proxy": "http://10.0.0.2"}).package_proxy == "http://10.0.0.2"
+    assert build_spec(file_data, {"package_proxy": ""}).package_proxy == ""
+
+
+def test_saved_spec_without_package_proxy_still_loads() -> None:
+    data = build_spec().to_dict()
+    del data["package_proxy"]  # cluster.json written before the field existed
+    assert ClusterSpec.from_dict(data).package_proxy == ""
