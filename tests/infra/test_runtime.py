@@ -103,7 +103,8 @@ def test_docker_runs_a_container(host: Any, engine: str) -> None:
             f"tar -C / -ch {PROBE_FILES} 2>/dev/null | docker import -c 'CMD [\"/usr/bin/dash\"]' - {PROBE_IMAGE} >/dev/null"
         )
         try:
-            out = host.check_output(f"docker run --rm {PROBE_IMAGE} /usr/bin/cat /proc/self/cgroup")
+            # The host's cgroup namespace: on cgroup v2 a container's own namespace shows just "0::/".
+            out = host.check_output(f"docker run --rm --cgroupns host {PROBE_IMAGE} /usr/bin/cat /proc/self/cgroup")
         finally:
             host.run(f"docker rmi -f {PROBE_IMAGE}")
     if cgroup == "systemd":
