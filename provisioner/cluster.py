@@ -194,7 +194,10 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     state.last_run = "running"
     state.save()
     try:
-        vg.up([n.name for n in spec.nodes], ws.logs / "machines.log", on_line=_on_vagrant_line)
+        # `vagrant up` on machines that are all running does nothing but cost seconds of Vagrant's
+        # start-up: the status read above already says so.
+        if new_nodes:
+            vg.up([n.name for n in spec.nodes], ws.logs / "machines.log", on_line=_on_vagrant_line)
     except ProvisionError:
         progress.stop("FAILED")
         state.mark("machines", "failed", time.monotonic() - started)
