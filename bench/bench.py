@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark of `up` on the docker provider with the swarm engine; prints its figures.
 
-    .venv/bin/python bench/bench.py            # cold N=3, warm rerun, N=1/3/6
-    .venv/bin/python bench/bench.py --quick    # cold N=3 and the reruns only
+    .venv/bin/python bench/bench.py                  # both node images: cold N=3, reruns, N=1/6
+    .venv/bin/python bench/bench.py --image plain    # the default node image only
+    .venv/bin/python bench/bench.py --quick          # cold N=3 and the reruns only
 
 Each cold run starts from nothing but the node image (built first if missing, not timed) and is
-destroyed afterwards. Targets (2-core machine): cold N=3 < 180 s, warm rerun < 30 s, N=6 < 1.6 x N=1.
+destroyed afterwards. Two node images: `plain` (the default: the runtime stage installs Docker's
+packages) and `runtime` (provisioner/node-runtime, the packages baked in: the stage only configures).
+Targets (2-core machine): cold N=3 < 180 s, warm rerun < 30 s, N=6 < 1.6 x N=1.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ def provision(root: Path, *args: str) -> tuple[float, dict[str, object]]:
     return elapsed, timings
 
 
-def up_args(nodes: int) -> list[str]:
-    return ["up", "--nodes", str(nodes), "--engine", "swarm", "--name", NAME, "--network", NETWORK]
+IMAGES = {"plain": "provisioner/node", "runtime": "provisioner/node-runtime"}
+
+
+def up_args(nodes: int, image: str) -> list[str]:
+    return ["up", "--nodes", str(nodes), "--engine", "swarm", "--name", NAME, "--network", NETWORK, "--image", image]
 
 
 def shares(timings: dict[str, object]) -> str:
@@ -54,26 +60,18 @@ def shares(timings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in stages.items())
 
 
-def cold(nodes: int, keep: bool = False) -> tuple[float, dict[str, object], Path]:
+def cold(nodes: int, image: str, keep: bool = False) -> tuple[float, dict[str, object], Path]:
     root = Path(tempfile.mkdtemp(prefix="provision-bench-")) / "ws"
-    elapsed, timings = provision(root, *up_args(nodes))
+    elapsed, timings = provision(root, *up_args(nodes, image))
     if not keep:
         provision(root, "destroy", "-f")
     return elapsed, timings, root
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="cold N=3 and the reruns only")
-    args = parser.parse_args()
-    subprocess.run([sys.executable, str(REPO / "provision.py"), "image", "build"], check=True, cwd=REPO)
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    osname = platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, {osname}, python {platform.python_version()}"
-    )
-
-    c3, t3, root = cold(3, keep=True)
+def run_set(kind: str, quick: bool) -> None:
+    image = IMAGES[kind]
+    print(f"-- node image: {kind} ({image})")
+    c3, t3, root = cold(3, image, keep=True)
     print(f"cold up N=3 (image present): {c3:6.1f}s  [{shares(t3)}]")
     warm, tw = provision(root, "up")
     print(f"warm rerun N=3 (no change):  {warm:6.1f}s  [{shares(tw)}]  (verifies; re-applies only on drift)")
@@ -81,14 +79,31 @@ def main() -> int:
     print(f"forced converge N=3:         {conv:6.1f}s  [{shares(tc)}]  (up --converge: every stage again)")
     provision(root, "destroy", "-f")
     print(f"rerun/cold ratio:            {warm / c3:6.2f}   (targets: cold < 180 s, rerun < 30 s)")
-    if args.quick:
-        return 0
-    c1, t1, _ = cold(1)
+    if quick:
+        return
+    c1, t1, _ = cold(1, image)
     print(f"cold up N=1:                 {c1:6.1f}s  [{shares(t1)}]")
-    c6, t6, _ = cold(6)
+    c6, t6, _ = cold(6, image)
     print(f"cold up N=6:                 {c6:6.1f}s  [{shares(t6)}]")
     print(f"N=6/N=1 ratio:               {c6 / c1:6.2f}   (target < 1.6)")
-    print(f"N=3 (this run) for scale:    {c3:6.1f}s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="cold N=3 and the reruns only")
+    parser.add_argument("--image", choices=["plain", "runtime", "both"], default="both", help="node image(s) to run")
+    args = parser.parse_args()
+    kinds = ["plain", "runtime"] if args.image == "both" else [args.image]
+    for kind in kinds:
+        build = ["image", "build"] + (["--with-runtime"] if kind == "runtime" else [])
+        subprocess.run([sys.executable, str(REPO / "provision.py"), *build], check=True, cwd=REPO)
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    osname = platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, {osname}, python {platform.python_version()}"
+    )
+    for kind in kinds:
+        run_set(kind, args.quick)
     return 0
 
 

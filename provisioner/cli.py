@@ -27,6 +27,10 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory", help="MiB per node (VM providers)")
     g.add_argument("--managers", help="swarm managers, an odd number (default 1)")
     g.add_argument("--box", help="Vagrant box for VM providers")
+    g.add_argument(
+        "--image",
+        help="docker provider's node image (default: the toolkit's own; provisioner/node-runtime has the runtime baked in)",
+    )
     g.add_argument("--runtime", help=f"one of: {', '.join(RUNTIMES)}")
     g.add_argument(
         "--runtime-source",
@@ -94,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     img_sub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     ib = img_sub.add_parser("build", help="build the node image from Debian packages")
     ib.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    ib.add_argument(
+        "--with-runtime",
+        action="store_true",
+        help="bake Docker and containerd (Debian packages) in: provisioner/node-runtime",
+    )
     bx = sub.add_parser("box", help="Vagrant box of the VM providers, built from Debian packages")
     bx_sub = bx.add_subparsers(dest="box_command", required=True, metavar="ACTION")
     bb = bx_sub.add_parser("build", help="build the box and add it to Vagrant (cached by a hash of its recipe)")
@@ -115,6 +124,7 @@ SPEC_KEYS = (
     "memory",
     "managers",
     "box",
+    "image",
     "runtime",
     "runtime_source",
     "package_proxy",
@@ -181,7 +191,7 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
     if cmd == "reset":
         return cluster.reset(ws, args.verbose)
     if cmd == "image":
-        return cluster.image_build(args.force)
+        return cluster.image_build(args.force, args.with_runtime)
     if cmd == "box":
         return cluster.box_build(args.provider, args.with_runtime, args.force)
     raise ProvisionError(f"unknown command {cmd}", exit_code=2)

@@ -160,14 +160,15 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
 
     if spec.provider == "docker":
         providers.check_docker_network_free(spec.network, spec.name)
-        recipe = image.ImageRecipe(mirror=image.host_debian_mirror())
-        if not spec.image:
+        # The toolkit's own images (plain, or with the runtime baked in) are built here from Debian
+        # packages when missing, cached by recipe hash; any other image is the user's business.
+        own = image.own_image(spec.image)
+        if own is not None:
+            recipe = image.ImageRecipe(mirror=image.host_debian_mirror(), with_runtime=own)
             if not image.image_exists(recipe.tag):
                 progress.start(f"node image {recipe.tag}")
-                t0 = time.monotonic()
                 image.ensure_image(recipe)
                 timings["image"] = progress.stop("built")
-                del t0
             spec = _with_image(spec, recipe.tag)
 
     vagrant_extra: dict[str, Any] = {}
@@ -711,9 +712,9 @@ def box_build(provider: str, with_runtime: bool, force: bool, out: TextIO = sys.
     return 0
 
 
-def image_build(force: bool, out: TextIO = sys.stdout) -> int:
+def image_build(force: bool, with_runtime: bool = False, out: TextIO = sys.stdout) -> int:
     providers.choose("docker")
-    recipe = image.ImageRecipe(mirror=image.host_debian_mirror())
+    recipe = image.ImageRecipe(mirror=image.host_debian_mirror(), with_runtime=with_runtime)
     progress = Progress(out)
     if image.image_exists(recipe.tag) and not force:
         out.write(f"{recipe.tag} is present (recipe unchanged); --force rebuilds it\n")

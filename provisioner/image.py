@@ -20,6 +20,10 @@ from provisioner.errors import ProvisionError
 log = logging.getLogger(__name__)
 
 IMAGE_REPO = "provisioner/node"
+# The same image with the container runtime baked in (`image build --with-runtime`, or `--image
+# provisioner/node-runtime`): nodes start with the packages the container_runtime role would install
+# from Debian (container_runtime_source: distro), so the runtime stage only configures them.
+IMAGE_REPO_RUNTIME = "provisioner/node-runtime"
 SUITE = "bookworm"
 PACKAGES = (
     "systemd",
@@ -35,6 +39,9 @@ PACKAGES = (
     "ca-certificates",
     "less",
 )
+# Baked in with the runtime: the container_runtime role's distro list (apparmor included: its parser
+# loads the runtimes' profiles) and busybox-static, from which the swarm role builds its smoke image.
+RUNTIME_PACKAGES = ("docker.io", "containerd", "runc", "apparmor", "busybox-static")
 # Where Vagrant's Debian package ships its well-known insecure public key. Vagrant replaces it with
 # a per-machine key on first boot (config.ssh.insert_key), so it only ever opens the first login.
 VAGRANT_KEY_CANDIDATES = (
@@ -85,14 +92,36 @@ class ImageRecipe:
     packages: tuple[str, ...] = PACKAGES
     customize: str = CUSTOMIZE
     mirror: str = ""
+    with_runtime: bool = False
+
+    @property
+    def all_packages(self) -> tuple[str, ...]:
+        return self.packages + (RUNTIME_PACKAGES if self.with_runtime else ())
 
     def digest(self) -> str:
-        blob = json.dumps({"suite": self.suite, "packages": self.packages, "customize": self.customize}, sort_keys=True)
+        blob = json.dumps(
+            {"suite": self.suite, "packages": self.all_packages, "customize": self.customize}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
+    def repo(self) -> str:
+        return IMAGE_REPO_RUNTIME if self.with_runtime else IMAGE_REPO
+
+    @property
     def tag(self) -> str:
-        return f"{IMAGE_REPO}:{self.suite}-{self.digest()}"
+        return f"{self.repo}:{self.suite}-{self.digest()}"
+
+
+def own_image(name: str) -> bool | None:
+    """Whether `name` is one of the toolkit's own node images (True: the one with the runtime baked
+    in, False: the plain one), or None for anybody else's image. "" means the plain one."""
+    repo = name.split(":", 1)[0] if name and "/" in name and ":" in name.rsplit("/", 1)[-1] else name
+    if repo in ("", IMAGE_REPO):
+        return False
+    if repo == IMAGE_REPO_RUNTIME:
+        return True
+    return None
 
 
 def host_debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
@@ -165,7 +194,7 @@ def build_image(recipe: ImageRecipe) -> None:
         cmd = [
             "mmdebstrap",
             "--variant=minbase",
-            "--include=" + ",".join(recipe.packages),
+            "--include=" + ",".join(recipe.all_packages),
             f'--customize-hook=VAGRANT_PUBKEY={pubkey} sh {hook} "$1"',
             recipe.suite,
             str(tarball),
