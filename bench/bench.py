@@ -28,7 +28,19 @@ NAME = "bench"
 NETWORK = "192.168.158.0/24"
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (every process: the controller, Docker, the nodes)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, float] = {}
+
+
 def provision(root: Path, *args: str) -> tuple[float, dict[str, object]]:
+    cpu0 = busy_cpu_seconds()
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(REPO / "provision.py"), "--dir", str(root), *args],
@@ -38,6 +50,7 @@ def provision(root: Path, *args: str) -> tuple[float, dict[str, object]]:
         check=False,
     )
     elapsed = time.monotonic() - t0
+    CPU["last"] = busy_cpu_seconds() - cpu0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
         raise SystemExit(f"bench: provision.py {' '.join(args)} failed (exit {proc.returncode})")
@@ -60,9 +73,14 @@ def shares(timings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in stages.items())
 
 
+def cpu() -> str:
+    return f"cpu {CPU['last']:.0f} CPU-s"
+
+
 def cold(nodes: int, image: str, keep: bool = False) -> tuple[float, dict[str, object], Path]:
     root = Path(tempfile.mkdtemp(prefix="provision-bench-")) / "ws"
     elapsed, timings = provision(root, *up_args(nodes, image))
+    CPU["up"] = CPU["last"]
     if not keep:
         provision(root, "destroy", "-f")
     return elapsed, timings, root
@@ -72,20 +90,27 @@ def run_set(kind: str, quick: bool) -> None:
     image = IMAGES[kind]
     print(f"-- node image: {kind} ({image})")
     c3, t3, root = cold(3, image, keep=True)
-    print(f"cold up N=3 (image present): {c3:6.1f}s  [{shares(t3)}]")
+    print(f"cold up N=3 (image present): {c3:6.1f}s  [{shares(t3)}]  {cpu()}")
     warm, tw = provision(root, "up")
-    print(f"warm rerun N=3 (no change):  {warm:6.1f}s  [{shares(tw)}]  (verifies; re-applies only on drift)")
+    print(f"warm rerun N=3 (no change):  {warm:6.1f}s  [{shares(tw)}]  {cpu()}  (verifies; re-applies only on drift)")
     conv, tc = provision(root, "up", "--converge")
-    print(f"forced converge N=3:         {conv:6.1f}s  [{shares(tc)}]  (up --converge: every stage again)")
+    print(f"forced converge N=3:         {conv:6.1f}s  [{shares(tc)}]  {cpu()}  (up --converge: every stage again)")
     provision(root, "destroy", "-f")
     print(f"rerun/cold ratio:            {warm / c3:6.2f}   (targets: cold < 180 s, rerun < 30 s)")
     if quick:
         return
     c1, t1, _ = cold(1, image)
-    print(f"cold up N=1:                 {c1:6.1f}s  [{shares(t1)}]")
+    cpu1 = CPU["up"]
+    print(f"cold up N=1:                 {c1:6.1f}s  [{shares(t1)}]  {cpu()}")
     c6, t6, _ = cold(6, image)
-    print(f"cold up N=6:                 {c6:6.1f}s  [{shares(t6)}]")
+    cpu6 = CPU["up"]
+    print(f"cold up N=6:                 {c6:6.1f}s  [{shares(t6)}]  {cpu()}")
     print(f"N=6/N=1 ratio:               {c6 / c1:6.2f}   (target < 1.6)")
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU work N=6/N=1:            {cpu6 / cpu1:6.2f}   ({(cpu6 - cpu1) / 5:.1f} CPU-s per added node; with every "
+        f"core busy N=6 needs at least {cpu6 / cores:.0f}s of the {1.6 * c1:.0f}s the target allows)"
+    )
 
 
 def main() -> int:

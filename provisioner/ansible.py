@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -95,6 +96,14 @@ class StageRun:
         return " | ".join(parts) + task
 
 
+FACTS_DIR = "facts"
+
+
+def forget_facts(provision_dir: Path) -> None:
+    """Empty the fact cache, so that the next stage gathers facts afresh (once, for the whole run)."""
+    shutil.rmtree(provision_dir / FACTS_DIR, ignore_errors=True)
+
+
 def ansible_env(provision_dir: Path, events: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
@@ -110,6 +119,12 @@ def ansible_env(provision_dir: Path, events: Path | None = None) -> dict[str, st
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_LOCAL_TEMP": str(provision_dir / "ansible-tmp"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(provision_dir / "cp"),
+            # Facts are gathered once per run of `up`/`provision` and shared by its stages (each stage
+            # is its own ansible-playbook process; with gathering=smart a cached host is not gathered
+            # again). forget_facts() empties the cache when a run starts.
+            "ANSIBLE_CACHE_PLUGIN": "ansible.builtin.jsonfile",
+            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(provision_dir / FACTS_DIR),
+            "ANSIBLE_CACHE_PLUGIN_TIMEOUT": "86400",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from provisioner import box, hostnet, image, inventory, libvirt, providers, stages, verify
-from provisioner.ansible import StageRun, run_playbook
+from provisioner.ansible import StageRun, forget_facts, run_playbook
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec, build_spec, group_of
@@ -249,6 +249,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
             names = [s.name for s in todo]
             todo = todo[names.index(failed) :]
         state.fingerprint = ""  # until every stage has converged again
+        forget_facts(ws.root)
         for stage in todo:
             if stage.kubernetes and skip_reason:
                 out.write(f"==> {stage.name}: not run: {skip_reason}\n")
@@ -550,6 +551,7 @@ def provision(ws: Workspace, only: str | None, start: str | None, verbose: bool,
     state = State.load(ws.state_file)
     progress = Progress(out, verbose=verbose)
     skip_reason = kubernetes_blocker(spec)
+    forget_facts(ws.root)
     for stage in stages.select(spec.engine, only, start):
         if stage.kubernetes and skip_reason:
             out.write(f"==> {stage.name}: not run: {skip_reason}\n")
