@@ -73,8 +73,8 @@ def shares(timings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in stages.items())
 
 
-def cpu() -> str:
-    return f"cpu {CPU['last']:.0f} CPU-s"
+def cpu(key: str = "last") -> str:
+    return f"cpu {CPU[key]:.0f} CPU-s"
 
 
 def cold(nodes: int, image: str, keep: bool = False) -> tuple[float, dict[str, object], Path]:
@@ -101,10 +101,10 @@ def run_set(kind: str, quick: bool) -> None:
         return
     c1, t1, _ = cold(1, image)
     cpu1 = CPU["up"]
-    print(f"cold up N=1:                 {c1:6.1f}s  [{shares(t1)}]  {cpu()}")
+    print(f"cold up N=1:                 {c1:6.1f}s  [{shares(t1)}]  {cpu('up')}")
     c6, t6, _ = cold(6, image)
     cpu6 = CPU["up"]
-    print(f"cold up N=6:                 {c6:6.1f}s  [{shares(t6)}]  {cpu()}")
+    print(f"cold up N=6:                 {c6:6.1f}s  [{shares(t6)}]  {cpu('up')}")
     print(f"N=6/N=1 ratio:               {c6 / c1:6.2f}   (target < 1.6)")
     cores = os.cpu_count() or 1
     print(
