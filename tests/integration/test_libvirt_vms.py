@@ -86,7 +86,10 @@ def lane_blocker() -> str:
     if check.returncode != 0:
         if shutil.which("apt-get") is None:
             return f"libvirt/qemu cannot be installed: no apt-get on this host ({check.stdout.strip()})"
-        install = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, check=False, timeout=1800)
+        try:
+            install = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, check=False, timeout=900)
+        except subprocess.TimeoutExpired:
+            return "scripts/setup-libvirt.sh did not finish installing libvirt/qemu within 15 minutes"
         if install.returncode != 0:
             tail = " | ".join((install.stderr or install.stdout).strip().splitlines()[-3:])
             return f"scripts/setup-libvirt.sh could not install libvirt/qemu/vagrant-libvirt: {tail}"
@@ -177,7 +180,9 @@ def lane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     }
     saved_env = {k: os.environ.get(k) for k in lane_env}
     os.environ.update(lane_env)
-    lane = Lane(Cluster(root / "ws", NAME, NETWORK), daemons_before=libvirt.started_daemons())
+    lane = Lane(
+        Cluster(root / "ws", NAME, NETWORK), daemons_before=libvirt.started_daemons(), deadline=started + BUDGET
+    )
     lane.timings["libvirt host ready"] = round(time.monotonic() - started, 1)
     libvirt.cleanup_cluster(DOMAINS, [f"{NAME}-mgmt"])  # leftovers of an interrupted run
     failed_before = request.session.testsfailed
