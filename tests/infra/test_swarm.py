@@ -101,7 +101,7 @@ def out(host: Host, command: str, *args: Any) -> str:
     return str(result.stdout)
 
 
-def wait_for(probe: Callable[[], T], ok: Callable[[T], bool], timeout: float = WAIT_SECONDS, every: float = 2.0) -> T:
+def wait_for(probe: Callable[[], T], ok: Callable[[T], bool], timeout: float = WAIT_SECONDS, every: float = 0.5) -> T:
     """Call probe until ok(value) or timeout; return the last value either way (the assert says why)."""
     deadline = time.monotonic() + timeout
     value = probe()
