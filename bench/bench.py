@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench"
@@ -36,10 +37,13 @@ def busy_cpu_seconds() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-CPU: dict[str, float] = {}
+class Run(NamedTuple):
+    seconds: float
+    timings: dict[str, object]
+    cpu: float  # busy CPU-seconds of the whole machine during the run
 
 
-def provision(root: Path, *args: str) -> tuple[float, dict[str, object]]:
+def provision(root: Path, *args: str) -> Run:
     cpu0 = busy_cpu_seconds()
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -50,13 +54,13 @@ def provision(root: Path, *args: str) -> tuple[float, dict[str, object]]:
         check=False,
     )
     elapsed = time.monotonic() - t0
-    CPU["last"] = busy_cpu_seconds() - cpu0
+    cpu = busy_cpu_seconds() - cpu0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
         raise SystemExit(f"bench: provision.py {' '.join(args)} failed (exit {proc.returncode})")
     timings_file = root / "timings.json"
     timings: dict[str, object] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    return elapsed, timings
+    return Run(elapsed, timings, cpu)
 
 
 IMAGES = {"plain": "provisioner/node", "runtime": "provisioner/node-runtime"}
@@ -73,43 +77,39 @@ def shares(timings: dict[str, object]) -> str:
     return ", ".join(f"{k} {v:.0f}s ({100 * v / total:.0f}%)" for k, v in stages.items())
 
 
-def cpu(key: str = "last") -> str:
-    return f"cpu {CPU[key]:.0f} CPU-s"
+def line(label: str, run: Run, note: str = "") -> str:
+    return f"{label:<28} {run.seconds:6.1f}s  [{shares(run.timings)}]  cpu {run.cpu:.0f} CPU-s{note}"
 
 
-def cold(nodes: int, image: str, keep: bool = False) -> tuple[float, dict[str, object], Path]:
+def cold(nodes: int, image: str, keep: bool = False) -> tuple[Run, Path]:
     root = Path(tempfile.mkdtemp(prefix="provision-bench-")) / "ws"
-    elapsed, timings = provision(root, *up_args(nodes, image))
-    CPU["up"] = CPU["last"]
+    run = provision(root, *up_args(nodes, image))
     if not keep:
         provision(root, "destroy", "-f")
-    return elapsed, timings, root
+    return run, root
 
 
 def run_set(kind: str, quick: bool) -> None:
     image = IMAGES[kind]
     print(f"-- node image: {kind} ({image})")
-    c3, t3, root = cold(3, image, keep=True)
-    print(f"cold up N=3 (image present): {c3:6.1f}s  [{shares(t3)}]  {cpu()}")
-    warm, tw = provision(root, "up")
-    print(f"warm rerun N=3 (no change):  {warm:6.1f}s  [{shares(tw)}]  {cpu()}  (verifies; re-applies only on drift)")
-    conv, tc = provision(root, "up", "--converge")
-    print(f"forced converge N=3:         {conv:6.1f}s  [{shares(tc)}]  {cpu()}  (up --converge: every stage again)")
+    c3, root = cold(3, image, keep=True)
+    print(line("cold up N=3 (image present):", c3))
+    warm = provision(root, "up")
+    print(line("warm rerun N=3 (no change):", warm, "  (verifies; re-applies only on drift)"))
+    print(line("forced converge N=3:", provision(root, "up", "--converge"), "  (up --converge: every stage again)"))
     provision(root, "destroy", "-f")
-    print(f"rerun/cold ratio:            {warm / c3:6.2f}   (targets: cold < 180 s, rerun < 30 s)")
+    print(f"rerun/cold ratio:            {warm.seconds / c3.seconds:6.2f}   (targets: cold < 180 s, rerun < 30 s)")
     if quick:
         return
-    c1, t1, _ = cold(1, image)
-    cpu1 = CPU["up"]
-    print(f"cold up N=1:                 {c1:6.1f}s  [{shares(t1)}]  {cpu('up')}")
-    c6, t6, _ = cold(6, image)
-    cpu6 = CPU["up"]
-    print(f"cold up N=6:                 {c6:6.1f}s  [{shares(t6)}]  {cpu('up')}")
-    print(f"N=6/N=1 ratio:               {c6 / c1:6.2f}   (target < 1.6)")
+    c1, _ = cold(1, image)
+    print(line("cold up N=1:", c1))
+    c6, _ = cold(6, image)
+    print(line("cold up N=6:", c6))
+    print(f"N=6/N=1 ratio:               {c6.seconds / c1.seconds:6.2f}   (target < 1.6)")
     cores = os.cpu_count() or 1
     print(
-        f"CPU work N=6/N=1:            {cpu6 / cpu1:6.2f}   ({(cpu6 - cpu1) / 5:.1f} CPU-s per added node; with every "
-        f"core busy N=6 needs at least {cpu6 / cores:.0f}s of the {1.6 * c1:.0f}s the target allows)"
+        f"CPU work N=6/N=1:            {c6.cpu / c1.cpu:6.2f}   ({(c6.cpu - c1.cpu) / 5:.1f} CPU-s per added node; with "
+        f"every core busy N=6 needs at least {c6.cpu / cores:.0f}s of the {1.6 * c1.seconds:.0f}s the target allows)"
     )
 
 

@@ -116,7 +116,7 @@ class ImageRecipe:
 def own_image(name: str) -> bool | None:
     """Whether `name` is one of the toolkit's own node images (True: the one with the runtime baked
     in, False: the plain one), or None for anybody else's image. "" means the plain one."""
-    repo = name.split(":", 1)[0] if name and "/" in name and ":" in name.rsplit("/", 1)[-1] else name
+    repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name  # without the tag
     if repo in ("", IMAGE_REPO):
         return False
     if repo == IMAGE_REPO_RUNTIME:
