@@ -71,6 +71,8 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]
             "result",
             host=host,
             task=result._task.get_name(),
+            action=result._task.action,
+            items=len(res["results"]) if isinstance(res.get("results"), list) else None,
             status=status,
             changed=bool(res.get("changed", False)),
             duration=round(time.time() - started, 3) if started else None,

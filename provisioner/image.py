@@ -80,6 +80,11 @@ chroot "$root" systemctl mask getty@tty1.service console-getty.service systemd-r
 : > "$root/etc/machine-id"
 echo 'UseDNS no' > "$root/etc/ssh/sshd_config.d/10-provisioner.conf"
 printf 'node\n' > "$root/etc/hostname"
+# With the runtime baked in, its daemons stay off at boot: the runtime stage writes their
+# configuration and starts them once, instead of a start with the package defaults and a restart.
+if [ -e "$root/lib/systemd/system/containerd.service" ]; then
+    chroot "$root" systemctl disable containerd.service docker.service docker.socket
+fi
 # apt on the nodes fetches no translated package descriptions (less to download on every `apt update`).
 echo 'Acquire::Languages "none";' > "$root/etc/apt/apt.conf.d/90provisioner-no-translations"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin

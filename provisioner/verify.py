@@ -146,6 +146,7 @@ def run_verify(
             "no:cacheprovider",
             "-q",
             "-rs",
+            "--durations=5",  # the slowest checks, in the log
             "--color=no",
             f"--ansible-inventory={inventory}",
             "--connection=ansible",
