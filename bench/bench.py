@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,14 +38,45 @@ def busy_cpu_seconds() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def node_cpu_seconds() -> float | None:
+    """CPU time the cluster's node containers have used so far (their cgroups; None where unreadable)."""
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=org.provisioner.cluster={NAME}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    total = 0.0
+    for cid in ids:
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
+        if v1.exists():
+            total += int(v1.read_text()) / 1e9
+        elif v2.exists():
+            usage = [ln.split()[1] for ln in v2.read_text().splitlines() if ln.startswith("usage_usec ")]
+            total += int(usage[0]) / 1e6
+        else:
+            return None
+    return total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Run(NamedTuple):
     seconds: float
     timings: dict[str, object]
     cpu: float  # busy CPU-seconds of the whole machine during the run
+    controller: float  # of which provision.py and what it ran (Ansible, Vagrant, ssh, docker CLI)
+    nodes: float | None  # of which the node containers (None: their cgroups were not readable)
 
 
 def provision(root: Path, *args: str) -> Run:
     cpu0 = busy_cpu_seconds()
+    ctl0 = children_cpu_seconds()
+    nodes0 = node_cpu_seconds()
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(REPO / "provision.py"), "--dir", str(root), *args],
@@ -55,12 +87,15 @@ def provision(root: Path, *args: str) -> Run:
     )
     elapsed = time.monotonic() - t0
     cpu = busy_cpu_seconds() - cpu0
+    controller = children_cpu_seconds() - ctl0
+    nodes1 = node_cpu_seconds()
+    nodes = nodes1 - nodes0 if nodes0 is not None and nodes1 is not None else None
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
         raise SystemExit(f"bench: provision.py {' '.join(args)} failed (exit {proc.returncode})")
     timings_file = root / "timings.json"
     timings: dict[str, object] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    return Run(elapsed, timings, cpu)
+    return Run(elapsed, timings, cpu, controller, nodes)
 
 
 IMAGES = {"plain": "provisioner/node", "runtime": "provisioner/node-runtime"}
@@ -78,7 +113,8 @@ def shares(timings: dict[str, object]) -> str:
 
 
 def line(label: str, run: Run, note: str = "") -> str:
-    return f"{label:<28} {run.seconds:6.1f}s  [{shares(run.timings)}]  cpu {run.cpu:.0f} CPU-s{note}"
+    split = f" (controller {run.controller:.0f}" + (f", nodes {run.nodes:.0f})" if run.nodes is not None else ")")
+    return f"{label:<28} {run.seconds:6.1f}s  [{shares(run.timings)}]  cpu {run.cpu:.0f} CPU-s{split}{note}"
 
 
 def cold(nodes: int, image: str, keep: bool = False) -> tuple[Run, Path]:
