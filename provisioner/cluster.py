@@ -21,7 +21,7 @@ from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec, build_spec, group_of
 from provisioner.state import State
-from provisioner.vagrant import Vagrant, parse_progress_line
+from provisioner.vagrant import Vagrant, ensure_cluster_key, parse_progress_line
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,8 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
             exit_code=2,
         )
     new_nodes = [n.name for n in spec.nodes if before.get(n.name) != "running"]
+    if spec.provider == "docker" and all(state == "not_created" for state in before.values()):
+        ensure_cluster_key(ws.root, spec.name)
 
     # Stage: machines
     progress.start(f"machines ({spec.provider}, {len(spec.nodes)} nodes)", _vagrant_detail_tracker(progress))

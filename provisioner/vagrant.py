@@ -168,6 +168,31 @@ class Vagrant:
         return self.env
 
 
+def cluster_key(root: Path) -> Path:
+    """The docker provider's per-cluster SSH key (its public half is bind-mounted as the vagrant
+    user's authorized_keys, see the Vagrantfile)."""
+    return root / "ssh" / "id_ed25519"
+
+
+def ensure_cluster_key(root: Path, name: str) -> Path:
+    """Make the cluster key if it is missing. Call it only before the cluster's first machine: a
+    node created without it has Vagrant's own per-machine key instead (the Vagrantfile falls back
+    to key insertion when the file is absent)."""
+    key = cluster_key(root)
+    if key.exists() and key.with_suffix(".pub").exists():
+        return key
+    key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key.unlink(missing_ok=True)
+    key.with_suffix(".pub").unlink(missing_ok=True)
+    proc.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"provisioner-{name}", "-f", str(key)],
+        what="ssh-keygen (cluster key)",
+    )
+    key.chmod(0o600)
+    key.with_suffix(".pub").chmod(0o644)
+    return key
+
+
 ERROR_HINTS = re.compile(r"(error|failed|refused|cannot|could not|not found|denied)", re.IGNORECASE)
 
 

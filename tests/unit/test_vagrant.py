@@ -9,7 +9,14 @@ import pytest
 
 from provisioner import vagrant as vagrant_mod
 from provisioner.errors import ProvisionError
-from provisioner.vagrant import Vagrant, last_error, parse_progress_line, parse_ssh_config
+from provisioner.vagrant import (
+    Vagrant,
+    cluster_key,
+    ensure_cluster_key,
+    last_error,
+    parse_progress_line,
+    parse_ssh_config,
+)
 
 SSH_CONFIG = """Host cp1
   HostName 127.0.0.1
@@ -85,3 +92,23 @@ def test_other_vagrant_failures_are_not_retried(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(ProvisionError, match="vagrant destroy failed"):
         Vagrant(tmp_path, "docker").destroy(tmp_path / "destroy.log")
     assert len(calls.read_text().split()) == 1
+
+
+def test_cluster_key_is_made_once_with_private_modes(tmp_path: Path) -> None:
+    key = ensure_cluster_key(tmp_path, "lab")
+    assert key == cluster_key(tmp_path)
+    pub = key.with_suffix(".pub")
+    assert pub.read_text().startswith("ssh-ed25519 ") and pub.read_text().strip().endswith("provisioner-lab")
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert key.parent.stat().st_mode & 0o777 == 0o700
+    first = key.read_bytes()
+    assert ensure_cluster_key(tmp_path, "lab") == key
+    assert key.read_bytes() == first, "an existing key must be kept: the nodes trust it"
+
+
+def test_cluster_key_half_missing_is_made_again(tmp_path: Path) -> None:
+    key = ensure_cluster_key(tmp_path, "lab")
+    old_pub = key.with_suffix(".pub").read_text()
+    key.with_suffix(".pub").unlink()
+    ensure_cluster_key(tmp_path, "lab")
+    assert key.with_suffix(".pub").exists() and key.with_suffix(".pub").read_text() != old_pub
