@@ -188,8 +188,8 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
             exit_code=2,
         )
     new_nodes = [n.name for n in spec.nodes if before.get(n.name) != "running"]
-    if spec.provider == "docker" and all(state == "not_created" for state in before.values()):
-        ensure_cluster_key(ws.root, spec.name)
+    if spec.provider == "docker":
+        ensure_cluster_key(ws.root, spec.name, create=all(state == "not_created" for state in before.values()))
 
     # Stage: machines
     progress.start(f"machines ({spec.provider}, {len(spec.nodes)} nodes)", _vagrant_detail_tracker(progress))

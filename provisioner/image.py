@@ -42,10 +42,10 @@ PACKAGES = (
 # Baked in with the runtime: the container_runtime role's distro list (apparmor included: its parser
 # loads the runtimes' profiles) and busybox-static, from which the swarm role builds its smoke image.
 RUNTIME_PACKAGES = ("docker.io", "containerd", "runc", "apparmor", "busybox-static")
-# Where Vagrant's Debian package ships its well-known insecure public key. On nodes that provision.py
-# creates, the cluster key's public half is bind-mounted over it (see the Vagrantfile), so it opens
-# nothing; on a node made by a plain `vagrant up`, Vagrant replaces it with a per-machine key on first
-# boot (config.ssh.insert_key).
+# Where Vagrant's Debian package ships its well-known insecure public key. On a docker node created
+# with the cluster key (provision.py makes it before a cluster's first machine), the key's public half
+# is bind-mounted over it (see the Vagrantfile), so it opens nothing; on a node created without it,
+# Vagrant replaces it with a per-machine key on first boot (config.ssh.insert_key).
 VAGRANT_KEY_CANDIDATES = (
     "/usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub",
     "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",

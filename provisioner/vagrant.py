@@ -174,22 +174,29 @@ def cluster_key(root: Path) -> Path:
     return root / "ssh" / "id_ed25519"
 
 
-def ensure_cluster_key(root: Path, name: str) -> Path:
-    """Make the cluster key if it is missing. Call it only before the cluster's first machine: a
-    node created without it has Vagrant's own per-machine key instead (the Vagrantfile falls back
-    to key insertion when the file is absent)."""
+def ensure_cluster_key(root: Path, name: str, *, create: bool) -> Path | None:
+    """The cluster key, made when missing if `create` (only before the cluster's first machine: a
+    node created without it has Vagrant's own per-machine key, and the Vagrantfile falls back to key
+    insertion when the file is absent). A lost public half is derived again from the private key,
+    which the running nodes trust."""
     key = cluster_key(root)
-    if key.exists() and key.with_suffix(".pub").exists():
+    pub = key.with_suffix(".pub")
+    if key.exists():
+        if not pub.exists():
+            derived = proc.run(["ssh-keygen", "-y", "-f", str(key)], what="ssh-keygen -y (cluster key)")
+            pub.write_text(f"{derived.stdout.strip()} provisioner-{name}\n", encoding="utf-8")
+            pub.chmod(0o644)
         return key
+    if not create:
+        return None
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key.unlink(missing_ok=True)
-    key.with_suffix(".pub").unlink(missing_ok=True)
+    pub.unlink(missing_ok=True)
     proc.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"provisioner-{name}", "-f", str(key)],
         what="ssh-keygen (cluster key)",
     )
     key.chmod(0o600)
-    key.with_suffix(".pub").chmod(0o644)
+    pub.chmod(0o644)
     return key
 
 

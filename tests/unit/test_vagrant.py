@@ -95,20 +95,30 @@ def test_other_vagrant_failures_are_not_retried(tmp_path: Path, monkeypatch: pyt
 
 
 def test_cluster_key_is_made_once_with_private_modes(tmp_path: Path) -> None:
-    key = ensure_cluster_key(tmp_path, "lab")
+    key = ensure_cluster_key(tmp_path, "lab", create=True)
     assert key == cluster_key(tmp_path)
     pub = key.with_suffix(".pub")
     assert pub.read_text().startswith("ssh-ed25519 ") and pub.read_text().strip().endswith("provisioner-lab")
     assert key.stat().st_mode & 0o777 == 0o600
     assert key.parent.stat().st_mode & 0o777 == 0o700
     first = key.read_bytes()
-    assert ensure_cluster_key(tmp_path, "lab") == key
+    assert ensure_cluster_key(tmp_path, "lab", create=True) == key
     assert key.read_bytes() == first, "an existing key must be kept: the nodes trust it"
 
 
-def test_cluster_key_half_missing_is_made_again(tmp_path: Path) -> None:
-    key = ensure_cluster_key(tmp_path, "lab")
-    old_pub = key.with_suffix(".pub").read_text()
-    key.with_suffix(".pub").unlink()
-    ensure_cluster_key(tmp_path, "lab")
-    assert key.with_suffix(".pub").exists() and key.with_suffix(".pub").read_text() != old_pub
+def test_cluster_key_not_made_for_a_cluster_that_has_machines(tmp_path: Path) -> None:
+    assert ensure_cluster_key(tmp_path, "lab", create=False) is None
+    assert not cluster_key(tmp_path).exists()
+
+
+def test_lost_public_half_is_derived_from_the_private_key(tmp_path: Path) -> None:
+    key = ensure_cluster_key(tmp_path, "lab", create=True)
+    assert key is not None
+    pub = key.with_suffix(".pub")
+    old = pub.read_text().split()[:2]
+    pub.unlink()
+    first = key.read_bytes()
+    assert ensure_cluster_key(tmp_path, "lab", create=False) == key
+    assert key.read_bytes() == first
+    assert pub.read_text().split()[:2] == old
+    assert pub.stat().st_mode & 0o777 == 0o644

@@ -17,7 +17,7 @@ for name in containerd dockerd; do
     if [ -e "/usr/bin/$name" ]; then echo "bin $name yes"; else echo "bin $name no"; fi
 done
 if [ -x /usr/bin/containerd ]; then
-    echo "containerd-version $(/usr/bin/containerd --version 2>&1 | head -n 1)"
+    echo "containerd-version $(/usr/bin/containerd --version 2>/dev/null | head -n 1)"
 fi
 for path in "$@"; do
     probe=$path

@@ -8,17 +8,17 @@
 set -u
 for pair in "$@"; do
     key=${pair%%=*}
-    want=$(echo "${pair#*=}" | tr -s ' \t' '  ')
-    path=/proc/sys/$(echo "$key" | tr . /)
+    want=$(printf '%s\n' "${pair#*=}" | tr -s ' \t' '  ')
+    path=/proc/sys/$(printf '%s\n' "$key" | tr . /)
     if [ ! -e "$path" ]; then
-        echo "absent $key"
+        printf 'absent %s\n' "$key"
         continue
     fi
     now=$(tr -s ' \t' '  ' < "$path")
     if [ "$now" = "$want" ]; then
-        echo "same $key"
+        printf 'same %s\n' "$key"
     else
-        echo "differ $key $now"
-        echo "set $key=$want"
+        printf 'differ %s %s\n' "$key" "$now"
+        printf 'set %s=%s\n' "$key" "$want"
     fi
 done
