@@ -69,7 +69,7 @@ class Run(NamedTuple):
     seconds: float
     timings: dict[str, object]
     cpu: float  # busy CPU-seconds of the whole machine during the run
-    controller: float  # of which provision.py and what it ran (Ansible, Vagrant, ssh, docker CLI)
+    controller: float  # of which provision.py and the processes it waited for (Ansible, Vagrant, docker CLI)
     nodes: float | None  # of which the node containers (None: their cgroups were not readable)
 
 
