@@ -43,6 +43,7 @@ class FilterModule:
             "kube_apt_sources": kubeconf.apt_sources,
             "kube_package_pins": kubeconf.package_pins,
             "kube_cgroup_error": kubeconf.cgroup_error,
+            "kube_cgroup_v1_settings": kubeconf.cgroup_v1_settings,
             "kube_offline_plan": kubeconf.offline_plan,
             "kube_installed_version_matches": kubeconf.installed_version_matches,
             "kube_resolve_version": kubeconf.resolve_kubernetes_version,
@@ -54,8 +55,8 @@ class FilterModule:
             "kube_resource_drift": kubeconf.resource_drift,
             "kube_node_problems": kubeconf.node_problems,
             "kube_interface_names": kubeconf.interface_names,
-            "calico_manifest_urls": kubeconf.calico_manifest_urls,
-            "calico_custom_resources": kubeconf.calico_custom_resources,
+            "calico_manifest_url": kubeconf.calico_manifest_url,
+            "calico_manifest_documents": kubeconf.calico_manifest_documents,
             "calico_node_problems": kubeconf.calico_node_problems,
         }
         return {name: _wrap(function) for name, function in table.items()}

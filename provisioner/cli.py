@@ -103,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bake Docker and containerd (Debian packages) in: provisioner/node-runtime",
     )
+    bu = sub.add_parser("bundle", help="the offline Kubernetes + Calico bundle (binaries, images, manifests)")
+    bu_sub = bu.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    bub = bu_sub.add_parser(
+        "build", help="make the bundle of one Kubernetes and one Calico release (prints its directory)"
+    )
+    bub.add_argument("--kubernetes", help="Kubernetes release, 1.37 or 1.37.2 (default: the toolkit's)")
+    bub.add_argument("--calico", help="Calico release (default: the toolkit's)")
+    bub.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=["auto", "download", "source"],
+        help="download (release sites), source (Go modules), auto (download where the sites answer, else source)",
+    )
+    bub.add_argument("--force", action="store_true", help="build again even when the bundle is present")
+    bu_sub.add_parser("list", help="the bundles on this machine with versions, sizes and sources")
     bx = sub.add_parser("box", help="Vagrant box of the VM providers, built from Debian packages")
     bx_sub = bx.add_subparsers(dest="box_command", required=True, metavar="ACTION")
     bb = bx_sub.add_parser("build", help="build the box and add it to Vagrant (cached by a hash of its recipe)")
@@ -192,6 +208,14 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
         return cluster.reset(ws, args.verbose)
     if cmd == "image":
         return cluster.image_build(args.force, args.with_runtime)
+    if cmd == "bundle":
+        from provisioner import bundle
+        from provisioner.bundle import make
+
+        if args.bundle_command == "list":
+            return make.list_cmd()
+        versions = bundle.resolve_versions(args.kubernetes, args.calico)
+        return make.build_cmd(versions, args.source, args.force, verbose=args.verbose)
     if cmd == "box":
         return cluster.box_build(args.provider, args.with_runtime, args.force)
     raise ProvisionError(f"unknown command {cmd}", exit_code=2)

@@ -135,6 +135,17 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         out.write(f"{n.name:<14}{n.role:<15}{group_of(spec.engine, n.role):<20}{n.ip}\n")
     eng = [s.name for s in stages.stages_for(spec.engine)]
     out.write(f"\nstages       machines, {', '.join(eng)}, verify\n")
+    chosen = choice.provider if choice else spec.provider
+    if spec.engine == "kubernetes":
+        from provisioner import kubenode
+
+        blocker = kubernetes_blocker(spec.with_provider(chosen))
+        source, why = kube_source_choice(spec.with_provider(chosen)) if not blocker else ("none", blocker)
+        out.write(f"kubernetes   binaries and images: {source} ({why})\n")
+        if chosen == "docker" and not blocker:
+            v1 = host_cgroup_version() == 1
+            out.write("container-node settings (the nodes are containers on this host's kernel):\n")
+            out.write("\n".join(kubenode.plan_lines(v1)) + "\n")
     return 0
 
 
@@ -170,6 +181,8 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
                 image.ensure_image(recipe)
                 timings["image"] = progress.stop("built")
             spec = _with_image(spec, recipe.tag)
+
+    spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
 
     vagrant_extra: dict[str, Any] = {}
     if spec.provider == "libvirt":
@@ -211,7 +224,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     state.mark("machines", "done", timings["machines"])
 
     ssh = vg.ssh_config([n.name for n in spec.nodes])
-    inventory.write_inventory(inventory.build_inventory(spec, ssh, ws.root), ws.inventory)
+    inventory.write_inventory(inventory.build_inventory(spec, ssh, ws.root, kube_bundle), ws.inventory)
     out.write(f"    inventory: {ws.inventory}\n")
 
     todo = stages.stages_for(spec.engine)
@@ -453,16 +466,50 @@ def host_cgroup_version() -> int:
 
 def kubernetes_blocker(spec: ClusterSpec) -> str:
     """Why the Kubernetes stages cannot run on these nodes at all ("" when they can be tried)."""
+    from provisioner.kubeconf import LAST_CGROUP_V1_MINOR
+
     if spec.engine != "kubernetes" or spec.provider != "docker":
         return ""
     minor = int(spec.versions["kubernetes"].split(".")[1])
-    if minor >= 35 and host_cgroup_version() == 1:
+    if minor > LAST_CGROUP_V1_MINOR and host_cgroup_version() == 1:
         return (
-            f"container nodes share this host's kernel, which runs cgroup v1, and kubelet 1.{minor} refuses "
-            f"cgroup v1; nodes are prepared with the container runtime. Use a VM provider (--provider libvirt or "
-            f"virtualbox) or --engine swarm here"
+            f"container nodes share this host's kernel, which runs cgroup v1, and kubelet 1.{minor} has no "
+            f"switch left to run there (1.{LAST_CGROUP_V1_MINOR} was the last); nodes are prepared with the container "
+            f"runtime. Use --kube-version 1.{LAST_CGROUP_V1_MINOR}, a VM provider, or --engine swarm here"
         )
     return ""
+
+
+def kube_source_choice(spec: ClusterSpec) -> tuple[str, str]:
+    """(upstream | bundle, why) for the Kubernetes binaries and images of this cluster."""
+    if spec.kube_source != "auto":
+        return spec.kube_source, "asked for"
+    if spec.provider == "docker":
+        return "bundle", "container nodes install from the bundle (no registry needed)"
+    why = providers.pkgs_k8s_io_unreachable()
+    if why:
+        return "bundle", f"pkgs.k8s.io does not answer here ({why})"
+    return "upstream", "pkgs.k8s.io answers"
+
+
+def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[ClusterSpec, Path | None]:
+    """The bundle this cluster installs from (built first when missing, with its progress), and the
+    spec with the bundle's exact versions; (spec, None) when the cluster installs from upstream."""
+    from provisioner import bundle
+    from provisioner.bundle import make
+
+    if spec.engine != "kubernetes" or kubernetes_blocker(spec):
+        return spec, None
+    source, why = kube_source_choice(spec)
+    if source != "bundle":
+        out.write(f"kubernetes: packages from pkgs.k8s.io ({why})\n")
+        return spec, None
+    versions = bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
+    found = make.ensure(versions, "auto", force=False, out=out, verbose=verbose)
+    out.write(f"kubernetes: bundle {found.path} ({why})\n")
+    data = spec.to_dict()
+    data["versions"] = dict(spec.versions, kubernetes=versions.kubernetes, calico=versions.calico)
+    return ClusterSpec.from_dict(data), found.path
 
 
 def run_verify(ws: Workspace, spec: ClusterSpec, state: State, out: TextIO) -> int:

@@ -87,6 +87,42 @@ printf 'node\n' > "$root/etc/hostname"
 if [ -e "$root/lib/systemd/system/containerd.service" ]; then
     chroot "$root" systemctl disable containerd.service docker.service docker.socket
 fi
+# The node's entrypoint: named fix-ups, in order, that a container started without --privileged needs
+# before systemd (and, on Kubernetes nodes, kubelet and containerd) can run; then systemd as PID 1.
+cat > "$root/usr/local/sbin/node-init" <<'INIT'
+#!/bin/sh
+# Container-node fix-ups (provisioner), run before systemd. Each one is harmless where it has
+# nothing to do, so the same image serves every engine.
+set -u
+say() { echo "node-init: $*" >&2; }
+
+# 1. cgroups: with a private cgroup namespace (Kubernetes nodes) Docker mounts the hierarchies
+#    read-only unless --privileged; systemd, containerd and kubelet create cgroups below the node's
+#    own root, so make the mounts writable (each stays limited to the node's namespace).
+fix_cgroups() {
+    for m in /sys/fs/cgroup /sys/fs/cgroup/*; do
+        if mountpoint -q "$m" && grep -q " $m ro," /proc/self/mountinfo; then
+            mount -o remount,bind,rw "$m" || say "could not make $m writable"
+        fi
+    done
+}
+
+# 2. /dev/kmsg: kubelet's OOM watcher reads it; without the host's, point it at the console.
+fix_kmsg() {
+    [ -e /dev/kmsg ] || ln -s /dev/console /dev/kmsg
+}
+
+# 3. Mount propagation: kubelet and the CSI/volume code need shared mounts below /.
+fix_mounts() {
+    mount --make-rshared / || say "could not make / shared"
+}
+
+fix_cgroups
+fix_kmsg
+fix_mounts
+exec /sbin/init "$@"
+INIT
+chmod 0755 "$root/usr/local/sbin/node-init"
 # apt on the nodes fetches no translated package descriptions (less to download on every `apt update`).
 echo 'Acquire::Languages "none";' > "$root/etc/apt/apt.conf.d/90provisioner-no-translations"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
@@ -214,7 +250,7 @@ def build_image(recipe: ImageRecipe) -> None:
                 "docker",
                 "import",
                 "--change",
-                'CMD ["/sbin/init"]',
+                'CMD ["/usr/local/sbin/node-init"]',
                 "--change",
                 f"LABEL org.provisioner.recipe={recipe.digest()}",
                 str(tarball),

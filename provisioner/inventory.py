@@ -14,10 +14,17 @@ from provisioner.vagrant import SshInfo
 ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker")
 
 
-def cluster_vars(spec: ClusterSpec, provision_dir: Path) -> dict[str, Any]:
+def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = None) -> dict[str, Any]:
     """Cluster-wide variables, the same keys as inventory/sample/group_vars/all.yml (plus the role
-    variable node_prep_package_proxy, whose role default "" means no proxy)."""
-    return {
+    variable node_prep_package_proxy, whose role default "" means no proxy). With a bundle, the
+    Kubernetes roles install from it (kube_bundle_dir) instead of pkgs.k8s.io and the registries."""
+    extra: dict[str, Any] = {}
+    if bundle is not None:
+        extra = {
+            "kube_bundle_dir": str(bundle),
+            "kube_smoke_image": f"provisioner.local/smoke-web:{spec.versions['kubernetes']}",
+        }
+    return extra | {
         "cluster_name": spec.name,
         "cluster_engine": spec.engine,
         "cluster_provider": spec.provider,
@@ -35,7 +42,9 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path) -> dict[str, Any]:
     }
 
 
-def build_inventory(spec: ClusterSpec, ssh: dict[str, SshInfo], provision_dir: Path) -> dict[str, Any]:
+def build_inventory(
+    spec: ClusterSpec, ssh: dict[str, SshInfo], provision_dir: Path, bundle: Path | None = None
+) -> dict[str, Any]:
     hosts: dict[str, dict[str, Any]] = {}
     children: dict[str, Any] = {g: {"hosts": {}} for g in ALL_GROUPS}
     for node in spec.nodes:
@@ -58,7 +67,7 @@ def build_inventory(spec: ClusterSpec, ssh: dict[str, SshInfo], provision_dir: P
     children["k8s_cluster"] = {"children": {"kube_control_plane": None, "kube_node": None}}
     return {
         "all": {
-            "vars": {"ansible_python_interpreter": "/usr/bin/python3", **cluster_vars(spec, provision_dir)},
+            "vars": {"ansible_python_interpreter": "/usr/bin/python3", **cluster_vars(spec, provision_dir, bundle)},
             "hosts": hosts,
             "children": children,
         }

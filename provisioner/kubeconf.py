@@ -28,8 +28,7 @@ CALICO_MANIFEST_BASE = "https://raw.githubusercontent.com/projectcalico/calico"
 VAGRANT_NAT_ADDRESS = "10.0.2.15"
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
-CALICO_OPERATOR_API = "operator.tigera.io/v1"
-CALICO_ENCAPSULATIONS = ("VXLANCrossSubnet", "VXLAN", "IPIP", "IPIPCrossSubnet", "None")
+KUBE_PROXY_API = "kubeproxy.config.k8s.io/v1alpha1"
 DEFAULT_CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 # Packages pinned to the exact Kubernetes version; cri-tools follows the minor only (1.36.0 in v1.36).
 KUBE_CORE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
@@ -139,24 +138,50 @@ def package_pins(
     return pins
 
 
+# The last Kubernetes minor whose kubelet still starts on cgroup v1 (with failCgroupV1: false).
+LAST_CGROUP_V1_MINOR = 37
+CGROUP_V2_FIX = (
+    "boot the host with the unified cgroup v2 hierarchy (kernel argument "
+    "systemd.unified_cgroup_hierarchy=1, the default on Debian 11+, Ubuntu 21.10+ and EL 9)"
+)
+
+
+def cgroup_v1_settings(kube_version: object, cgroup_v2: bool) -> dict[str, Any]:
+    """What a cgroup v1 node needs for kubelet kube_version, and nothing broader: for 1.35 to 1.37
+    KubeletConfiguration failCgroupV1: false and kubeadm's SystemVerification preflight ignored (it
+    errors on cgroup v1 from 1.35), with the deprecation warning to print. Empty on cgroup v2 and
+    before 1.35 (kubelet only warns there)."""
+    version = parse_kube_version(kube_version)
+    if cgroup_v2 or version.minor < 35 or version.minor > LAST_CGROUP_V1_MINOR:
+        return {"kubelet_config": {}, "ignore_preflight_errors": [], "warning": ""}
+    return {
+        "kubelet_config": {"failCgroupV1": False},
+        "ignore_preflight_errors": ["SystemVerification"],
+        "warning": (
+            f"this node uses cgroup v1: kubelet {version.series} runs there only with failCgroupV1: false "
+            f"(deprecated; kubelet 1.{LAST_CGROUP_V1_MINOR + 1} drops the switch) and kubeadm's SystemVerification "
+            f"preflight check ignored; {CGROUP_V2_FIX} before upgrading past 1.{LAST_CGROUP_V1_MINOR}"
+        ),
+    }
+
+
 def cgroup_error(kube_version: object, cgroup_v2: bool, allow_cgroup_v1: bool = False) -> str:
     """Why this host cannot run kubelet kube_version ("" when it can).
 
-    kubelet 1.35 and newer refuses cgroup v1 hosts outright; older kubelets still run there but
-    cgroup v1 is deprecated, so the toolkit asks for an explicit kube_packages_allow_cgroup_v1.
+    kubelet 1.35 to 1.37 refuse cgroup v1 unless failCgroupV1 is false, which the toolkit sets there
+    (cgroup_v1_settings); 1.38 and newer have no such switch. Older kubelets still run on cgroup v1
+    but it is deprecated, so the toolkit asks for an explicit kube_packages_allow_cgroup_v1.
     """
     if cgroup_v2:
         return ""
     version = parse_kube_version(kube_version)
-    fix = (
-        "boot the host with the unified cgroup v2 hierarchy (kernel argument "
-        "systemd.unified_cgroup_hierarchy=1, the default on Debian 11+, Ubuntu 21.10+ and EL 9)"
-    )
-    if version.minor >= 35:
+    fix = CGROUP_V2_FIX
+    if version.minor > LAST_CGROUP_V1_MINOR:
         return (
-            f"this host uses cgroup v1 and kubelet {version.series} (1.35 and newer) refuses to run on cgroup v1; {fix}"
+            f"this host uses cgroup v1 and kubelet {version.series} refuses to run on cgroup v1 (1.{LAST_CGROUP_V1_MINOR} "
+            f"was the last release with failCgroupV1); {fix}, or pin kube_version 1.{LAST_CGROUP_V1_MINOR}"
         )
-    if allow_cgroup_v1:
+    if version.minor >= 35 or allow_cgroup_v1:
         return ""
     return (
         f"this host uses cgroup v1, which kubelet {version.series} only supports as deprecated; {fix}, "
@@ -443,6 +468,7 @@ class InitSpec:
     kubelet_extra_args: tuple[tuple[str, str], ...] = ()
     schedulable: bool = False
     kubelet_config: Mapping[str, Any] = field(default_factory=dict)
+    kube_proxy_config: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _pairs(values: object, name: str) -> tuple[tuple[str, str], ...]:
@@ -481,7 +507,11 @@ def init_spec(values: Mapping[str, Any]) -> InitSpec:
     kubelet_config = values.get("kubelet_config") or {}
     if not isinstance(kubelet_config, Mapping):
         raise KubeConfigError("kube_control_plane_kubelet_config must be a mapping of KubeletConfiguration fields")
+    kube_proxy_config = values.get("kube_proxy_config") or {}
+    if not isinstance(kube_proxy_config, Mapping):
+        raise KubeConfigError("kube_control_plane_kube_proxy_config must be a mapping of KubeProxyConfiguration fields")
     return InitSpec(
+        kube_proxy_config=dict(kube_proxy_config),
         node_ip=node_ip,
         kubernetes_version=version,
         pods_subnet=str(pods),
@@ -571,7 +601,12 @@ def kubeadm_init_documents(values: Mapping[str, Any] | InitSpec) -> list[dict[st
     kubelet: dict[str, Any] = {"apiVersion": KUBELET_API, "kind": "KubeletConfiguration"}
     kubelet.update({k: v for k, v in spec.kubelet_config.items() if k not in ("apiVersion", "kind")})
     kubelet["cgroupDriver"] = "systemd"
-    return [init, cluster, kubelet]
+    docs = [init, cluster, kubelet]
+    if spec.kube_proxy_config:
+        proxy: dict[str, Any] = {"apiVersion": KUBE_PROXY_API, "kind": "KubeProxyConfiguration"}
+        proxy.update({k: v for k, v in spec.kube_proxy_config.items() if k not in ("apiVersion", "kind")})
+        docs.append(proxy)
+    return docs
 
 
 def kubeadm_join_documents(values: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -620,80 +655,100 @@ def api_server_endpoint(server_url: object) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Calico (tigera-operator)
+# Calico (manifest install, VXLAN; see the calico role's README for why not the operator)
 # --------------------------------------------------------------------------------------------
 
+# calico_encapsulation -> the manifest's CALICO_IPV4POOL_VXLAN. The manifest install runs calico-node
+# with the vxlan backend (no BGP daemon), so IPIP, which needs BGP routes, is not offered.
+CALICO_VXLAN_MODES = {"VXLANCrossSubnet": "CrossSubnet", "VXLAN": "Always", "None": "Never"}
 
-def calico_manifest_urls(calico_version: object, base_url: str = "") -> dict[str, str]:
-    """The operator manifests Calico's docs install for calico_version, in apply order."""
+
+def calico_manifest_url(calico_version: object, base_url: str = "") -> str:
+    """Where Calico publishes the VXLAN manifest of calico_version (base_url: a mirror of that layout)."""
     version = str(calico_version).strip().lstrip("v")
     if not re.match(r"^3\.\d+\.\d+$", version):
-        raise KubeConfigError(f'calico_version "{calico_version}" must be an exact release such as 3.31.3')
-    base = (base_url or f"{CALICO_MANIFEST_BASE}/v{version}/manifests").rstrip("/")
-    return {
-        "operator-crds.yaml": f"{base}/operator-crds.yaml",
-        "tigera-operator.yaml": f"{base}/tigera-operator.yaml",
-    }
+        raise KubeConfigError(f'calico_version "{calico_version}" must be an exact release such as 3.31.0')
+    base = (base_url or CALICO_MANIFEST_BASE).rstrip("/")
+    return f"{base}/v{version}/manifests/calico-vxlan.yaml"
 
 
-def calico_custom_resources(values: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The operator's custom resources: Installation (+ APIServer, + Goldmane/Whisker when asked)."""
+def _set_env(container: dict[str, Any], values: Mapping[str, str]) -> None:
+    env = [e for e in container.get("env") or [] if e.get("name") not in values]
+    env += [{"name": k, "value": v} for k, v in values.items()]
+    container["env"] = env
+
+
+def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Calico's VXLAN manifest with the cluster's settings: the pod CIDR as the default IP pool, its
+    block size, encapsulation and outgoing NAT, node addresses autodetected inside the node network
+    (never Vagrant's NAT or a Docker bridge), the MTU, and an optional registry mirror."""
+    import yaml
+
     pods = _network(values.get("pods_subnet"), "kube_pods_subnet")
     nodes = _network(values.get("node_network_cidr"), "node_network_cidr")
     if pods.overlaps(nodes):
         raise KubeConfigError(f"kube_pods_subnet {pods} overlaps node_network_cidr {nodes}; pick disjoint ranges")
     encapsulation = str(values.get("encapsulation") or "VXLANCrossSubnet")
-    if encapsulation not in CALICO_ENCAPSULATIONS:
+    if encapsulation not in CALICO_VXLAN_MODES:
         raise KubeConfigError(
-            f'calico_encapsulation "{encapsulation}" is not one of {", ".join(CALICO_ENCAPSULATIONS)}'
+            f'calico_encapsulation "{encapsulation}" is not one of {", ".join(CALICO_VXLAN_MODES)} '
+            "(the manifest install runs without BGP, which IPIP needs)"
         )
     block_size = int(values.get("block_size") or 26)
     if not pods.prefixlen <= block_size <= 32 or block_size < 20:
         raise KubeConfigError(
             f"calico_block_size {block_size} must lie between 20 and 32 and not be larger than {pods}"
         )
-    pool: dict[str, Any] = {
-        "name": "default-ipv4-ippool",
-        "cidr": str(pods),
-        "blockSize": block_size,
-        "encapsulation": encapsulation,
-        "natOutgoing": "Enabled" if values.get("nat_outgoing", True) else "Disabled",
-        "nodeSelector": "all()",
-    }
-    network: dict[str, Any] = {
-        "ipPools": [pool],
-        "nodeAddressAutodetectionV4": {"cidrs": [str(nodes)]},
-    }
     mtu = int(values.get("mtu") or 0)
-    if mtu:
-        network["mtu"] = mtu
-    bgp = str(values.get("bgp") or "")
-    if bgp:
-        if bgp not in ("Enabled", "Disabled"):
-            raise KubeConfigError(f'calico_bgp "{bgp}" must be Enabled, Disabled or empty (operator default)')
-        if bgp == "Disabled" and encapsulation.startswith("IPIP"):
-            raise KubeConfigError("IPIP encapsulation needs BGP; set calico_bgp to Enabled or use VXLAN")
-        network["bgp"] = bgp
-    installation: dict[str, Any] = {"calicoNetwork": network}
-    registry = str(values.get("registry") or "").strip()
-    if registry:
-        installation["registry"] = registry if registry.endswith("/") else registry + "/"
-    docs: list[dict[str, Any]] = [
-        {
-            "apiVersion": CALICO_OPERATOR_API,
-            "kind": "Installation",
-            "metadata": {"name": "default"},
-            "spec": installation,
-        }
-    ]
-    if values.get("apiserver", True):
-        docs.append(
-            {"apiVersion": CALICO_OPERATOR_API, "kind": "APIServer", "metadata": {"name": "default"}, "spec": {}}
+    registry = str(values.get("registry") or "").strip().rstrip("/")
+    docs = [d for d in yaml.safe_load_all(str(manifest)) if isinstance(d, dict)]
+    found = {"configmap": False, "daemonset": False}
+    for doc in docs:
+        kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+        if kind == "ConfigMap" and name == "calico-config":
+            found["configmap"] = True
+            data = doc.setdefault("data", {})
+            data["calico_backend"] = "vxlan"
+            if mtu:
+                data["veth_mtu"] = str(mtu)
+        if kind == "DaemonSet" and name == "calico-node":
+            found["daemonset"] = True
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container.get("name") == "calico-node":
+                    _set_env(
+                        container,
+                        {
+                            "CALICO_IPV4POOL_CIDR": str(pods),
+                            "CALICO_IPV4POOL_BLOCK_SIZE": str(block_size),
+                            "CALICO_IPV4POOL_IPIP": "Never",
+                            "CALICO_IPV4POOL_VXLAN": CALICO_VXLAN_MODES[encapsulation],
+                            "CALICO_IPV4POOL_NAT_OUTGOING": "true" if values.get("nat_outgoing", True) else "false",
+                            "IP_AUTODETECTION_METHOD": f"cidr={nodes}",
+                        },
+                    )
+        if registry:
+            _rewrite_images(doc, registry)
+    if not all(found.values()):
+        raise KubeConfigError(
+            "the Calico manifest has no calico-config ConfigMap or calico-node DaemonSet; "
+            "give the release's calico-vxlan.yaml (calico_manifest_file or calico_manifest_base_url)"
         )
-    if values.get("whisker", False):
-        for kind in ("Goldmane", "Whisker"):
-            docs.append({"apiVersion": CALICO_OPERATOR_API, "kind": kind, "metadata": {"name": "default"}, "spec": {}})
     return docs
+
+
+def _rewrite_images(node: Any, registry: str) -> None:
+    """Point every container image at `registry`, keeping the repository path and tag."""
+    if isinstance(node, dict):
+        for key in ("containers", "initContainers"):
+            for c in node.get(key) or []:
+                if isinstance(c, dict) and isinstance(c.get("image"), str):
+                    path = c["image"].split("/", 1)[1] if "." in c["image"].split("/", 1)[0] else c["image"]
+                    c["image"] = f"{registry}/{path}"
+        for value in node.values():
+            _rewrite_images(value, registry)
+    elif isinstance(node, list):
+        for value in node:
+            _rewrite_images(value, registry)
 
 
 def _subset_drift(desired: Any, live: Any, path: str) -> list[str]:
@@ -809,7 +864,7 @@ def node_problems(nodes: object, expected_ips: Iterable[str] = ()) -> list[str]:
 
 
 def calico_node_problems(state: object) -> list[str]:
-    """Nodes without a Ready calico-node pod, from `kubectl get nodes,pods -n calico-system -o json`."""
+    """Nodes without a Ready calico-node pod, from `kubectl get nodes,pods -n kube-system -o json`."""
     parsed = _json(state, "calico state")
     nodes = _items(parsed, "Node")
     pods = [
@@ -843,3 +898,72 @@ def interface_names(ip_link_output: object) -> list[str]:
         if match:
             names.append(match.group(1))
     return names
+
+
+def pod_problems(pods: object) -> list[str]:
+    """Pods that are not Running and Ready (finished pods of jobs aside), from `kubectl get pods -o json`."""
+    problems: list[str] = []
+    items = _items(_json(pods, "pod list"), "Pod")
+    if not items:
+        return ["no pods"]
+    for pod in items:
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        phase = status.get("phase") or "Unknown"
+        if phase == "Succeeded":
+            continue
+        if phase != "Running" or _condition(pod, "Ready").get("status") != "True":
+            waiting = [
+                (c.get("state") or {}).get("waiting", {}).get("reason", "")
+                for c in status.get("containerStatuses") or []
+            ]
+            reason = ", ".join(w for w in waiting if w) or phase
+            problems.append(
+                f"pod {meta.get('name')} on {(pod.get('spec') or {}).get('nodeName') or '?'} not ready ({reason})"
+            )
+    return problems
+
+
+def smoke_manifest(namespace: str, image: str) -> str:
+    """verify's workload: the smoke web server on every node (control planes too), never pulled, and a
+    NodePort service in front of it."""
+    import yaml
+
+    labels = {"app": "smoke"}
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": "smoke", "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "tolerations": [{"operator": "Exists"}],
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [
+                            {
+                                "name": "web",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "ports": [{"containerPort": 8080}],
+                                "env": [
+                                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                                ],
+                                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 2},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "smoke", "namespace": namespace},
+            "spec": {"type": "NodePort", "selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    ]
+    return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)

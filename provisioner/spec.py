@@ -20,6 +20,10 @@ PROVIDERS = ("auto", "virtualbox", "libvirt", "docker")
 ENGINES = ("kubernetes", "swarm")
 RUNTIMES = ("docker", "containerd")
 RUNTIME_SOURCES = ("auto", "upstream", "distro", "offline")
+# Where kubeadm, kubelet, kubectl and the images come from: upstream (pkgs.k8s.io and the registries),
+# bundle (the offline bundle, built when missing), auto (bundle on container nodes, upstream on VMs
+# where pkgs.k8s.io answers).
+KUBE_SOURCES = ("auto", "upstream", "bundle")
 KUBE_ROLES = ("control_plane", "worker")
 SWARM_ROLES = ("manager", "worker")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -49,10 +53,11 @@ DEFAULTS: dict[str, Any] = {
     "runtime": "docker",
     "runtime_source": "auto",
     "offline_dir": "",
-    "versions": {"kubernetes": "1.36", "calico": "3.31.3", "runtime": ""},
+    "versions": {"kubernetes": "1.37.2", "calico": "3.31.0", "runtime": ""},
     "labels": {},
     "stack": "",
     "package_proxy": "",
+    "kube_source": "auto",
 }
 KNOWN_KEYS = set(DEFAULTS)
 VERSION_KEYS = set(DEFAULTS["versions"])
@@ -86,6 +91,7 @@ class ClusterSpec:
     nodes: tuple[Node, ...]
     stack: str = ""
     package_proxy: str = ""  # "" = none; else http(s)://HOST[:PORT] for apt/dnf on the nodes
+    kube_source: str = "auto"  # auto | upstream | bundle
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -242,6 +248,7 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
     if runtime_source == "offline" and not raw["offline_dir"]:
         raise SpecError("runtime_source offline needs offline_dir: a directory holding the packages")
     package_proxy = _package_proxy(raw["package_proxy"])
+    kube_source = _choice(raw, "kube_source", KUBE_SOURCES)
     cpus = _int(raw, "cpus", 1, 64)
     memory = _int(raw, "memory", 512, 262144)
     managers = _int(raw, "managers", 1, 7)
@@ -288,6 +295,7 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
         nodes=nodes,
         stack=str(raw["stack"] or ""),
         package_proxy=package_proxy,
+        kube_source=kube_source,
     )
 
 

@@ -3,8 +3,9 @@
 Run: pytest tests/infra/test_kubernetes.py --ansible-inventory=INV --connection=ansible
 Cluster state is read with kubectl on the first control plane (as root, admin.conf); node-local
 checks run on each node. Every wait is bounded, and every failure names the node and the check.
-The workloads the checks start (a busybox pod per node, an nginx NodePort service) live in their
-own namespace, which is deleted at the end.
+The workload the checks start (the bundle's smoke web server on every node, a NodePort service)
+lives in its own namespace, which is deleted at the end; the pods double as the clients of the DNS
+and pod-network checks (`kubectl exec POD -- /smoke-web -lookup|-get`), as the image has no shell.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shlex
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -27,8 +29,6 @@ testinfra_hosts = ["ansible://k8s_cluster"]
 
 KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
 NAMESPACE = "provisioner-verify"
-NGINX_IMAGE = os.environ.get("KUBE_VERIFY_NGINX_IMAGE", "nginx:1.27-alpine")
-BUSYBOX_IMAGE = os.environ.get("KUBE_VERIFY_BUSYBOX_IMAGE", "busybox:1.36")
 ATTEMPTS = int(os.environ.get("KUBE_VERIFY_ATTEMPTS", "30"))
 DELAY = float(os.environ.get("KUBE_VERIFY_DELAY", "5"))
 
@@ -144,78 +144,113 @@ def test_internal_ip_in_node_network_and_unique(host: Any, control_plane: Any) -
     assert not others, f"node {name}: InternalIP {mine} is shared with {', '.join(others)}"
 
 
+def test_node_roles(host: Any, control_plane: Any) -> None:
+    name = node_name_of(host, control_plane)
+    labels = kubectl_json(control_plane, f"get node {name}")["metadata"].get("labels", {})
+    is_cp = "kube_control_plane" in host.ansible.get_variables().get("group_names", [])
+    has_label = "node-role.kubernetes.io/control-plane" in labels
+    assert has_label == is_cp, (
+        f"node {name}: control-plane role label {'missing' if is_cp else 'present'} "
+        f"(inventory group {'kube_control_plane' if is_cp else 'kube_node'})"
+    )
+
+
 def test_calico_node_ready(host: Any, control_plane: Any) -> None:
     name = node_name_of(host, control_plane)
 
     def ready() -> None:
-        state = kubectl(control_plane, "get nodes,pods -n calico-system -o json")
+        state = kubectl(control_plane, "get nodes,pods -n kube-system -o json")
         problems = [p for p in kubeconf.calico_node_problems(state) if p.startswith(f"node {name}:")]
         assert not problems, "; ".join(problems)
 
     retry(ready, f"node {name} calico-node")
 
 
-def test_coredns_running(control_plane: Any) -> None:
-    def running() -> None:
-        pods = kubectl_json(control_plane, "get pods -n kube-system -l k8s-app=kube-dns")["items"]
-        ready = [
-            p["metadata"]["name"]
-            for p in pods
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in p["status"].get("conditions", []))
-        ]
-        assert pods, "no CoreDNS pods in kube-system"
-        assert ready, f"no CoreDNS pod is Ready ({', '.join(p['metadata']['name'] for p in pods)})"
+def test_system_pods_running_and_ready(control_plane: Any) -> None:
+    def ready() -> None:
+        problems = kubeconf.pod_problems(kubectl(control_plane, "get pods -n kube-system -o json"))
+        assert not problems, "; ".join(problems)
 
-    retry(running, "cluster coredns")
+    retry(ready, "cluster kube-system pods")
 
 
 @pytest.fixture(scope="module")
-def workload(control_plane: Any) -> Iterator[dict[str, str]]:
-    """An nginx Deployment exposed as a NodePort in NAMESPACE; deleted (with the namespace) at the end."""
+def smoke_image(inventory: str) -> str:
+    variables = AnsibleRunner(inventory).get_variables(AnsibleRunner(inventory).get_hosts("kube_control_plane")[0])
+    image = str(variables.get("kube_smoke_image") or "")
+    if not image:
+        pytest.skip("kube_smoke_image is not set (the cluster was not installed from a bundle, which carries it)")
+    return image
+
+
+@pytest.fixture(scope="module")
+def workload(control_plane: Any, smoke_image: str) -> Iterator[dict[str, Any]]:
+    """The bundle's smoke web server on every node (a DaemonSet that tolerates the control plane)
+    exposed as a NodePort, in NAMESPACE; deleted with the namespace at the end."""
     kubectl(control_plane, f"delete namespace {NAMESPACE} --ignore-not-found --wait=true --timeout=120s")
+    manifest = kubeconf.smoke_manifest(NAMESPACE, smoke_image)
     try:
-        kubectl(control_plane, f"create namespace {NAMESPACE}")
-        kubectl(control_plane, f"-n {NAMESPACE} create deployment nginx --image={NGINX_IMAGE} --replicas=2 --port=80")
-        kubectl(control_plane, f"-n {NAMESPACE} expose deployment nginx --type=NodePort --port=80")
-        kubectl(control_plane, f"-n {NAMESPACE} rollout status deployment/nginx --timeout={int(ATTEMPTS * DELAY)}s")
-        service = kubectl_json(control_plane, f"-n {NAMESPACE} get service nginx")
+        with control_plane.sudo():
+            result = control_plane.run(f"{KUBECTL} apply -f - <<'EOF'\n{manifest}\nEOF")
+        assert result.rc == 0, f"applying the smoke workload failed: {result.stderr.strip()[-400:]}"
+        kubectl(control_plane, f"-n {NAMESPACE} rollout status daemonset/smoke --timeout={int(ATTEMPTS * DELAY)}s")
+        service = kubectl_json(control_plane, f"-n {NAMESPACE} get service smoke")
+        pods = kubectl_json(control_plane, f"-n {NAMESPACE} get pods -l app=smoke")["items"]
         cluster_ip = kubectl(control_plane, "get service kubernetes -n default -o jsonpath={.spec.clusterIP}").strip()
-        yield {"node_port": str(service["spec"]["ports"][0]["nodePort"]), "kubernetes_ip": cluster_ip}
+        yield {
+            "node_port": str(service["spec"]["ports"][0]["nodePort"]),
+            "kubernetes_ip": cluster_ip,
+            "pods": {p["spec"]["nodeName"]: (p["metadata"]["name"], p["status"]["podIP"]) for p in pods},
+        }
     finally:
         with control_plane.sudo():
             control_plane.run(f"{KUBECTL} delete namespace {NAMESPACE} --ignore-not-found --wait=false")
 
 
-def test_dns_resolves_from_a_pod_on_the_node(host: Any, control_plane: Any, workload: dict[str, str]) -> None:
+def test_dns_resolves_from_a_pod_on_the_node(host: Any, control_plane: Any, workload: dict[str, Any]) -> None:
     name = node_name_of(host, control_plane)
-    pod = f"dns-{name}"[:63].rstrip("-")
-    overrides = json.dumps({"spec": {"nodeName": name, "tolerations": [{"operator": "Exists"}]}})
+    assert name in workload["pods"], f"node {name}: no smoke pod runs there ({', '.join(workload['pods'])})"
+    pod = workload["pods"][name][0]
 
     def resolves() -> None:
-        with control_plane.sudo():
-            control_plane.run(f"{KUBECTL} -n {NAMESPACE} delete pod {pod} --ignore-not-found --wait=true")
-        out = kubectl(
-            control_plane,
-            f"-n {NAMESPACE} run {pod} --image={BUSYBOX_IMAGE} --restart=Never --rm -i --quiet "
-            f"--pod-running-timeout=120s --overrides={shlex.quote(overrides)} -- nslookup kubernetes.default",
+        out = kubectl(control_plane, f"-n {NAMESPACE} exec {pod} -- /smoke-web -lookup kubernetes.default")
+        answers = sorted(line.strip() for line in out.splitlines() if line.strip())
+        assert answers == [workload["kubernetes_ip"]], (
+            f"kubernetes.default resolved to {answers or 'nothing'} from {pod}, not [{workload['kubernetes_ip']}]"
         )
-        assert workload["kubernetes_ip"] in out, f"nslookup kubernetes.default gave: {out.strip()[-300:]}"
 
-    retry(resolves, f"node {name} dns-from-pod", attempts=max(3, ATTEMPTS // 10), delay=DELAY)
+    retry(resolves, f"node {name} dns-from-pod", attempts=max(3, ATTEMPTS // 5), delay=DELAY)
 
 
-def test_nodeport_answers_on_the_node(host: Any, workload: dict[str, str]) -> None:
+def test_pod_reaches_pods_on_every_other_node(host: Any, control_plane: Any, workload: dict[str, Any]) -> None:
+    name = node_name_of(host, control_plane)
+    assert name in workload["pods"], f"node {name}: no smoke pod runs there"
+    pod = workload["pods"][name][0]
+    for other, (other_pod, other_ip) in sorted(workload["pods"].items()):
+        if other == name:
+            continue
+
+        def reaches(other_pod: str = other_pod, other_ip: str = other_ip) -> None:
+            out = kubectl(control_plane, f"-n {NAMESPACE} exec {pod} -- /smoke-web -get http://{other_ip}:8080/")
+            assert other_pod in out, f"{pod} -> {other_pod} ({other_ip}) answered {out.strip()[-200:]!r}"
+
+        retry(reaches, f"pod network {name} -> {other}", attempts=max(3, ATTEMPTS // 5), delay=DELAY)
+
+
+def test_nodeport_answers_from_the_host(host: Any, workload: dict[str, Any]) -> None:
+    """The NodePort, asked from the machine that runs verify (not from the node itself, where no
+    firewall stands in the way)."""
     ip = node_ip_of(host)
     url = f"http://{ip}:{workload['node_port']}/"
-    probe = "python3 -c " + shlex.quote(
-        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)"
-    )
 
     def answers() -> None:
-        result = host.run(probe)
-        assert result.rc == 0 and result.stdout.strip() == "200", (
-            f"GET {url} from the node: rc {result.rc} {result.stdout.strip()} {result.stderr.strip()[-200:]}"
-        )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body = resp.read().decode(errors="replace")
+                status = resp.status
+        except OSError as exc:
+            raise AssertionError(f"GET {url} from the host: {exc}") from exc
+        assert status == 200 and body.startswith("smoke-web "), f"GET {url}: {status} {body[:100]!r}"
 
     retry(answers, f"{host.backend.get_pytest_id()} nodeport {url}")
 

@@ -164,17 +164,16 @@ def test_interface_names_from_ip_link() -> None:
     assert kubeconf.interface_names(output) == ["lo", "eth0", "cali1a2b3c4d5e6", "vxlan.calico", "tunl0"]
 
 
-def test_manifest_urls_follow_calicos_install_guide() -> None:
-    assert kubeconf.calico_manifest_urls("3.31.3") == {
-        "operator-crds.yaml": "https://raw.githubusercontent.com/projectcalico/calico/v3.31.3/manifests/operator-crds.yaml",
-        "tigera-operator.yaml": "https://raw.githubusercontent.com/projectcalico/calico/v3.31.3/manifests/tigera-operator.yaml",
-    }
-    assert kubeconf.calico_manifest_urls("v3.31.3", "https://mirror.example.test/calico/")["tigera-operator.yaml"] == (
-        "https://mirror.example.test/calico/tigera-operator.yaml"
+def test_manifest_url_is_the_releases_vxlan_manifest() -> None:
+    assert kubeconf.calico_manifest_url("3.31.0") == (
+        "https://raw.githubusercontent.com/projectcalico/calico/v3.31.0/manifests/calico-vxlan.yaml"
+    )
+    assert kubeconf.calico_manifest_url("v3.31.0", "https://mirror.example.test/calico/") == (
+        "https://mirror.example.test/calico/v3.31.0/manifests/calico-vxlan.yaml"
     )
 
 
 @pytest.mark.parametrize("version", ["3.31", "latest", "4.0.0"])
-def test_manifest_urls_need_an_exact_release(version: str) -> None:
+def test_manifest_url_needs_an_exact_release(version: str) -> None:
     with pytest.raises(KubeConfigError, match="exact release"):
-        kubeconf.calico_manifest_urls(version)
+        kubeconf.calico_manifest_url(version)

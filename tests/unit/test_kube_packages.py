@@ -110,8 +110,9 @@ def test_version_info() -> None:
     ("version", "v2", "allow", "fails", "fragment"),
     [
         pytest.param("1.36", True, False, False, "", id="v2-ok"),
-        pytest.param("1.36", False, False, True, "refuses to run on cgroup v1", id="v1-136-refused"),
-        pytest.param("1.35.0", False, True, True, "refuses to run on cgroup v1", id="v1-135-allow-does-not-help"),
+        pytest.param("1.36", False, False, False, "", id="v1-136-runs-with-failcgroupv1-false"),
+        pytest.param("1.37.2", False, False, False, "", id="v1-137-last-with-the-switch"),
+        pytest.param("1.38", False, True, True, "refuses to run on cgroup v1", id="v1-138-refused-allow-does-not-help"),
         pytest.param("1.34", False, False, True, "kube_packages_allow_cgroup_v1", id="v1-134-needs-allow"),
         pytest.param("1.34.3", False, True, False, "", id="v1-134-allowed"),
     ],
@@ -122,6 +123,25 @@ def test_cgroup_check(version: str, v2: bool, allow: bool, fails: bool, fragment
     assert fragment in message
     if fails:
         assert "systemd.unified_cgroup_hierarchy=1" in message
+
+
+@pytest.mark.parametrize(
+    ("version", "v2", "expected"),
+    [
+        ("1.37.2", False, {"failCgroupV1": False}),
+        ("1.35", False, {"failCgroupV1": False}),
+        ("1.37.2", True, {}),
+        ("1.34", False, {}),
+        ("1.38", False, {}),
+    ],
+)
+def test_cgroup_v1_settings_only_where_the_switch_exists(version: str, v2: bool, expected: dict[str, object]) -> None:
+    settings = kubeconf.cgroup_v1_settings(version, v2)
+    assert settings["kubelet_config"] == expected
+    assert settings["ignore_preflight_errors"] == (["SystemVerification"] if expected else [])
+    assert bool(settings["warning"]) == bool(expected)
+    if expected:
+        assert "deprecated" in settings["warning"] and "1.38" in settings["warning"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Ansible itself and must give the same documents. No machine, no network.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -26,7 +27,7 @@ from ansible.plugins.filter.core import FilterModule as CoreFilters
 REPO = Path(__file__).resolve().parents[2]
 INIT_TEMPLATE = REPO / "roles" / "kube_control_plane" / "templates" / "kubeadm-config.yaml.j2"
 JOIN_TEMPLATE = REPO / "roles" / "kube_join" / "templates" / "kubeadm-join.yaml.j2"
-CALICO_TEMPLATE = REPO / "roles" / "calico" / "templates" / "custom-resources.yaml.j2"
+CALICO_TEMPLATE = REPO / "roles" / "calico" / "templates" / "calico.yaml.j2"
 TOKEN = "abcdef.0123456789abcdef"
 CA_HASH = "sha256:" + "ab" * 32
 # What a failing filter raises inside a template: the plugin turns KubeConfigError into AnsibleFilterError.
@@ -53,6 +54,11 @@ def render(template: Path, variables: dict[str, Any]) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc is not None]
 
 
+ROLE_DEFAULTS = yaml.safe_load((REPO / "roles" / "kube_control_plane" / "defaults" / "main.yml").read_text())
+CONTAINER_KUBELET = ROLE_DEFAULTS["kube_control_plane_container_kubelet_config"]
+CONTAINER_PROXY = ROLE_DEFAULTS["kube_control_plane_container_kube_proxy_config"]
+
+
 def init_vars(**overrides: Any) -> dict[str, Any]:
     """The kube_control_plane variables after the role resolved them (defaults, then facts)."""
     values: dict[str, Any] = {
@@ -73,7 +79,12 @@ def init_vars(**overrides: Any) -> dict[str, Any]:
         "kube_control_plane_scheduler_extra_args": {},
         "kube_control_plane_kubelet_extra_args": {},
         "kube_control_plane_kubelet_config": {},
+        "kube_control_plane_kube_proxy_config": {},
         "kube_control_plane_schedulable": False,
+        "kube_control_plane_cgroup_v1": {"kubelet_config": {}, "ignore_preflight_errors": [], "warning": ""},
+        "kube_control_plane_in_container": False,
+        "kube_control_plane_container_kubelet_config": CONTAINER_KUBELET,
+        "kube_control_plane_container_kube_proxy_config": CONTAINER_PROXY,
     }
     values.update(overrides)
     return values
@@ -222,6 +233,7 @@ def join_vars(**overrides: Any) -> dict[str, Any]:
         "kube_join_cri_socket": "unix:///run/containerd/containerd.sock",
         "kube_join_ignore_preflight_errors": [],
         "kube_join_kubelet_extra_args": {},
+        "kube_join_cgroup_v1": {"kubelet_config": {}, "ignore_preflight_errors": [], "warning": ""},
     }
     values.update(overrides)
     return values
@@ -274,53 +286,84 @@ def test_api_server_endpoint(server: str, endpoint: str) -> None:
     assert FILTERS["kube_api_server_endpoint"](server) == endpoint
 
 
-def calico_vars(**overrides: Any) -> dict[str, Any]:
+CALICO_UPSTREAM = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: calico-config, namespace: kube-system}
+data: {calico_backend: "bird", veth_mtu: "0"}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: calico-node, namespace: kube-system}
+spec:
+  template:
+    spec:
+      initContainers:
+        - {name: install-cni, image: quay.io/calico/cni:v3.31.0}
+      containers:
+        - name: calico-node
+          image: quay.io/calico/node:v3.31.0
+          env:
+            - {name: CALICO_IPV4POOL_VXLAN, value: CrossSubnet}
+            - {name: IP, value: autodetect}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: calico-kube-controllers, namespace: kube-system}
+spec:
+  template:
+    spec:
+      containers:
+        - {name: calico-kube-controllers, image: quay.io/calico/kube-controllers:v3.31.0}
+"""
+
+
+def calico_vars(manifest: str = CALICO_UPSTREAM, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
+        "calico_version": "3.31.0",
         "calico_pods_subnet": "10.244.0.0/16",
         "calico_node_network_cidr": "192.168.56.0/24",
         "calico_encapsulation": "VXLANCrossSubnet",
-        "calico_bgp": "",
         "calico_block_size": 26,
         "calico_nat_outgoing": True,
         "calico_mtu": 0,
         "calico_registry": "",
-        "calico_apiserver_enabled": True,
-        "calico_whisker_enabled": False,
+        "calico_upstream_manifest": {"content": base64.b64encode(manifest.encode()).decode()},
     }
     values.update(overrides)
     return values
 
 
-def test_calico_default_installation() -> None:
-    assert render(CALICO_TEMPLATE, calico_vars()) == [
-        {
-            "apiVersion": "operator.tigera.io/v1",
-            "kind": "Installation",
-            "metadata": {"name": "default"},
-            "spec": {
-                "calicoNetwork": {
-                    "ipPools": [
-                        {
-                            "name": "default-ipv4-ippool",
-                            "cidr": "10.244.0.0/16",
-                            "blockSize": 26,
-                            "encapsulation": "VXLANCrossSubnet",
-                            "natOutgoing": "Enabled",
-                            "nodeSelector": "all()",
-                        }
-                    ],
-                    "nodeAddressAutodetectionV4": {"cidrs": ["192.168.56.0/24"]},
-                }
-            },
-        },
-        {"apiVersion": "operator.tigera.io/v1", "kind": "APIServer", "metadata": {"name": "default"}, "spec": {}},
-    ]
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    node = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "calico-node")
+    return {e["name"]: e["value"] for e in node["env"]}
 
 
-@pytest.mark.parametrize("encapsulation", ["IPIP", "VXLAN", "None", "IPIPCrossSubnet"])
-def test_calico_encapsulations(encapsulation: str) -> None:
-    docs = render(CALICO_TEMPLATE, calico_vars(calico_encapsulation=encapsulation))
-    assert docs[0]["spec"]["calicoNetwork"]["ipPools"][0]["encapsulation"] == encapsulation
+def test_calico_manifest_gets_the_cluster_settings() -> None:
+    docs = render(CALICO_TEMPLATE, calico_vars())
+    assert [d["kind"] for d in docs] == ["ConfigMap", "DaemonSet", "Deployment"]
+    assert docs[0]["data"] == {"calico_backend": "vxlan", "veth_mtu": "0"}
+    assert _env(docs) == {
+        "IP": "autodetect",
+        "CALICO_IPV4POOL_CIDR": "10.244.0.0/16",
+        "CALICO_IPV4POOL_BLOCK_SIZE": "26",
+        "CALICO_IPV4POOL_IPIP": "Never",
+        "CALICO_IPV4POOL_VXLAN": "CrossSubnet",
+        "CALICO_IPV4POOL_NAT_OUTGOING": "true",
+        "IP_AUTODETECTION_METHOD": "cidr=192.168.56.0/24",
+    }
+    # Images stay as the release names them (the bundle carries exactly these).
+    assert docs[2]["spec"]["template"]["spec"]["containers"][0]["image"] == "quay.io/calico/kube-controllers:v3.31.0"
+
+
+@pytest.mark.parametrize(
+    ("encapsulation", "mode"), [("VXLAN", "Always"), ("None", "Never"), ("VXLANCrossSubnet", "CrossSubnet")]
+)
+def test_calico_encapsulations(encapsulation: str, mode: str) -> None:
+    assert (
+        _env(render(CALICO_TEMPLATE, calico_vars(calico_encapsulation=encapsulation)))["CALICO_IPV4POOL_VXLAN"] == mode
+    )
 
 
 def test_calico_options() -> None:
@@ -329,37 +372,74 @@ def test_calico_options() -> None:
         calico_vars(
             calico_pods_subnet="172.20.0.0/16",
             calico_node_network_cidr="10.10.0.0/24",
-            calico_encapsulation="VXLAN",
-            calico_bgp="Disabled",
             calico_mtu=1400,
-            calico_registry="mirror.example.test",
+            calico_registry="mirror.example.test:5000/",
             calico_nat_outgoing=False,
-            calico_apiserver_enabled=False,
-            calico_whisker_enabled=True,
+            calico_block_size=24,
         ),
     )
-    assert [d["kind"] for d in docs] == ["Installation", "Goldmane", "Whisker"]
-    spec = docs[0]["spec"]
-    assert spec["registry"] == "mirror.example.test/"
-    assert spec["calicoNetwork"]["bgp"] == "Disabled"
-    assert spec["calicoNetwork"]["mtu"] == 1400
-    assert spec["calicoNetwork"]["nodeAddressAutodetectionV4"] == {"cidrs": ["10.10.0.0/24"]}
-    assert spec["calicoNetwork"]["ipPools"][0]["cidr"] == "172.20.0.0/16"
-    assert spec["calicoNetwork"]["ipPools"][0]["natOutgoing"] == "Disabled"
+    env = _env(docs)
+    assert env["CALICO_IPV4POOL_CIDR"] == "172.20.0.0/16"
+    assert env["IP_AUTODETECTION_METHOD"] == "cidr=10.10.0.0/24"
+    assert env["CALICO_IPV4POOL_NAT_OUTGOING"] == "false"
+    assert env["CALICO_IPV4POOL_BLOCK_SIZE"] == "24"
+    assert docs[0]["data"]["veth_mtu"] == "1400"
+    pod = docs[1]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == "mirror.example.test:5000/calico/cni:v3.31.0"
+    assert pod["containers"][0]["image"] == "mirror.example.test:5000/calico/node:v3.31.0"
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ({"calico_encapsulation": "GRE"}, "is not one of"),
+        ({"calico_encapsulation": "IPIP"}, "without BGP"),
         ({"calico_pods_subnet": "192.168.0.0/16"}, "overlaps node_network_cidr"),
-        ({"calico_encapsulation": "IPIP", "calico_bgp": "Disabled"}, "IPIP encapsulation needs BGP"),
         ({"calico_block_size": 12}, "calico_block_size"),
+        ({"manifest": "kind: ConfigMap\nmetadata: {name: other}\n"}, "calico-vxlan.yaml"),
     ],
 )
 def test_calico_refuses_bad_input(override: dict[str, Any], message: str) -> None:
     with pytest.raises(RENDER_ERRORS, match=message):
         render(CALICO_TEMPLATE, calico_vars(**override))
+
+
+def test_container_node_on_cgroup_v1_gets_kinds_settings_and_nothing_broader() -> None:
+    v1 = {
+        "kubelet_config": {"failCgroupV1": False},
+        "ignore_preflight_errors": ["SystemVerification"],
+        "warning": "w",
+    }
+    docs = render(
+        INIT_TEMPLATE,
+        init_vars(
+            kube_control_plane_in_container=True,
+            kube_control_plane_cgroup_v1=v1,
+            kube_control_plane_ignore_preflight_errors=["NumCPU"],
+        ),
+    )
+    assert docs[0]["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU", "SystemVerification"]
+    kubelet = docs[2]
+    assert kubelet["failCgroupV1"] is False
+    assert kubelet["failSwapOn"] is False
+    assert kubelet["evictionHard"] == {"nodefs.available": "0%", "nodefs.inodesFree": "0%", "imagefs.available": "0%"}
+    assert docs[3] == {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "conntrack": {"maxPerCore": 0},
+    }
+
+
+def test_vm_on_cgroup_v2_gets_no_container_settings() -> None:
+    docs = render(INIT_TEMPLATE, init_vars())
+    assert len(docs) == 3 and "failCgroupV1" not in docs[2] and "failSwapOn" not in docs[2]
+    assert "ignorePreflightErrors" not in docs[0]["nodeRegistration"]
+
+
+def test_join_on_cgroup_v1_ignores_only_system_verification() -> None:
+    v1 = {"kubelet_config": {"failCgroupV1": False}, "ignore_preflight_errors": ["SystemVerification"], "warning": "w"}
+    docs = render(JOIN_TEMPLATE, join_vars(kube_join_cgroup_v1=v1))
+    assert docs[0]["nodeRegistration"]["ignorePreflightErrors"] == ["SystemVerification"]
 
 
 def test_templates_render_the_same_through_ansible(tmp_path: Path) -> None:

@@ -1,0 +1,193 @@
+"""Container images assembled from built binaries, written as docker-archive tarballs (the format
+`docker save` writes and `ctr images import` reads) without a Docker daemon.
+
+An image is one or two layers: an optional Debian userland (for components that run iptables,
+ipset or ip, such as kube-proxy and calico-node) built from Debian's packages with mmdebstrap and
+cached by its recipe, and a layer of the component's own files. Archives are reproducible: fixed
+modification times, sorted members, owner root, so two builds of the same inputs compare equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner import proc
+from provisioner.errors import ProvisionError
+
+log = logging.getLogger(__name__)
+
+# The fixed modification time of every file the toolkit writes into an image layer.
+EPOCH = 0
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Debian packages of the userland layer: what kube-proxy (iptables mode) and calico-node's felix
+# exec (iptables/ip6tables with both backends, ipset, ip, conntrack), and the shell the toolkit's
+# calico-node start script runs in.
+USERLAND_PACKAGES = ("iptables", "ipset", "iproute2", "conntrack", "kmod", "procps", "ca-certificates", "netbase")
+
+# Files every image gets, so that programs that look up users or write temporary files work.
+BASE_FILES: dict[str, tuple[bytes, int]] = {
+    "etc/passwd": (
+        b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
+        0o644,
+    ),
+    "etc/group": (b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+    "etc/nsswitch.conf": (b"hosts: files dns\n", 0o644),
+}
+BASE_DIRS = ("etc", "tmp", "var", "var/run", "run")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str  # full reference, e.g. registry.k8s.io/kube-apiserver:v1.37.2
+    files: Mapping[str, Path]  # absolute path in the image -> file on the host
+    userland: bool = False
+    scripts: Mapping[str, str] = field(default_factory=dict)  # absolute path -> text (mode 0755)
+    entrypoint: Sequence[str] = ()
+    cmd: Sequence[str] = ()
+    env: Sequence[str] = ()
+
+
+def userland_recipe_digest(mirror: str, suite: str = "bookworm") -> str:
+    blob = json.dumps({"suite": suite, "packages": USERLAND_PACKAGES, "v": 2}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def ensure_userland(cache: Path, mirror: str, suite: str = "bookworm") -> Path:
+    """The userland layer tarball (built with mmdebstrap when missing; about 30 s)."""
+    target = cache / f"userland-{suite}-{userland_recipe_digest(mirror, suite)}.tar"
+    if target.is_file():
+        return target
+    proc.require_tool("mmdebstrap")
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial.tar")
+    hook = (
+        'set -e; root="$1"; '
+        # felix and kube-proxy pick their iptables backend themselves; keep Debian's default (nft).
+        'rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* '
+        '"$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/var/log/*'
+    )
+    cmd = [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--include=" + ",".join(USERLAND_PACKAGES),
+        "--customize-hook=" + f"sh -c '{hook}' sh \"$1\"",
+        suite,
+        str(partial),
+    ]
+    if mirror:
+        cmd.append(mirror)
+    env = dict(os.environ, SOURCE_DATE_EPOCH="0")
+    proc.run(cmd, env=env, timeout=900, what="mmdebstrap (image userland)")
+    partial.rename(target)
+    return target
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int, kind: bytes = tarfile.REGTYPE) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime = EPOCH
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = mode
+    info.type = kind
+    if data is not None and kind == tarfile.REGTYPE:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    else:
+        tar.addfile(info)
+
+
+def files_layer(spec: ImageSpec, out: Path) -> None:
+    """The component's own layer: base files and directories, then its binaries and scripts."""
+    entries: dict[str, tuple[bytes | None, int]] = {}
+    if not spec.userland:
+        for d in BASE_DIRS:
+            entries[d] = (None, 0o1777 if d == "tmp" else 0o755)
+        entries.update(BASE_FILES)
+    for dest, src in spec.files.items():
+        entries[dest.lstrip("/")] = (src.read_bytes(), 0o755)
+    for dest, text in spec.scripts.items():
+        entries[dest.lstrip("/")] = (text.encode(), 0o755)
+    dirs: set[str] = set()
+    for name in entries:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(dirs | set(entries)):
+            data, mode = entries.get(name, (None, 0o755))
+            if name in entries and data is not None:
+                _add_member(tar, name, data, mode)
+            elif name not in entries or data is None:
+                _add_member(tar, name, None, mode if name in entries else 0o755, tarfile.DIRTYPE)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_archive(spec: ImageSpec, out: Path, userland: Path | None) -> None:
+    """One docker-archive tarball holding `spec` under its full name."""
+    if spec.userland and userland is None:
+        raise ProvisionError(f"image {spec.name} needs the userland layer, which was not built")
+    with tempfile.TemporaryDirectory(prefix="provision-image-", dir=out.parent) as tmp:
+        own = Path(tmp) / "layer.tar"
+        files_layer(spec, own)
+        layers = ([userland] if spec.userland and userland is not None else []) + [own]
+        diff_ids = [_sha256(p) for p in layers]
+        env = [f"PATH={BASE_PATH}", *spec.env]
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "1970-01-01T00:00:00Z",
+            "config": {
+                "Env": env,
+                "Entrypoint": list(spec.entrypoint) or None,
+                "Cmd": list(spec.cmd) or None,
+                "WorkingDir": "/",
+            },
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
+            "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "provisioner bundle"} for _ in layers],
+        }
+        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        config_id = hashlib.sha256(config_bytes).hexdigest()
+        manifest = [
+            {"Config": f"{config_id}.json", "RepoTags": [spec.name], "Layers": [f"{d}/layer.tar" for d in diff_ids]}
+        ]
+        partial = out.with_suffix(".partial")
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            for d, layer in sorted(zip(diff_ids, layers, strict=True)):
+                _add_member(tar, d, None, 0o755, tarfile.DIRTYPE)
+                info = tarfile.TarInfo(f"{d}/layer.tar")
+                info.size = layer.stat().st_size
+                info.mtime = EPOCH
+                info.mode = 0o644
+                info.uname = info.gname = "root"
+                with layer.open("rb") as fh:
+                    tar.addfile(info, fh)
+            _add_member(tar, f"{config_id}.json", config_bytes, 0o644)
+            _add_member(tar, "manifest.json", json.dumps(manifest, separators=(",", ":")).encode(), 0o644)
+        partial.rename(out)
+
+
+def archive_tags(path: Path) -> list[str]:
+    """The RepoTags an image archive carries (read back for checks and `bundle list`)."""
+    with tarfile.open(path) as tar:
+        member = tar.extractfile("manifest.json")
+        if member is None:
+            return []
+        data = json.loads(member.read())
+    return [t for entry in data for t in entry.get("RepoTags") or []]

@@ -1,0 +1,135 @@
+"""`bundle build` and `bundle list`, and the `ensure` that `up` calls: pick a source, build into a
+staging directory with progress and a log, and move the finished bundle into place."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from provisioner.bundle import (
+    Bundle,
+    Versions,
+    bundle_root,
+    cache_root,
+    find,
+    finish,
+    list_bundles,
+    staging_dir,
+)
+from provisioner.errors import ProvisionError
+from provisioner.progress import Progress
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "download", "source")
+
+
+def choose_source(wanted: str) -> tuple[str, str]:
+    """(source, why) for `--from`: auto takes download where the release sites answer, else source
+    where Go and the module proxy answer, else one sentence naming what is missing."""
+    from provisioner.bundle import download, source
+
+    if wanted not in SOURCES:
+        raise ProvisionError(f"unknown bundle source {wanted!r}; use one of {', '.join(SOURCES)}", exit_code=2)
+    if wanted != "auto":
+        return wanted, "asked for"
+    why_not_download = download.reachable()
+    if not why_not_download:
+        return "download", "the release sites answer"
+    try:
+        go = source.check_go()
+    except ProvisionError as exc:
+        raise ProvisionError(
+            f"no bundle source works here: the release sites do not answer ({why_not_download}) and {exc.message}"
+        ) from exc
+    return "source", f"the release sites do not answer ({why_not_download}); {go} builds it from Go modules"
+
+
+def ensure(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdout, verbose: bool = False) -> Bundle:
+    """The finished bundle for `versions`, built first when missing (or with `force`)."""
+    existing = find(versions)
+    if existing is not None and not force:
+        missing = [
+            f.path
+            for f in existing.files
+            if not (existing.path / f.path).is_file() or (existing.path / f.path).stat().st_size != f.size
+        ]
+        if not missing:
+            return existing
+        out.write(f"bundle {versions.name} lost {missing[0]} ({len(missing)} files in all): building it again\n")
+    src, why = choose_source(wanted)
+    progress = Progress(out, verbose=verbose)
+    logs = cache_root() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"bundle-{versions.name}.log"
+    log_file.write_text("", encoding="utf-8")
+    out.write(f"bundle {versions.name}: building from {src} ({why}); log: {log_file}\n")
+    stage = Bundle(path=staging_dir(versions), versions=versions, source=src)
+    detail = {"text": ""}
+
+    def on_progress(text: str) -> None:
+        detail["text"] = text
+        with log_file.open("a", encoding="utf-8") as fh:
+            fh.write(f"[progress] {text}\n")
+
+    started = time.monotonic()
+    progress.start(f"bundle {versions.name} ({src})", lambda: detail["text"])
+    try:
+        if src == "download":
+            from provisioner.bundle import download
+
+            download.build(versions, stage, on_progress)
+        else:
+            from provisioner.bundle import image_mirror, source
+
+            source.build(versions, stage, on_progress, log_file, mirror=image_mirror())
+    except BaseException:
+        progress.stop("FAILED (nothing was kept as a bundle; a rerun resumes from the caches)")
+        raise
+    done = finish(stage, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    progress.stop(f"{len(done.files)} files, {done.size / 1e6:.0f} MB")
+    out.write(
+        f"  took {time.monotonic() - started:.0f}s: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in done.timings.items())
+        + "\n"
+    )
+    for comp, size in component_sizes(done):
+        out.write(f"  {comp:<26}{size / 1e6:8.1f} MB\n")
+    return done
+
+
+def component_sizes(bundle: Bundle) -> list[tuple[str, int]]:
+    sizes: dict[str, int] = {}
+    for f in bundle.files:
+        key = f.path if f.path.startswith("images/") else f.component
+        sizes[key] = sizes.get(key, 0) + f.size
+    return sorted(sizes.items())
+
+
+def build_cmd(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdout, verbose: bool = False) -> int:
+    existing = find(versions)
+    if existing is not None and not force:
+        out.write(f"bundle {versions.name} is present ({existing.source}, {existing.created}); --force rebuilds it\n")
+    else:
+        existing = ensure(versions, wanted, force=True, out=out, verbose=verbose)
+    out.write(f"{existing.path}\n")
+    return 0
+
+
+def list_cmd(out: TextIO = sys.stdout, root: Path | None = None) -> int:
+    base = root or bundle_root()
+    found = list(list_bundles(base))
+    if not found:
+        out.write(f"no bundles under {base}; make one with `provision.py bundle build`\n")
+        return 0
+    out.write(f"{'name':<34}{'kubernetes':<12}{'calico':<9}{'source':<10}{'size':>9}  {'created':<22}path\n")
+    for b in found:
+        out.write(
+            f"{b.versions.name:<34}{b.versions.kubernetes:<12}{b.versions.calico:<9}{b.source:<10}"
+            f"{b.size / 1e6:>7.0f}MB  {b.created:<22}{b.path}\n"
+        )
+    return 0

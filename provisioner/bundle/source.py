@@ -1,0 +1,364 @@
+"""The `source` builder: the bundle built here from Go modules with the ordinary `go` client.
+
+Each build in bundle/components.yaml is a Go module of the project's own under bundle/ (its go.mod and
+go.sum pin the upstream modules). Binaries are built with upstream's release flags (static, -trimpath,
+the version stamped in), kept in a cache keyed by everything that goes into them, so an interrupted or
+repeated build only compiles what changed (Go's own build cache makes the rest fast). Images are then
+assembled from those binaries (provisioner.bundle.images) under exactly the names the built kubeadm
+(`kubeadm config images list`) and the Calico manifest ask for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisioner import proc
+from provisioner.bundle import Bundle, Versions, add_file, cache_root
+from provisioner.bundle import images as img
+from provisioner.errors import ProvisionError, ToolMissing
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUNDLE_SRC = REPO_ROOT / "bundle"
+COMPONENTS = BUNDLE_SRC / "components.yaml"
+MIN_GO = (1, 26)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class GoBuild:
+    name: str
+    dir: Path
+    version_module: str
+    tags: tuple[str, ...]
+    ldflags: tuple[str, ...]
+    packages: dict[str, str]  # output name -> package path
+    cgo: bool = False
+
+
+def load_components(path: Path = COMPONENTS) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data
+
+
+def go_builds(data: dict[str, Any]) -> list[GoBuild]:
+    return [
+        GoBuild(
+            name=name,
+            dir=BUNDLE_SRC / b["dir"],
+            version_module=b.get("version_module") or "",
+            tags=tuple(b.get("tags") or ()),
+            ldflags=tuple(b.get("ldflags") or ()),
+            packages=dict(b["packages"]),
+        )
+        for name, b in data["builds"].items()
+    ]
+
+
+def go_env() -> dict[str, str]:
+    """Go with its module and build caches in the stable cache directory, static binaries."""
+    go_cache = cache_root() / "go"
+    env = dict(os.environ)
+    env.update(
+        GOMODCACHE=str(go_cache / "mod"),
+        GOCACHE=str(go_cache / "build"),
+        CGO_ENABLED="0",
+        GOFLAGS="-buildvcs=false -mod=readonly",
+        GOTOOLCHAIN="local",
+    )
+    return env
+
+
+def check_go() -> str:
+    """The Go version string; ToolMissing when go is absent or older than the modules need."""
+    if shutil.which("go") is None:
+        raise ToolMissing(
+            "go",
+            "install Go 1.26 or newer (Debian's golang packages are older: use the Go toolchain from go.dev or your distribution's backports)",
+        )
+    out = proc.run(["go", "env", "GOVERSION"], env=go_env(), what="go env").stdout.strip()
+    m = re.match(r"go(\d+)\.(\d+)", out)
+    if not m or (int(m.group(1)), int(m.group(2))) < MIN_GO:
+        raise ToolMissing(
+            f"Go {MIN_GO[0]}.{MIN_GO[1]} or newer", f"this machine has {out or 'an unknown Go'}; install a newer Go"
+        )
+    return out
+
+
+def module_info(build: GoBuild) -> tuple[str, str]:
+    """(version, commit time) of the build's pinned upstream module, as the module proxy reports it."""
+    if not build.version_module:
+        return "", "1970-01-01T00:00:00Z"
+    res = proc.run(
+        ["go", "list", "-m", "-json", build.version_module],
+        env=go_env(),
+        cwd=build.dir,
+        timeout=600,
+        what=f"go list -m {build.version_module} (module proxy)",
+    )
+    info = json.loads(res.stdout)
+    return str(info["Version"]), str(info.get("Time") or "1970-01-01T00:00:00Z")
+
+
+def render(template: str, versions: Versions, module_version: str, module_time: str) -> str:
+    major, minor = versions.kubernetes.split(".")[:2]
+    return template.format(
+        kubernetes=versions.kubernetes,
+        kube_tag=versions.kube_tag,
+        calico=versions.calico,
+        module_version=module_version,
+        module_time=module_time,
+        major=major,
+        minor=minor,
+    )
+
+
+def build_inputs_digest(build: GoBuild, ldflags: str) -> str:
+    """Everything that goes into a build's binaries: its module files, own sources, flags, Go version."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in build.dir.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(build.dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(json.dumps([build.tags, ldflags, sorted(build.packages.items())]).encode())
+    digest.update(subprocess.run(["go", "version"], capture_output=True, text=True, check=False).stdout.encode())
+    return digest.hexdigest()[:16]
+
+
+def build_binaries(
+    build: GoBuild, versions: Versions, log_file: Path, on_progress: Progress, label: str
+) -> tuple[Path, str]:
+    """Build (or take from the binary cache) every package of one Go build. Returns the output
+    directory and the upstream module version."""
+    module_version, module_time = module_info(build)
+    ldflags = " ".join(
+        ["-buildid=", "-s", "-w", *(render(f, versions, module_version, module_time) for f in build.ldflags)]
+    )
+    key = build_inputs_digest(build, ldflags)
+    out = cache_root() / "binaries" / f"{build.name}-{key}"
+    if (out / ".complete").is_file() and all((out / n).is_file() for n in build.packages):
+        on_progress(f"{label}: binaries cached ({out})")
+        return out, module_version
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    cmd = ["go", "build", "-v", "-p", str(os.cpu_count() or 2), "-trimpath"]
+    if build.tags:
+        cmd += ["-tags", ",".join(build.tags)]
+    cmd += ["-ldflags", ldflags, "-o", str(partial) + "/", *build.packages.values()]
+    started = time.monotonic()
+    count = 0
+
+    def seen(line: str) -> None:
+        nonlocal count
+        if line and not line.startswith(("#", "go: ")) and " " not in line:
+            count += 1
+            on_progress(f"{label}: compiling {line} ({count} packages, {time.monotonic() - started:.0f}s)")
+
+    rc = proc.stream(cmd, env=go_env(), cwd=build.dir, log_file=log_file, on_line=seen)
+    if rc != 0:
+        raise ProvisionError(
+            f"go build of {build.name} failed (exit {rc}); the bundle was not changed and a rerun resumes from Go's build cache",
+            log_path=str(log_file),
+        )
+    # go build -o DIR names each binary after its package's last element; rename to the wanted names.
+    for name, pkg in build.packages.items():
+        built = partial / pkg.rstrip("/").rsplit("/", 1)[-1]
+        if pkg.rsplit("/", 1)[-1] in ("v3", "v2") and not built.exists():
+            built = partial / pkg.rstrip("/").rsplit("/", 2)[-2]
+        if built.exists() and built.name != name:
+            built.rename(partial / name)
+        if not (partial / name).is_file():
+            raise ProvisionError(
+                f"go build of {build.name} did not produce {name}; see the build log", log_path=str(log_file)
+            )
+    (partial / ".complete").write_text(module_version + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out, module_version
+
+
+def kubeadm_images(kubeadm: Path, versions: Versions) -> list[str]:
+    res = proc.run(
+        [str(kubeadm), "config", "images", "list", "--kubernetes-version", versions.kube_tag],
+        what="kubeadm config images list",
+    )
+    return [ln.strip() for ln in res.stdout.splitlines() if ln.strip()]
+
+
+def check_version(binary: Path, args: list[str], want: str) -> str:
+    out = proc.run([str(binary), *args], what=f"{binary.name} {' '.join(args)}").stdout.strip()
+    if want not in out:
+        raise ProvisionError(f"{binary.name} reports {out!r}, not {want}; the version stamping of the build is wrong")
+    return out
+
+
+def _image_key(name: str) -> str:
+    """The key of an image in components.yaml: its repository's last path element (kube-apiserver,
+    coredns, pause, node, cni ...)."""
+    repo = name.rsplit("@", 1)[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo.rsplit(":", 1)[0]
+    return repo.rsplit("/", 1)[-1]
+
+
+def image_specs(
+    data: dict[str, Any], names: list[str], outputs: dict[str, Path], versions: Versions
+) -> list[img.ImageSpec]:
+    """One ImageSpec per wanted image name, its files taken from the builds' outputs
+    ("build/binary" in components.yaml)."""
+    recipes: dict[str, Any] = data["images"]
+    specs = []
+    for name in names:
+        key = _image_key(name)
+        if key not in recipes:
+            raise ProvisionError(
+                f"the bundle has no recipe for image {name} (key {key!r} in bundle/components.yaml); "
+                f"kubeadm or the Calico manifest asks for an image this toolkit does not build yet"
+            )
+        recipe = recipes[key]
+        files = {}
+        for dest, ref in (recipe.get("files") or {}).items():
+            build_name, binary = ref.split("/", 1)
+            files[dest] = outputs[build_name] / binary
+        scripts = {
+            dest: (BUNDLE_SRC / rel).read_text(encoding="utf-8") for dest, rel in (recipe.get("scripts") or {}).items()
+        }
+        specs.append(
+            img.ImageSpec(
+                name=name,
+                files=files,
+                userland=bool(recipe.get("userland")),
+                scripts=scripts,
+                entrypoint=tuple(recipe.get("entrypoint") or ()),
+                cmd=tuple(recipe.get("cmd") or ()),
+                env=tuple(render(e, versions, "", "") for e in recipe.get("env") or ()),
+            )
+        )
+    return specs
+
+
+def calico_manifest_source(outputs_versions: dict[str, str], data: dict[str, Any]) -> Path:
+    """The Calico manifest inside the pinned Calico module (the module zip carries manifests/)."""
+    cal = data["calico_manifest"]
+    version = outputs_versions[cal["build"]]
+    mod = Path(go_env()["GOMODCACHE"]) / f"{cal['module']}@{version}" / cal["path"]
+    if not mod.is_file():
+        raise ProvisionError(f"the Calico manifest {cal['path']} is not in module {cal['module']}@{version}")
+    return mod
+
+
+def manifest_images(manifest: Path) -> list[str]:
+    names: list[str] = []
+    for doc in yaml.safe_load_all(manifest.read_text(encoding="utf-8")):
+        _collect_images(doc, names)
+    return sorted(set(names))
+
+
+def _collect_images(node: Any, names: list[str]) -> None:
+    if isinstance(node, dict):
+        containers = [*(node.get("containers") or []), *(node.get("initContainers") or [])]
+        for c in containers:
+            if isinstance(c, dict) and isinstance(c.get("image"), str):
+                names.append(c["image"])
+        for value in node.values():
+            _collect_images(value, names)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_images(value, names)
+
+
+def build(
+    versions: Versions,
+    stage: Bundle,
+    on_progress: Progress,
+    log_file: Path,
+    mirror: str = "",
+) -> Bundle:
+    """Fill the staged bundle from Go modules. The caller made `stage` with staging_dir() and moves it
+    into place with finish()."""
+    check_go()
+    data = load_components()
+    builds = go_builds(data)
+    wanted = data.get("kubernetes_version"), data.get("calico_version")
+    if wanted != (versions.kubernetes, versions.calico):
+        raise ProvisionError(
+            f"bundle/ pins Kubernetes {wanted[0]} and Calico {wanted[1]}; a source build of "
+            f"{versions.kubernetes}/{versions.calico} needs its go.mod files changed to match"
+        )
+    outputs: dict[str, Path] = {}
+    module_versions: dict[str, str] = {}
+    steps = len(builds) + 2
+    for i, gb in enumerate(builds, 1):
+        t0 = time.monotonic()
+        label = f"[{i}/{steps}] {gb.name}"
+        on_progress(f"{label}: building {', '.join(gb.packages)}")
+        outputs[gb.name], module_versions[gb.name] = build_binaries(gb, versions, log_file, on_progress, label)
+        stage.timings[gb.name] = time.monotonic() - t0
+    kube = outputs["kubernetes"]
+    check_version(kube / "kubeadm", ["version", "-o", "short"], versions.kube_tag)
+    check_version(kube / "kubelet", ["--version"], versions.kube_tag)
+
+    # bin/: what the nodes install.
+    for dest, ref in data["bin"].items():
+        build_name, binary = ref.split("/", 1)
+        target = stage.path / "bin" / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(outputs[build_name] / binary, target)
+        target.chmod(0o755)
+        add_file(
+            stage, f"bin/{dest}", binary, module_versions[build_name] or versions.kube_tag, f"go build {build_name}"
+        )
+
+    # manifests/: the Calico manifest of the pinned release, unchanged (the calico role sets the pod CIDR,
+    # the encapsulation and the address autodetection when it applies it).
+    src_manifest = calico_manifest_source(module_versions, data)
+    rel_manifest = f"manifests/calico-{versions.calico}.yaml"
+    shutil.copy2(src_manifest, stage.path / rel_manifest)
+    add_file(
+        stage,
+        rel_manifest,
+        "calico-manifest",
+        f"v{versions.calico}",
+        f"{data['calico_manifest']['module']}/{data['calico_manifest']['path']}",
+    )
+
+    # images/: the names kubeadm and the manifest ask for, plus the smoke-test image.
+    t0 = time.monotonic()
+    label = f"[{steps - 1}/{steps}] images"
+    names = kubeadm_images(kube / "kubeadm", versions) + manifest_images(stage.path / rel_manifest)
+    names.append(render(data["smoke_image"], versions, "", ""))
+    specs = image_specs(data, names, outputs, versions)
+    userland = None
+    if any(s.userland for s in specs):
+        on_progress(f"{label}: Debian userland layer (mmdebstrap, cached)")
+        userland = img.ensure_userland(cache_root() / "rootfs", mirror)
+    for spec in specs:
+        fname = f"images/{_image_key(spec.name)}.tar"
+        if (stage.path / fname).exists():
+            fname = f"images/{spec.name.split('/')[-2]}-{_image_key(spec.name)}.tar"
+        on_progress(f"{label}: {spec.name}")
+        img.write_archive(spec, stage.path / fname, userland)
+        add_file(
+            stage,
+            fname,
+            _image_key(spec.name),
+            spec.name.rsplit(":", 1)[-1],
+            "assembled from the built binaries",
+            image=spec.name,
+        )
+    stage.timings["images"] = time.monotonic() - t0
+    return stage
