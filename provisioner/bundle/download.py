@@ -159,7 +159,7 @@ class Mirrors:
         return f"{self.cni_base}/v{v}/cni-plugins-linux-{self.arch}-v{v}.tgz"
 
     def calico_url(self, versions: Versions) -> str:
-        return f"{self.calico_base}/v{versions.calico}/manifests/calico.yaml"
+        return f"{self.calico_base}/v{versions.calico}/manifests/calico-vxlan.yaml"
 
     def image_source(self, image: ImageRef) -> str:
         """The `docker://` reference skopeo pulls `image` from (its registry's mirror, if any)."""

@@ -27,6 +27,7 @@ import yaml
 
 from provisioner import proc
 from provisioner.bundle import Bundle, Versions, add_file, cache_root
+from provisioner.bundle import download
 from provisioner.bundle import images as img
 from provisioner.errors import ProvisionError, ToolMissing
 
@@ -191,14 +192,6 @@ def build_binaries(
     return out, module_version
 
 
-def kubeadm_images(kubeadm: Path, versions: Versions) -> list[str]:
-    res = proc.run(
-        [str(kubeadm), "config", "images", "list", "--kubernetes-version", versions.kube_tag],
-        what="kubeadm config images list",
-    )
-    return [ln.strip() for ln in res.stdout.splitlines() if ln.strip()]
-
-
 def check_version(binary: Path, args: list[str], want: str) -> str:
     out = proc.run([str(binary), *args], what=f"{binary.name} {' '.join(args)}").stdout.strip()
     if want not in out:
@@ -255,30 +248,10 @@ def calico_manifest_source(outputs_versions: dict[str, str], data: dict[str, Any
     """The Calico manifest inside the pinned Calico module (the module zip carries manifests/)."""
     cal = data["calico_manifest"]
     version = outputs_versions[cal["build"]]
-    mod = Path(go_env()["GOMODCACHE"]) / f"{cal['module']}@{version}" / cal["path"]
+    mod = Path(go_env()["GOMODCACHE"]) / f"{cal['module']}@{version}" / str(cal["path"])
     if not mod.is_file():
         raise ProvisionError(f"the Calico manifest {cal['path']} is not in module {cal['module']}@{version}")
     return mod
-
-
-def manifest_images(manifest: Path) -> list[str]:
-    names: list[str] = []
-    for doc in yaml.safe_load_all(manifest.read_text(encoding="utf-8")):
-        _collect_images(doc, names)
-    return sorted(set(names))
-
-
-def _collect_images(node: Any, names: list[str]) -> None:
-    if isinstance(node, dict):
-        containers = [*(node.get("containers") or []), *(node.get("initContainers") or [])]
-        for c in containers:
-            if isinstance(c, dict) and isinstance(c.get("image"), str):
-                names.append(c["image"])
-        for value in node.values():
-            _collect_images(value, names)
-    elif isinstance(node, list):
-        for value in node:
-            _collect_images(value, names)
 
 
 def build(
@@ -339,7 +312,8 @@ def build(
     # images/: the names kubeadm and the manifest ask for, plus the smoke-test image.
     t0 = time.monotonic()
     label = f"[{steps - 1}/{steps}] images"
-    names = kubeadm_images(kube / "kubeadm", versions) + manifest_images(stage.path / rel_manifest)
+    manifest_text = (stage.path / rel_manifest).read_text(encoding="utf-8")
+    names = download.kubeadm_images(kube / "kubeadm", versions) + download.manifest_images(manifest_text, rel_manifest)
     names.append(render(data["smoke_image"], versions, "", ""))
     specs = image_specs(data, names, outputs, versions)
     userland = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shlex
 import time
 import urllib.request
 from collections.abc import Callable, Iterator

@@ -362,7 +362,7 @@ def test_binaries_and_manifest_land_in_the_bundle_layout_with_their_sha256(tmp_p
     before = len(release.served.requests)
     download.fetch_binaries(VERSIONS, _stage(tmp_path), notes.append, release.mirrors)
     fetched = [p for _, p, _ in release.served.requests[before:]]
-    assert all(p.endswith(".sha256") or p.endswith("calico.yaml") for p in fetched), fetched
+    assert all(p.endswith(".sha256") or p.endswith("calico-vxlan.yaml") for p in fetched), fetched
 
 
 def test_a_corrupt_download_is_refused_and_not_kept(tmp_path: Path, release: Release) -> None:
