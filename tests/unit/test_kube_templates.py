@@ -11,6 +11,7 @@ import base64
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -494,3 +495,19 @@ def test_templates_render_the_same_through_ansible(tmp_path: Path) -> None:
         assert through_ansible == render(src, renderers[name]), name
     # The documents are also valid JSON-serializable data (what kubectl/kubeadm parse).
     json.dumps(render(INIT_TEMPLATE, init_vars()))
+
+
+@pytest.mark.parametrize(
+    ("template", "variables"),
+    [(INIT_TEMPLATE, init_vars), (JOIN_TEMPLATE, join_vars)],
+    ids=["init", "join"],
+)
+def test_every_document_kubeadm_reads_has_a_kind(template: Path, variables: Callable[[], dict[str, Any]]) -> None:
+    """kubeadm splits its --config file on '---' lines and refuses a document without apiVersion and
+    kind, a comment-only header included (found by the first real `kubeadm init`)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters.update(FILTERS)
+    text = env.from_string(template.read_text()).render(**variables())
+    chunks = [c for c in re.split(r"^---\s*$", text, flags=re.MULTILINE)]
+    docs = [yaml.safe_load(c) for c in chunks if c.strip()]
+    assert all(isinstance(d, dict) and d.get("apiVersion") and d.get("kind") for d in docs), text[:400]
