@@ -11,6 +11,8 @@ from provisioner.errors import ProvisionError
 from provisioner.spec import ClusterSpec, group_of
 from provisioner.vagrant import SshInfo
 
+# Where the docker provider mounts the bundle (read-only) inside its container nodes (Vagrantfile).
+BUNDLE_NODE_DIR = "/opt/provisioner/bundle"
 ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker")
 
 
@@ -24,6 +26,8 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
             "kube_bundle_dir": str(bundle),
             "kube_smoke_image": f"provisioner.local/smoke-web:{spec.versions['kubernetes']}",
         }
+        if spec.provider == "docker":
+            extra["kube_bundle_node_dir"] = BUNDLE_NODE_DIR
     return extra | {
         "cluster_name": spec.name,
         "cluster_engine": spec.engine,

@@ -106,17 +106,37 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int, 
         tar.addfile(info)
 
 
-def files_layer(spec: ImageSpec, out: Path) -> None:
-    """The component's own layer: base files and directories, then its binaries and scripts."""
+def base_links(userland: Path) -> dict[str, str]:
+    """Top-level symlinks of the userland layer (Debian's merged /usr: bin -> usr/bin, sbin, lib ...)."""
+    links: dict[str, str] = {}
+    with tarfile.open(userland) as tar:
+        for member in tar:
+            name = member.name.removeprefix("./").rstrip("/")
+            if member.issym() and "/" not in name:
+                links[name] = member.linkname.removeprefix("/").rstrip("/")
+    return links
+
+
+def resolve_path(path: str, links: Mapping[str, str]) -> str:
+    """`path` (relative) with a leading symlinked directory of the base layer replaced by its target,
+    so that a file for /bin/x lands in usr/bin/x instead of a new bin/ directory hiding the link."""
+    head, _, rest = path.partition("/")
+    return f"{links[head]}/{rest}" if rest and head in links else path
+
+
+def files_layer(spec: ImageSpec, out: Path, links: Mapping[str, str] | None = None) -> None:
+    """The component's own layer: base files and directories, then its binaries and scripts. Over a
+    userland layer, paths through its top-level symlinks are resolved (`links`)."""
+    links = links or {}
     entries: dict[str, tuple[bytes | None, int]] = {}
     if not spec.userland:
         for d in BASE_DIRS:
             entries[d] = (None, 0o1777 if d == "tmp" else 0o755)
         entries.update(BASE_FILES)
     for dest, src in spec.files.items():
-        entries[dest.lstrip("/")] = (src.read_bytes(), 0o755)
+        entries[resolve_path(dest.lstrip("/"), links)] = (src.read_bytes(), 0o755)
     for dest, text in spec.scripts.items():
-        entries[dest.lstrip("/")] = (text.encode(), 0o755)
+        entries[resolve_path(dest.lstrip("/"), links)] = (text.encode(), 0o755)
     dirs: set[str] = set()
     for name in entries:
         parts = name.split("/")[:-1]
@@ -145,7 +165,7 @@ def write_archive(spec: ImageSpec, out: Path, userland: Path | None) -> None:
         raise ProvisionError(f"image {spec.name} needs the userland layer, which was not built")
     with tempfile.TemporaryDirectory(prefix="provision-image-", dir=out.parent) as tmp:
         own = Path(tmp) / "layer.tar"
-        files_layer(spec, own)
+        files_layer(spec, own, base_links(userland) if spec.userland and userland is not None else None)
         layers = ([userland] if spec.userland and userland is not None else []) + [own]
         diff_ids = [_sha256(p) for p in layers]
         env = [f"PATH={BASE_PATH}", *spec.env]
