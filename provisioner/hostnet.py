@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from provisioner.errors import SpecError
 
@@ -75,3 +76,34 @@ def check_against_host(named: dict[str, str], host: list[HostNet], own_node_netw
                 f"{field_name} {cidr} overlaps the host's network {hn.network} on {hn.device}; "
                 f"choose a {field_name} outside it (e.g. --{field_name.replace('_', '-')} with another range)"
             )
+
+
+def upstream_nameservers(
+    paths: tuple[Path, ...] = (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf")),
+) -> list[str]:
+    """This host's DNS servers that are not on loopback (a stub resolver such as systemd-resolved's
+    127.0.0.53 is replaced by the upstream servers it lists in its own file): what Docker's embedded
+    DNS forwards container nodes' queries to."""
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        servers = parse_nameservers(text)
+        if servers:
+            return servers
+    return []
+
+
+def parse_nameservers(text: str) -> list[str]:
+    servers = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                addr = ipaddress.ip_address(parts[1].split("%")[0])
+            except ValueError:
+                continue
+            if not addr.is_loopback:
+                servers.append(parts[1])
+    return servers

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from provisioner import hostnet
 from provisioner.errors import ProvisionError
 from provisioner.spec import ClusterSpec, group_of
 from provisioner.vagrant import SshInfo
@@ -28,6 +29,10 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
         }
         if spec.provider == "docker":
             extra["kube_bundle_node_dir"] = BUNDLE_NODE_DIR
+    if spec.provider == "docker" and spec.engine == "kubernetes":
+        servers = hostnet.upstream_nameservers()
+        if servers:
+            extra["kube_pod_nameservers"] = servers
     return extra | {
         "cluster_name": spec.name,
         "cluster_engine": spec.engine,

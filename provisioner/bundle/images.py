@@ -55,6 +55,7 @@ class ImageSpec:
     entrypoint: Sequence[str] = ()
     cmd: Sequence[str] = ()
     env: Sequence[str] = ()
+    user: str = ""  # the image's default user, e.g. "999" (empty: root)
 
 
 def userland_recipe_digest(mirror: str, suite: str = "bookworm") -> str:
@@ -178,6 +179,7 @@ def write_archive(spec: ImageSpec, out: Path, userland: Path | None) -> None:
                 "Entrypoint": list(spec.entrypoint) or None,
                 "Cmd": list(spec.cmd) or None,
                 "WorkingDir": "/",
+                **({"User": spec.user} if spec.user else {}),
             },
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
             "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "provisioner bundle"} for _ in layers],

@@ -26,8 +26,7 @@ from typing import Any
 import yaml
 
 from provisioner import proc
-from provisioner.bundle import Bundle, Versions, add_file, cache_root
-from provisioner.bundle import download
+from provisioner.bundle import Bundle, Versions, add_file, cache_root, download
 from provisioner.bundle import images as img
 from provisioner.errors import ProvisionError, ToolMissing
 
@@ -239,6 +238,7 @@ def image_specs(
                 entrypoint=tuple(recipe.get("entrypoint") or ()),
                 cmd=tuple(recipe.get("cmd") or ()),
                 env=tuple(render(e, versions, "", "") for e in recipe.get("env") or ()),
+                user=str(recipe.get("user") or ""),
             )
         )
     return specs

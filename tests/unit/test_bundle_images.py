@@ -33,8 +33,8 @@ def _layers(archive: Path) -> list[list[str]]:
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
         out = []
         for layer in manifest[0]["Layers"]:
-            inner = tarfile.open(fileobj=io.BytesIO(tar.extractfile(layer).read()))  # type: ignore[union-attr]
-            out.append([m.name for m in inner.getmembers()])
+            with tarfile.open(fileobj=io.BytesIO(tar.extractfile(layer).read())) as inner:  # type: ignore[union-attr]
+                out.append([m.name for m in inner.getmembers()])
         return out
 
 

@@ -1,0 +1,117 @@
+"""The README's main job for real: `up --nodes 3` forms a kubeadm + Calico cluster on docker-provider
+container nodes here, from the offline bundle (built first when it is missing), and the life cycle
+around it: verify, a rerun that changes nothing, a node added, reset and re-formed, destroy.
+
+The tests run in file order against one cluster; each step builds on the previous one. Traffic goes
+only to the nodes this test creates (their loopback-forwarded SSH ports and their node-network
+addresses).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from provisioner import bundle
+from tests.integration.conftest import Cluster, make_cluster
+
+pytestmark = pytest.mark.integration
+
+NAME = "it-k8s"
+NETWORK = "192.168.159.0/24"
+IPS = {"cp1": "192.168.159.10", "worker1": "192.168.159.11", "worker2": "192.168.159.12"}
+KUBE_STAGES = ("kube_packages", "control_plane", "cni", "join")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from make_cluster(tmp_path_factory, NAME, NETWORK)
+
+
+def kubectl(cluster: Cluster, *args: str) -> str:
+    """The bundle's kubectl on this host with the fetched kubeconfig (what a user runs)."""
+    found = bundle.find(bundle.resolve_versions(None, None))
+    assert found is not None, "the bundle is gone"
+    proc = subprocess.run(
+        [str(found.path / "bin" / "kubectl"), "--kubeconfig", str(cluster.root / "kubeconfig"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr[-1000:]}"
+    return proc.stdout
+
+
+def node_table(cluster: Cluster) -> dict[str, tuple[str, str]]:
+    """name -> (Ready status, InternalIP) from the host."""
+    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json"))["items"]
+    table = {}
+    for n in nodes:
+        ready = next(c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready")
+        ip = next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
+        table[n["metadata"]["name"]] = (ready, ip)
+    return table
+
+
+def test_up_forms_a_verified_kubernetes_cluster(cluster: Cluster) -> None:
+    proc = cluster.run("up", "--nodes", "3", "--provider", "docker", "--name", NAME, "--network", NETWORK, timeout=3000)
+    out = proc.stdout
+    for stage in KUBE_STAGES:
+        assert re.search(rf"==> stage {stage} \(.*\): ok", out), out[-6000:]
+    assert "not run" not in out, out[-4000:]
+    assert "all checks passed" in out, out[-6000:]
+    # The cgroup v1 deprecation is said once per run, not once per node or stage.
+    assert out.count("cgroup v1") <= 2, out
+    # The verify table holds the cluster checks: DNS, the pod network and the NodePort from the host.
+    for check in ("dns_resolves_from_a_pod", "pod_reaches_pods_on_every_other_node", "nodeport_answers_from_the_host"):
+        assert check in out, out[-6000:]
+
+
+def test_kubeconfig_on_the_host_shows_three_ready_nodes_on_the_node_network(cluster: Cluster) -> None:
+    path = cluster.root / "kubeconfig"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert node_table(cluster) == {name: ("True", ip) for name, ip in IPS.items()}
+
+
+def test_rerun_converges_with_no_change_in_any_stage(cluster: Cluster) -> None:
+    cluster.run("up", "--converge", timeout=1800)
+    changed = cluster.timings()["changed"]
+    assert isinstance(changed, dict)
+    assert set(KUBE_STAGES) <= set(changed), changed
+    assert all(v == 0 for v in changed.values()), changed
+
+
+def test_adding_a_node_joins_only_that_worker(cluster: Cluster) -> None:
+    proc = cluster.run("up", "--nodes", "4", timeout=1800)
+    assert "created worker3" in proc.stdout, proc.stdout[-3000:]
+    table = node_table(cluster)
+    assert table["worker3"] == ("True", "192.168.159.13"), table
+    # Only the new worker joined; the others were not touched by the join stage.
+    log = (cluster.root / "logs" / "join.log").read_text()
+    assert re.search(r"changed: \[worker3\].*kubeadm join", log, re.S) or "worker3" in log
+    recap = dict(re.findall(r"^(\w+)\s+: ok=\d+\s+changed=(\d+)", log.split("PLAY RECAP")[-1], re.M))
+    assert recap.get("worker1") == "0" and recap.get("worker2") == "0", recap
+
+
+def test_reset_then_up_forms_the_cluster_again(cluster: Cluster) -> None:
+    cluster.run("reset", timeout=900)
+    assert not (cluster.root / "kubeconfig").exists()
+    proc = cluster.run("up", timeout=1800)
+    assert "all checks passed" in proc.stdout, proc.stdout[-4000:]
+    assert all(ready == "True" for ready, _ in node_table(cluster).values())
+
+
+def test_destroy_leaves_nothing(cluster: Cluster) -> None:
+    cluster.run("destroy", "-f", timeout=600)
+    assert cluster.containers() == []
+    assert not cluster.docker_network_exists()
+    volumes = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", "dangling=true"], capture_output=True, text=True, check=True
+    )
+    assert not cluster.root.exists()
+    assert volumes.returncode == 0
