@@ -189,7 +189,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         spec, vagrant_extra = _prepare_libvirt(spec, inputs, progress, timings, out)
 
     if kube_bundle is not None and spec.provider == "docker":
-        vagrant_extra["bundle_dir"] = str(kube_bundle)  # mounted read-only into the nodes (Vagrantfile)
+        vagrant_extra["bundle_root"] = str(kube_bundle.parent)  # mounted read-only into the nodes (Vagrantfile)
     state = State.load(ws.state_file)
     previous_run = state.last_run
     ws.save_spec(spec, inputs, vagrant_extra)

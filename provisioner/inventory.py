@@ -12,8 +12,8 @@ from provisioner.errors import ProvisionError
 from provisioner.spec import ClusterSpec, group_of
 from provisioner.vagrant import SshInfo
 
-# Where the docker provider mounts the bundle (read-only) inside its container nodes (Vagrantfile).
-BUNDLE_NODE_DIR = "/opt/provisioner/bundle"
+# Where the docker provider mounts the directory of bundles (read-only) in its container nodes (Vagrantfile).
+BUNDLES_NODE_DIR = "/opt/provisioner/bundles"
 ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker")
 
 
@@ -28,7 +28,7 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
             "kube_smoke_image": f"provisioner.local/smoke-web:{spec.versions['kubernetes']}",
         }
         if spec.provider == "docker":
-            extra["kube_bundle_node_dir"] = BUNDLE_NODE_DIR
+            extra["kube_bundle_node_dir"] = f"{BUNDLES_NODE_DIR}/{bundle.name}"
     if spec.provider == "docker" and spec.engine == "kubernetes":
         servers = hostnet.upstream_nameservers()
         if servers:

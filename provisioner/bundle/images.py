@@ -56,6 +56,7 @@ class ImageSpec:
     cmd: Sequence[str] = ()
     env: Sequence[str] = ()
     user: str = ""  # the image's default user, e.g. "999" (empty: root)
+    dirs: Mapping[str, int] = field(default_factory=dict)  # absolute path -> owner uid (and gid), mode 0755
 
 
 def userland_recipe_digest(mirror: str, suite: str = "bookworm") -> str:
@@ -93,11 +94,13 @@ def ensure_userland(cache: Path, mirror: str, suite: str = "bookworm") -> Path:
     return target
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int, kind: bytes = tarfile.REGTYPE) -> None:
+def _add_member(
+    tar: tarfile.TarFile, name: str, data: bytes | None, mode: int, kind: bytes = tarfile.REGTYPE, owner: int = 0
+) -> None:
     info = tarfile.TarInfo(name)
     info.mtime = EPOCH
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
+    info.uid = info.gid = owner
+    info.uname = info.gname = "root" if owner == 0 else ""
     info.mode = mode
     info.type = kind
     if data is not None and kind == tarfile.REGTYPE:
@@ -143,13 +146,16 @@ def files_layer(spec: ImageSpec, out: Path, links: Mapping[str, str] | None = No
         parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             dirs.add("/".join(parts[:i]))
+    owners = {resolve_path(d.lstrip("/"), links): uid for d, uid in spec.dirs.items()}
+    dirs |= set(owners)
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(dirs | set(entries)):
             data, mode = entries.get(name, (None, 0o755))
             if name in entries and data is not None:
                 _add_member(tar, name, data, mode)
-            elif name not in entries or data is None:
-                _add_member(tar, name, None, mode if name in entries else 0o755, tarfile.DIRTYPE)
+            else:
+                kind_mode = mode if name in entries else 0o755
+                _add_member(tar, name, None, kind_mode, tarfile.DIRTYPE, owners.get(name, 0))
 
 
 def _sha256(path: Path) -> str:

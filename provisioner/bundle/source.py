@@ -239,6 +239,7 @@ def image_specs(
                 cmd=tuple(recipe.get("cmd") or ()),
                 env=tuple(render(e, versions, "", "") for e in recipe.get("env") or ()),
                 user=str(recipe.get("user") or ""),
+                dirs={str(d): int(uid) for d, uid in (recipe.get("dirs") or {}).items()},
             )
         )
     return specs

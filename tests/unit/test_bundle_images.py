@@ -81,3 +81,24 @@ def test_two_builds_of_the_same_inputs_are_identical(tmp_path: Path) -> None:
     images.write_archive(spec, first, None)
     images.write_archive(spec, second, None)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_owned_directory_and_user(tmp_path: Path) -> None:
+    binary = tmp_path / "kube-controllers"
+    binary.write_bytes(b"\x7fELF")
+    spec = images.ImageSpec(
+        name="quay.io/calico/kube-controllers:v3.31.0",
+        files={"/usr/bin/kube-controllers": binary},
+        user="999",
+        dirs={"/status": 999},
+    )
+    out = tmp_path / "kc.tar"
+    images.write_archive(spec, out, None)
+    with tarfile.open(out) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config = json.loads(tar.extractfile(manifest[0]["Config"]).read())  # type: ignore[union-attr]
+        layer = tar.extractfile(manifest[0]["Layers"][0]).read()  # type: ignore[union-attr]
+    assert config["config"]["User"] == "999"
+    with tarfile.open(fileobj=io.BytesIO(layer)) as inner:
+        status = inner.getmember("status")
+    assert status.isdir() and status.uid == 999
