@@ -16,7 +16,7 @@ fi
 log() { printf '[setup] %s\n' "$*"; }
 
 DEB_PACKAGES=(vagrant docker.io mmdebstrap python3 python3-venv python3-pip openssh-client
-              iproute2 iptables ca-certificates tmux)
+              iproute2 iptables ca-certificates tmux skopeo)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,6 +45,39 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { echo "setup: dockerd did not answer within 60 s; see /var/log/dockerd.log" >&2; exit 1; }
 fi
 log "docker daemon answers ($(docker info --format '{{.ServerVersion}}, {{.Driver}}, cgroup v{{.CgroupVersion}}'))"
+
+# Go for the bundle's source build (provision.py bundle build --from source): Go 1.26 or newer on
+# PATH. Where there is none (Debian 12 ships 1.19), Debian's Go fetches the Go 1.26 toolchain module
+# from the Go module proxy (golang.org/toolchain, the same module `GOTOOLCHAIN` uses) into
+# /var/cache/provisioner/go/toolchain, linked as /usr/local/bin/go.
+GO_TOOLCHAIN="${PROVISION_GO_TOOLCHAIN:-go1.26.8}"
+go_minor() { "$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
+if command -v go >/dev/null 2>&1 && [ "$(go_minor go)" -ge 26 ] 2>/dev/null; then
+    log "Go present ($(go env GOVERSION))"
+else
+    cache=/var/cache/provisioner/go
+    dest="$cache/toolchain/$GO_TOOLCHAIN"
+    if [ ! -x "$dest/bin/go" ]; then
+        command -v go >/dev/null 2>&1 || {
+            log "installing Debian's Go to fetch $GO_TOOLCHAIN"
+            $SUDO apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends golang-go >/dev/null
+        }
+        log "fetching the $GO_TOOLCHAIN toolchain from the Go module proxy"
+        mod="golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$(dpkg --print-architecture)"
+        dir="$(cd /tmp && GOMODCACHE="$cache/mod" GO111MODULE=on GOFLAGS=-mod=mod GOTOOLCHAIN=local \
+               go mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+        [ -n "$dir" ] && [ -d "$dir" ] || { echo "setup: could not fetch $mod from the Go module proxy" >&2; exit 1; }
+        $SUDO mkdir -p "$(dirname "$dest")"
+        $SUDO rm -rf "$dest.partial" && $SUDO cp -r "$dir" "$dest.partial"
+        # Module zips keep no file modes: make the toolchain's programs executable again.
+        $SUDO chmod -R u+w "$dest.partial"
+        $SUDO find "$dest.partial/bin" "$dest.partial/pkg/tool" -type f -exec chmod 0755 {} +
+        $SUDO mv "$dest.partial" "$dest"
+    fi
+    $SUDO ln -sf "$dest/bin/go" /usr/local/bin/go
+    log "Go $("$dest/bin/go" env GOVERSION) from the toolchain module ($dest)"
+fi
 
 # Python virtualenv with pinned dependencies (reinstalled only when requirements.txt changes).
 PY="${PYTHON:-python3}"

@@ -1,0 +1,133 @@
+"""The bundle's model and source build plumbing (provisioner.bundle, .source, .make): versions, the
+complete-or-absent rule, listing, image recipes read from bundle/components.yaml. No Go build here."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from provisioner import bundle
+from provisioner.bundle import make, source
+from provisioner.errors import ProvisionError
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PROVISION_BUNDLE_DIR", str(tmp_path / "bundles"))
+    return tmp_path / "bundles"
+
+
+def test_versions_resolve_minor_to_the_known_patch() -> None:
+    v = bundle.resolve_versions("1.37", None)
+    assert (v.kubernetes, v.calico, v.name) == ("1.37.2", "3.31.0", "k8s-1.37.2-calico-3.31.0")
+    assert bundle.resolve_versions("v1.37.2", "v3.31.0") == v
+
+
+@pytest.mark.parametrize(
+    ("kube", "calico", "message"),
+    [("1.30", None, "pass --kubernetes 1.37.2"), ("x", None, "not X.Y"), (None, "3.29.0", "--calico 3.31.0")],
+)
+def test_unknown_versions_are_refused_with_the_known_ones(kube: str | None, calico: str | None, message: str) -> None:
+    with pytest.raises(ProvisionError, match=message) as info:
+        bundle.resolve_versions(kube, calico)
+    assert info.value.exit_code == 2
+
+
+def _staged(versions: bundle.Versions) -> bundle.Bundle:
+    stage = bundle.Bundle(path=bundle.staging_dir(versions), versions=versions, source="source")
+    (stage.path / "bin" / "kubeadm").write_bytes(b"kubeadm")
+    bundle.add_file(stage, "bin/kubeadm", "kubeadm", "v1.37.2", "test")
+    return stage
+
+
+def test_a_bundle_is_listed_only_once_finished(root: Path) -> None:
+    versions = bundle.resolve_versions(None, None)
+    stage = _staged(versions)
+    # An interrupted build leaves only the dot-named staging directory: nothing is listed or found.
+    assert list(bundle.list_bundles()) == [] and bundle.find(versions) is None
+    done = bundle.finish(stage, "2026-12-01T00:00:00Z")
+    assert done.path == root / versions.name and not (root / f".{versions.name}.partial").exists()
+    found = bundle.find(versions)
+    assert found is not None and [f.path for f in found.files] == ["bin/kubeadm"]
+    assert bundle.verify_files(found) == []
+    (found.path / "bin" / "kubeadm").write_bytes(b"tampered")
+    assert bundle.verify_files(found) == ["bin/kubeadm"]
+
+
+def test_a_rebuild_replaces_the_old_bundle_whole(root: Path) -> None:
+    versions = bundle.resolve_versions(None, None)
+    bundle.finish(_staged(versions), "first")
+    stage = _staged(versions)
+    (stage.path / "bin" / "kubelet").write_bytes(b"kubelet")
+    bundle.add_file(stage, "bin/kubelet", "kubelet", "v1.37.2", "test")
+    bundle.finish(stage, "second")
+    found = bundle.find(versions)
+    assert found is not None and found.created == "second" and len(found.files) == 2
+    assert sorted(p.name for p in root.iterdir()) == [versions.name]
+
+
+def test_list_command_prints_versions_and_source(root: Path) -> None:
+    out = io.StringIO()
+    make.list_cmd(out)
+    assert "no bundles under" in out.getvalue()
+    bundle.finish(_staged(bundle.resolve_versions(None, None)), "2026-12-01T00:00:00Z")
+    out = io.StringIO()
+    make.list_cmd(out)
+    assert "k8s-1.37.2-calico-3.31.0" in out.getvalue() and "source" in out.getvalue()
+
+
+def test_components_name_a_recipe_for_every_image_kubeadm_and_calico_ask_for() -> None:
+    data = source.load_components()
+    names = [
+        "registry.k8s.io/kube-apiserver:v1.37.2",
+        "registry.k8s.io/kube-controller-manager:v1.37.2",
+        "registry.k8s.io/kube-scheduler:v1.37.2",
+        "registry.k8s.io/kube-proxy:v1.37.2",
+        "registry.k8s.io/coredns/coredns:v1.14.6",
+        "registry.k8s.io/pause:3.10.2",
+        "registry.k8s.io/etcd:3.7.0-0",
+        "quay.io/calico/cni:v3.31.0",
+        "quay.io/calico/node:v3.31.0",
+        "quay.io/calico/kube-controllers:v3.31.0",
+        "provisioner.local/smoke-web:1.37.2",
+    ]
+    outputs = {b.name: Path("/built") / b.name for b in source.go_builds(data)}
+    specs = source.image_specs(data, names, outputs, bundle.resolve_versions(None, None))
+    by_name = {s.name: s for s in specs}
+    assert by_name["quay.io/calico/node:v3.31.0"].files["/bin/calico-node"] == Path("/built/calico/calico-node")
+    assert by_name["quay.io/calico/node:v3.31.0"].userland
+    assert by_name["registry.k8s.io/kube-proxy:v1.37.2"].userland
+    assert not by_name["registry.k8s.io/kube-apiserver:v1.37.2"].userland
+    assert by_name["quay.io/calico/kube-controllers:v3.31.0"].user == "999"
+    # every file an image takes comes from a build that exists and names one of its packages
+    for spec in specs:
+        for built in spec.files.values():
+            build = next(b for b in source.go_builds(data) if b.name == built.parent.name)
+            assert built.name in build.packages, (spec.name, built)
+    with pytest.raises(ProvisionError, match="no recipe for image"):
+        source.image_specs(data, ["registry.k8s.io/something-new:v1"], outputs, bundle.resolve_versions(None, None))
+
+
+def test_version_stamping_flags_render_the_release() -> None:
+    data = source.load_components()
+    kube = next(b for b in source.go_builds(data) if b.name == "kubernetes")
+    flags = [
+        source.render(f, bundle.resolve_versions(None, None), "v1.37.2", "2026-10-27T12:01:04Z") for f in kube.ldflags
+    ]
+    assert "-X k8s.io/component-base/version.gitVersion=v1.37.2" in flags
+    assert "-X k8s.io/component-base/version.gitMinor=37" in flags
+    assert "-X k8s.io/client-go/pkg/version.buildDate=2026-10-27T12:01:04Z" in flags
+
+
+def test_build_cache_key_follows_the_inputs(tmp_path: Path) -> None:
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    (mod / "go.mod").write_text("module x\n")
+    build = source.GoBuild("x", mod, "", (), (), {"x": "x"})
+    first = source.build_inputs_digest(build, "-s -w")
+    assert source.build_inputs_digest(build, "-s -w") == first
+    assert source.build_inputs_digest(build, "-s -w -X a=b") != first
+    (mod / "main.go").write_text("package main\n")
+    assert source.build_inputs_digest(build, "-s -w") != first
