@@ -91,11 +91,13 @@ def test_adding_a_node_joins_only_that_worker(cluster: Cluster) -> None:
     assert "created worker3" in proc.stdout, proc.stdout[-3000:]
     table = node_table(cluster)
     assert table["worker3"] == ("True", "192.168.159.13"), table
-    # Only the new worker joined; the others were not touched by the join stage.
+    # Only the new worker joined: no task changed anything on the other nodes. (The token is made on
+    # the control plane by a run_once task that Ansible reports under the play's first host, as
+    # "changed: [worker1 -> cp1]": that delegated change is the control plane's.)
     log = (cluster.root / "logs" / "join.log").read_text()
-    assert re.search(r"changed: \[worker3\].*kubeadm join", log, re.S) or "worker3" in log
-    recap = dict(re.findall(r"^(\w+)\s+: ok=\d+\s+changed=(\d+)", log.split("PLAY RECAP")[-1], re.M))
-    assert recap.get("worker1") == "0" and recap.get("worker2") == "0", recap
+    assert re.search(r"^changed: \[worker3\]", log, re.M), log[-3000:]
+    touched = set(re.findall(r"^changed: \[(cp1|worker1|worker2)\]", log, re.M))
+    assert not touched, f"the join stage changed {sorted(touched)} as well as worker3"
 
 
 def test_reset_then_up_forms_the_cluster_again(cluster: Cluster) -> None:
