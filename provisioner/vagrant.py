@@ -87,6 +87,10 @@ def parse_progress_line(line: str) -> tuple[str, str] | None:
 
 # Vagrant's message when another Vagrant process holds a machine's lock, and how often to wait for it.
 LOCKED_MARK = "because it is locked"
+# The docker provider creating a new node network from several machines at once: one machine's
+# network step inspects a container that another is still creating, and fails. A second `vagrant up`
+# finds the network made and goes on (seen on about one cold three-node `up` in three here).
+RACE_MARK = "Error: No such object:"
 LOCK_RETRIES = 6
 LOCK_WAIT = 5.0
 
@@ -114,7 +118,8 @@ class Vagrant:
 
     def _stream(self, cmd: list[str], log_file: Path, on_line: Callable[[str], None] | None = None) -> int:
         """Run a Vagrant command; retry while Vagrant says a machine is locked by another Vagrant
-        process (another cluster's run on the same host can hold the provider's locks briefly)."""
+        process (another cluster's run on the same host can hold the provider's locks briefly), and
+        retry `up` once after the docker provider's network race (RACE_MARK)."""
         for attempt in range(1, LOCK_RETRIES + 1):
             start = log_file.stat().st_size if log_file.exists() else 0
             rc = proc.stream(cmd, env=self.env, cwd=REPO_ROOT, log_file=log_file, on_line=on_line)
@@ -122,9 +127,10 @@ class Vagrant:
                 return rc
             with log_file.open(encoding="utf-8", errors="replace") as f:
                 f.seek(start)
-                if LOCKED_MARK not in f.read():
-                    return rc
-            log.info("vagrant: a machine is locked by another Vagrant process; retrying (%d/%d)", attempt, LOCK_RETRIES)
+                text = f.read()
+            if LOCKED_MARK not in text and not (RACE_MARK in text and cmd[1] == "up" and attempt == 1):
+                return rc
+            log.info("vagrant: a machine is locked or was mid-creation; retrying (%d/%d)", attempt, LOCK_RETRIES)
             time.sleep(LOCK_WAIT * attempt)
         return rc
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -100,20 +101,45 @@ def test_adding_a_node_joins_only_that_worker(cluster: Cluster) -> None:
     assert not touched, f"the join stage changed {sorted(touched)} as well as worker3"
 
 
-def test_reset_then_up_forms_the_cluster_again(cluster: Cluster) -> None:
+def test_reset_then_up_with_a_worker_stopped_during_join_forms_the_cluster_again(cluster: Cluster) -> None:
     cluster.run("reset", timeout=900)
     assert not (cluster.root / "kubeconfig").exists()
+    victim = f"{NAME}-worker2"
+    events = cluster.root / "logs" / "join.events.jsonl"
+    events.unlink(missing_ok=True)
+    runner = cluster.popen("up")
+    # Stop worker2 once Ansible is really at work on the join stage (its first task has started).
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline and not (events.exists() and '"event": "task"' in events.read_text()):
+        if runner.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert runner.poll() is None, "up finished before the join stage started"
+    subprocess.run(["docker", "stop", "-t", "2", victim], capture_output=True, check=True)
+    out, err = runner.communicate(timeout=1200)
+    assert runner.returncode != 0, out[-3000:]
+    assert "worker2 (now stopped) stopped or vanished during the run" in err, err
+    # up starts the node again and resumes at the join stage; the cluster forms with every node.
     proc = cluster.run("up", timeout=1800)
+    assert "resuming at stage join" in proc.stdout or "every stage runs again" in proc.stdout, proc.stdout[-3000:]
     assert "all checks passed" in proc.stdout, proc.stdout[-4000:]
     assert all(ready == "True" for ready, _ in node_table(cluster).values())
 
 
 def test_destroy_leaves_nothing(cluster: Cluster) -> None:
+    volumes = set()
+    for name in cluster.containers():
+        out = subprocess.run(
+            ["docker", "inspect", "-f", '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}', name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        volumes |= set(out.stdout.split())
+    assert volumes, "the nodes have no /var volume"
     cluster.run("destroy", "-f", timeout=600)
     assert cluster.containers() == []
     assert not cluster.docker_network_exists()
-    volumes = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", "dangling=true"], capture_output=True, text=True, check=True
-    )
+    left = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True, check=True).stdout.split()
+    assert not volumes & set(left), f"volumes left behind: {sorted(volumes & set(left))}"
     assert not cluster.root.exists()
-    assert volumes.returncode == 0

@@ -122,3 +122,29 @@ def test_lost_public_half_is_derived_from_the_private_key(tmp_path: Path) -> Non
     assert key.read_bytes() == first
     assert pub.read_text().split()[:2] == old
     assert pub.stat().st_mode & 0o777 == 0o644
+
+
+def test_up_is_retried_once_after_the_docker_network_race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docker provider creating a node network from several machines at once can fail one of
+    them with "No such object"; a second `vagrant up` goes on. Other failures are not retried."""
+    from provisioner import vagrant as vagrant_mod
+
+    counter = tmp_path / "calls"
+    fake = tmp_path / "bin" / "vagrant"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo x >> "{counter}"\n'
+        f'if [ "$(wc -l < "{counter}")" -eq 1 ]; then echo "Stderr: Error: No such object: 1bd0fc"; exit 1; fi\n'
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(vagrant_mod, "LOCK_WAIT", 0.0)
+    vg = vagrant_mod.Vagrant(tmp_path / "ws", "docker")
+    vg.up(["cp1"], tmp_path / "machines.log")
+    assert counter.read_text().count("x") == 2
+    # a plain failure is reported at once
+    fake.write_text("#!/bin/sh\necho 'Stderr: The box could not be found'\nexit 1\n")
+    with pytest.raises(ProvisionError, match="vagrant up failed"):
+        vg.up(["cp1"], tmp_path / "machines2.log")
