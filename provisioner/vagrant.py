@@ -87,10 +87,12 @@ def parse_progress_line(line: str) -> tuple[str, str] | None:
 
 # Vagrant's message when another Vagrant process holds a machine's lock, and how often to wait for it.
 LOCKED_MARK = "because it is locked"
-# The docker provider creating a new node network from several machines at once: one machine's
-# network step inspects a container that another is still creating, and fails. A second `vagrant up`
-# finds the network made and goes on (seen on about one cold three-node `up` in three here).
+# The docker provider creating several machines at once: before each one it lists every container and
+# inspects each, and a container that another machine is still creating (Docker copies the image's
+# /var into the node's /var volume then) is listed but not yet inspectable. Another `vagrant up` goes
+# on with the machines still missing (seen on about one cold three-node `up` in three here).
 RACE_MARK = "Error: No such object:"
+RACE_RETRIES = 3
 LOCK_RETRIES = 6
 LOCK_WAIT = 5.0
 
@@ -128,7 +130,7 @@ class Vagrant:
             with log_file.open(encoding="utf-8", errors="replace") as f:
                 f.seek(start)
                 text = f.read()
-            if LOCKED_MARK not in text and not (RACE_MARK in text and cmd[1] == "up" and attempt == 1):
+            if LOCKED_MARK not in text and not (RACE_MARK in text and cmd[1] == "up" and attempt < RACE_RETRIES):
                 return rc
             log.info("vagrant: a machine is locked or was mid-creation; retrying (%d/%d)", attempt, LOCK_RETRIES)
             time.sleep(LOCK_WAIT * attempt)
