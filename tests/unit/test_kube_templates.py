@@ -86,6 +86,7 @@ def init_vars(**overrides: Any) -> dict[str, Any]:
         "kube_control_plane_in_container": False,
         "kube_control_plane_container_kubelet_config": CONTAINER_KUBELET,
         "kube_control_plane_container_kube_proxy_config": CONTAINER_PROXY,
+        "kube_control_plane_pod_resolv_conf": "",
     }
     values.update(overrides)
     return values
@@ -429,6 +430,12 @@ def test_container_node_on_cgroup_v1_gets_kinds_settings_and_nothing_broader() -
         "kind": "KubeProxyConfiguration",
         "conntrack": {"maxPerCore": 0},
     }
+
+
+def test_pod_resolv_conf_reaches_the_kubelet_configuration() -> None:
+    docs = render(INIT_TEMPLATE, init_vars(kube_control_plane_pod_resolv_conf="/etc/kubernetes/pod-resolv.conf"))
+    assert docs[2]["resolvConf"] == "/etc/kubernetes/pod-resolv.conf"
+    assert "resolvConf" not in render(INIT_TEMPLATE, init_vars())[2]
 
 
 def test_vm_on_cgroup_v2_gets_no_container_settings() -> None:
