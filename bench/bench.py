@@ -8,6 +8,9 @@
                                                      # kubeadm + Calico from the bundle: cold N=3,
                                                      # reruns, N=1/5 (bundle built first, not timed)
 
+    .venv/bin/python bench/bench.py --bundle warm|cold
+                                                     # the bundle's source build, per component
+
 Kubernetes targets (2-core machine): cold three-node cluster, Ready with Calico and verified, under
 5 minutes; a rerun with nothing changed under 40 s.
 
@@ -156,6 +159,35 @@ def run_kubernetes(quick: bool) -> None:
     print(f"CPU per added node:          {(c5.cpu - c1.cpu) / 4:6.1f} CPU-s")
 
 
+def run_bundle(cold_caches: bool) -> None:
+    """`bundle build --force` into a scratch bundle directory: warm (this machine's Go caches and binary
+    cache) or cold (a fresh cache directory: every module downloaded and every package compiled)."""
+    scratch = Path(tempfile.mkdtemp(prefix="provision-bench-bundle-"))
+    env = dict(os.environ, PROVISION_BUNDLE_DIR=str(scratch / "bundles"))
+    if cold_caches:
+        env["PROVISION_CACHE_DIR"] = str(scratch / "cache")
+    t0 = time.monotonic()
+    subprocess.run(
+        [sys.executable, str(REPO / "provision.py"), "bundle", "build", "--from", "source", "--force"],
+        check=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.monotonic() - t0
+    (man,) = (scratch / "bundles").glob("*/manifest.json")
+    data = json.loads(man.read_text())
+    print(f"-- bundle {data['name']} from source, {'cold (empty Go caches)' if cold_caches else 'warm'}: {wall:.0f}s")
+    for comp, secs in data["timings"].items():
+        print(f"   {comp:<12} {secs:7.1f}s")
+    sizes: dict[str, int] = {}
+    for f in data["files"]:
+        key = "images" if f["path"].startswith("images/") else f["path"].split("/")[0]
+        sizes[key] = sizes.get(key, 0) + int(f["size"])
+    print("   size: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sorted(sizes.items())))
+    subprocess.run(["rm", "-rf", str(scratch)], check=False)
+
+
 def run_set(kind: str, quick: bool) -> None:
     image = IMAGES[kind]
     print(f"-- node image: {kind} ({image})")
@@ -185,7 +217,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="cold N=3 and the reruns only")
     parser.add_argument("--image", choices=["plain", "runtime", "both"], default="both", help="node image(s) to run")
     parser.add_argument("--engine", choices=["swarm", "kubernetes"], default="swarm", help="engine to run")
+    parser.add_argument(
+        "--bundle",
+        choices=["warm", "cold"],
+        help="time `bundle build --from source` per component instead (cold: empty Go caches, about 35 min here)",
+    )
     args = parser.parse_args()
+    if args.bundle:
+        run_bundle(args.bundle == "cold")
+        return 0
     ENGINE["name"] = args.engine
     kinds = ["plain", "runtime"] if args.image == "both" else [args.image]
     if args.engine == "kubernetes":
