@@ -30,7 +30,9 @@ KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 KUBE_PROXY_API = "kubeproxy.config.k8s.io/v1alpha1"
 DEFAULT_CRI_SOCKET = "unix:///run/containerd/containerd.sock"
-# Packages pinned to the exact Kubernetes version; cri-tools follows the minor only (1.36.0 in v1.36).
+# Packages pinned to the exact Kubernetes version. cri-tools is not among them: it has its own
+# numbering, and a per-minor pkgs.k8s.io repository need not carry the cri-tools of that minor (kubeadm
+# no longer depends on it), so it is installed as the repository has it, and held.
 KUBE_CORE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
 # Install order for offline .deb files: dependencies first (kubeadm needs kubelet, kubectl, cri-tools).
 _OFFLINE_ORDER = ("cri-tools", "kubernetes-cni", "kubelet", "kubectl", "kubeadm")
@@ -120,9 +122,9 @@ def package_pins(
 ) -> list[str]:
     """Package specs that pin kube_version: apt `kubeadm=1.36.2-*`, dnf `kubeadm-1.36.2`.
 
-    A minor-only version pins the minor (`kubeadm=1.36.*`). cri-tools is versioned per minor
-    (1.36.0 in the v1.36 repository), so it is always pinned to the minor; any other package
-    (kubernetes-cni has its own numbering) is left to the repository of the minor.
+    A minor-only version pins the minor (`kubeadm=1.36.*`). Only kubelet, kubeadm and kubectl are
+    pinned; any other package (cri-tools, kubernetes-cni: their own numbering) is left to the
+    repository of the minor, by name.
     """
     version = parse_kube_version(kube_version)
     fam = _family(family)
@@ -131,7 +133,7 @@ def package_pins(
     for name in packages:
         if name in KUBE_CORE_PACKAGES and version.full:
             pins.append(f"{name}{sep}{version.full}" + ("-*" if fam == "deb" else ""))
-        elif name in (*KUBE_CORE_PACKAGES, "cri-tools"):
+        elif name in KUBE_CORE_PACKAGES:
             pins.append(f"{name}{sep}{version.series}.*")
         else:
             pins.append(str(name))

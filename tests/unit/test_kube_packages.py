@@ -73,14 +73,21 @@ def test_apt_source_needs_an_absolute_keyring() -> None:
 @pytest.mark.parametrize(
     ("version", "family", "expected"),
     [
-        ("1.36.2", "deb", ["kubelet=1.36.2-*", "kubeadm=1.36.2-*", "kubectl=1.36.2-*", "cri-tools=1.36.*"]),
-        ("1.36", "deb", ["kubelet=1.36.*", "kubeadm=1.36.*", "kubectl=1.36.*", "cri-tools=1.36.*"]),
-        ("1.36.2", "rpm", ["kubelet-1.36.2", "kubeadm-1.36.2", "kubectl-1.36.2", "cri-tools-1.36.*"]),
-        ("1.36", "rpm", ["kubelet-1.36.*", "kubeadm-1.36.*", "kubectl-1.36.*", "cri-tools-1.36.*"]),
+        ("1.36.2", "deb", ["kubelet=1.36.2-*", "kubeadm=1.36.2-*", "kubectl=1.36.2-*", "cri-tools"]),
+        ("1.36", "deb", ["kubelet=1.36.*", "kubeadm=1.36.*", "kubectl=1.36.*", "cri-tools"]),
+        ("1.36.2", "rpm", ["kubelet-1.36.2", "kubeadm-1.36.2", "kubectl-1.36.2", "cri-tools"]),
+        ("1.36", "rpm", ["kubelet-1.36.*", "kubeadm-1.36.*", "kubectl-1.36.*", "cri-tools"]),
     ],
 )
 def test_package_pins(version: str, family: str, expected: list[str]) -> None:
     assert kubeconf.package_pins(version, family) == expected
+
+
+@pytest.mark.parametrize("family", ["deb", "rpm"])
+@pytest.mark.parametrize("version", ["1.36", "1.36.2", "1.38.0"])
+def test_cri_tools_is_never_pinned_to_the_kubernetes_version(version: str, family: str) -> None:
+    """A per-minor repository need not carry the cri-tools of its minor: cri-tools goes in by name (and is held)."""
+    assert kubeconf.package_pins(version, family, ["kubeadm", "cri-tools"])[1] == "cri-tools"
 
 
 def test_pins_leave_other_packages_to_the_repository() -> None:
