@@ -42,6 +42,7 @@ class FilterModule:
             "kube_pkgs_repository": kubeconf.pkgs_repository,
             "kube_apt_sources": kubeconf.apt_sources,
             "kube_package_pins": kubeconf.package_pins,
+            "kube_installed_packages": kubeconf.installed_packages,
             "kube_cgroup_error": kubeconf.cgroup_error,
             "kube_cgroup_v1_settings": kubeconf.cgroup_v1_settings,
             "kube_offline_plan": kubeconf.offline_plan,

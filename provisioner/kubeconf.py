@@ -117,22 +117,79 @@ def apt_sources(kube_version: object, keyring: str, base_url: str = PKGS_K8S_IO)
     )
 
 
+def installed_packages(query_output: object, family: str) -> dict[str, str]:
+    """Installed package -> its exact version, from the package database query of kube_packages.
+
+    deb: `dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\\n' NAME...` (only packages
+    whose status is installed count: `ii`, or `hi` once held; removed ones keep a `rc` line);
+    rpm: `rpm -q --qf '%{NAME}|%{VERSION}-%{RELEASE}\\n' NAME...` (`package NAME is not installed`
+    lines are skipped). Any other line is refused, so a changed query cannot pass unnoticed.
+    """
+    fam = _family(family)
+    found: dict[str, str] = {}
+    for raw in str(query_output or "").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if fam == "rpm" and re.match(r"^package \S+ is not installed$", line):
+            continue
+        fields = raw.split("|") if fam == "deb" else line.split("|")
+        if fam == "deb" and len(fields) == 3 and len(fields[0].rstrip()) >= 2 and fields[1] and fields[2]:
+            if fields[0][1] == "i":
+                found[fields[1].strip()] = fields[2].strip()
+            continue
+        if fam == "rpm" and len(fields) == 2 and all(fields):
+            found[fields[0]] = fields[1]
+            continue
+        raise KubeConfigError(f'the installed-package query printed "{line}", which kube_packages cannot read')
+    return found
+
+
+def _package_version_matches(version: KubeVersion, package_version: str) -> int | None:
+    """The patch of a package version (`1.36.2-1.1`, `1:1.36.2-1.1`, `1.36.2-150500.1.1`) when it
+    satisfies version (same minor, and same patch when one is pinned), else None."""
+    match = re.match(r"^(?:\d+:)?1\.(\d+)\.(\d+)(?:[-~+].*)?$", package_version.strip())
+    if not match or int(match.group(1)) != version.minor:
+        return None
+    patch = int(match.group(2))
+    return patch if version.patch is None or patch == version.patch else None
+
+
 def package_pins(
-    kube_version: object, family: str, packages: Sequence[str] = (*KUBE_CORE_PACKAGES, "cri-tools")
+    kube_version: object,
+    family: str,
+    packages: Sequence[str] = (*KUBE_CORE_PACKAGES, "cri-tools"),
+    installed: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Package specs that pin kube_version: apt `kubeadm=1.36.2-*`, dnf `kubeadm-1.36.2`.
 
-    A minor-only version pins the minor (`kubeadm=1.36.*`). Only kubelet, kubeadm and kubectl are
-    pinned; any other package (cri-tools, kubernetes-cni: their own numbering) is left to the
-    repository of the minor, by name.
+    installed (installed_packages) maps what the node has to its exact version. A kubelet, kubeadm
+    or kubectl that is installed at a version satisfying kube_version is pinned to exactly that
+    version (`kubeadm=1.36.2-1.1`, `kubeadm-1.36.2-150500.1.1`): a wildcard such as `1.36.*` or
+    `1.36.2-*` would let apt upgrade the held package whenever the repository publishes a newer
+    patch or build, on any later converge. One that is not installed yet follows the patch of the
+    others already installed (`kubectl=1.36.2-*`), or kube_version: a minor-only version then pins
+    the minor (`kubeadm=1.36.*`, resolved to the newest patch at first install and kept from then
+    on). An installed version that does not satisfy kube_version (another minor or patch asked for)
+    is upgraded to the pin. Only kubelet, kubeadm and kubectl are pinned; any other package
+    (cri-tools, kubernetes-cni: their own numbering) is left to the repository of the minor, by name.
     """
     version = parse_kube_version(kube_version)
     fam = _family(family)
     sep = "=" if fam == "deb" else "-"
+    kept = {
+        name: str(found).strip()
+        for name, found in (installed or {}).items()
+        if name in KUBE_CORE_PACKAGES and _package_version_matches(version, str(found)) is not None
+    }
+    patches = [_package_version_matches(version, found) for found in kept.values()]
+    patch = version.patch if version.patch is not None else max((p for p in patches if p is not None), default=None)
     pins: list[str] = []
     for name in packages:
-        if name in KUBE_CORE_PACKAGES and version.full:
-            pins.append(f"{name}{sep}{version.full}" + ("-*" if fam == "deb" else ""))
+        if name in kept:
+            pins.append(f"{name}{sep}{kept[name]}")
+        elif name in KUBE_CORE_PACKAGES and patch is not None:
+            pins.append(f"{name}{sep}{version.series}.{patch}" + ("-*" if fam == "deb" else ""))
         elif name in KUBE_CORE_PACKAGES:
             pins.append(f"{name}{sep}{version.series}.*")
         else:
