@@ -49,6 +49,7 @@ class FilterModule:
             "kube_installed_version_matches": kubeconf.installed_version_matches,
             "kube_resolve_version": kubeconf.resolve_kubernetes_version,
             "kube_node_ip": kubeconf.select_node_ip,
+            "kube_controller_kubeconfig": kubeconf.controller_kubeconfig,
             "kube_ca_cert_hash": kubeconf.ca_cert_hash,
             "kube_init_documents": kubeconf.kubeadm_init_documents,
             "kube_join_documents": kubeconf.kubeadm_join_documents,

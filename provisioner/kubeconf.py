@@ -197,6 +197,24 @@ def package_pins(
     return pins
 
 
+# Where the admin kubeconfig is kept on the Ansible controller unless kube_kubeconfig_dest says
+# otherwise: relative to the directory of the playbooks (playbooks/../.provision/kubeconfig).
+# kube_control_plane writes it and kube_reset removes it, both through controller_kubeconfig.
+CONTROLLER_KUBECONFIG = "../.provision/kubeconfig"
+
+
+def controller_kubeconfig(kubeconfig_dest: object, playbook_dir: object) -> str:
+    """The controller's kubeconfig path: kube_kubeconfig_dest when set, else the default next to the
+    playbooks. The one definition both kube_control_plane and kube_reset resolve their defaults with."""
+    dest = "" if kubeconfig_dest is None else str(kubeconfig_dest).strip()
+    if dest:
+        return dest
+    base = str(playbook_dir or "").strip()
+    if not base:
+        raise KubeConfigError("kube_kubeconfig_dest is empty and playbook_dir is unknown; set kube_kubeconfig_dest")
+    return f"{base.rstrip('/')}/{CONTROLLER_KUBECONFIG}"
+
+
 # The last Kubernetes minor whose kubelet still starts on cgroup v1 (with failCgroupV1: false).
 LAST_CGROUP_V1_MINOR = 37
 CGROUP_V2_FIX = (
