@@ -56,6 +56,7 @@ class FilterModule:
             "kube_api_server_endpoint": kubeconf.api_server_endpoint,
             "kube_resource_drift": kubeconf.resource_drift,
             "kube_node_problems": kubeconf.node_problems,
+            "kube_control_plane_taint_targets": kubeconf.control_plane_taint_targets,
             "kube_interface_names": kubeconf.interface_names,
             "calico_manifest_url": kubeconf.calico_manifest_url,
             "calico_manifest_documents": kubeconf.calico_manifest_documents,

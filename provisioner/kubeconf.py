@@ -940,6 +940,37 @@ def node_problems(nodes: object, expected_ips: Iterable[str] = ()) -> list[str]:
     return problems
 
 
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+# The taint kubeadm gives a control plane (kube_control_plane_schedulable: false), key:effect.
+CONTROL_PLANE_TAINT = f"{CONTROL_PLANE_LABEL}:NoSchedule"
+
+
+def control_plane_taint_targets(nodes: object, schedulable: bool = False) -> list[dict[str, str]]:
+    """Control plane nodes that must get their NoSchedule taint back, from `kubectl get nodes -o json`,
+    each as {node, taint} (the arguments of `kubectl taint nodes NODE TAINT`).
+
+    A cluster formed with one node registers the control plane untainted (kube_control_plane_schedulable
+    defaults to "no workers"). Once workers exist (registered nodes without the control-plane role
+    label), every control plane without the taint is named, unless the control plane was made
+    schedulable on purpose (schedulable true). Empty: nothing to do.
+    """
+    if schedulable:
+        return []
+    items = _items(nodes, "Node")
+    control_planes = [n for n in items if CONTROL_PLANE_LABEL in ((n.get("metadata") or {}).get("labels") or {})]
+    if len(control_planes) == len(items):
+        return []
+    key, effect = CONTROL_PLANE_TAINT.split(":")
+    return [
+        {"node": str((n.get("metadata") or {}).get("name")), "taint": CONTROL_PLANE_TAINT}
+        for n in control_planes
+        if not any(
+            isinstance(t, Mapping) and t.get("key") == key and t.get("effect") == effect
+            for t in (n.get("spec") or {}).get("taints") or []
+        )
+    ]
+
+
 def calico_node_problems(state: object) -> list[str]:
     """Nodes without a Ready calico-node pod, from `kubectl get nodes,pods -n kube-system -o json`."""
     parsed = _json(state, "calico state")
