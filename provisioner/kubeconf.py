@@ -30,7 +30,9 @@ KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 KUBE_PROXY_API = "kubeproxy.config.k8s.io/v1alpha1"
 DEFAULT_CRI_SOCKET = "unix:///run/containerd/containerd.sock"
-# Packages pinned to the exact Kubernetes version; cri-tools follows the minor only (1.36.0 in v1.36).
+# Packages pinned to the exact Kubernetes version. cri-tools is not among them: it has its own
+# numbering, and a per-minor pkgs.k8s.io repository need not carry the cri-tools of that minor (kubeadm
+# no longer depends on it), so it is installed as the repository has it, and held.
 KUBE_CORE_PACKAGES = ("kubelet", "kubeadm", "kubectl")
 # Install order for offline .deb files: dependencies first (kubeadm needs kubelet, kubectl, cri-tools).
 _OFFLINE_ORDER = ("cri-tools", "kubernetes-cni", "kubelet", "kubectl", "kubeadm")
@@ -115,27 +117,102 @@ def apt_sources(kube_version: object, keyring: str, base_url: str = PKGS_K8S_IO)
     )
 
 
+def installed_packages(query_output: object, family: str) -> dict[str, str]:
+    """Installed package -> its exact version, from the package database query of kube_packages.
+
+    deb: `dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\\n' NAME...` (only packages
+    whose status is installed count: `ii`, or `hi` once held; removed ones keep a `rc` line);
+    rpm: `rpm -q --qf '%{NAME}|%{VERSION}-%{RELEASE}\\n' NAME...` (`package NAME is not installed`
+    lines are skipped). Any other line is refused, so a changed query cannot pass unnoticed.
+    """
+    fam = _family(family)
+    found: dict[str, str] = {}
+    for raw in str(query_output or "").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if fam == "rpm" and re.match(r"^package \S+ is not installed$", line):
+            continue
+        fields = raw.split("|") if fam == "deb" else line.split("|")
+        if fam == "deb" and len(fields) == 3 and len(fields[0].rstrip()) >= 2 and fields[1] and fields[2]:
+            if fields[0][1] == "i":
+                found[fields[1].strip()] = fields[2].strip()
+            continue
+        if fam == "rpm" and len(fields) == 2 and all(fields):
+            found[fields[0]] = fields[1]
+            continue
+        raise KubeConfigError(f'the installed-package query printed "{line}", which kube_packages cannot read')
+    return found
+
+
+def _package_version_matches(version: KubeVersion, package_version: str) -> int | None:
+    """The patch of a package version (`1.36.2-1.1`, `1:1.36.2-1.1`, `1.36.2-150500.1.1`) when it
+    satisfies version (same minor, and same patch when one is pinned), else None."""
+    match = re.match(r"^(?:\d+:)?1\.(\d+)\.(\d+)(?:[-~+].*)?$", package_version.strip())
+    if not match or int(match.group(1)) != version.minor:
+        return None
+    patch = int(match.group(2))
+    return patch if version.patch is None or patch == version.patch else None
+
+
 def package_pins(
-    kube_version: object, family: str, packages: Sequence[str] = (*KUBE_CORE_PACKAGES, "cri-tools")
+    kube_version: object,
+    family: str,
+    packages: Sequence[str] = (*KUBE_CORE_PACKAGES, "cri-tools"),
+    installed: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Package specs that pin kube_version: apt `kubeadm=1.36.2-*`, dnf `kubeadm-1.36.2`.
 
-    A minor-only version pins the minor (`kubeadm=1.36.*`). cri-tools is versioned per minor
-    (1.36.0 in the v1.36 repository), so it is always pinned to the minor; any other package
-    (kubernetes-cni has its own numbering) is left to the repository of the minor.
+    installed (installed_packages) maps what the node has to its exact version. A kubelet, kubeadm
+    or kubectl that is installed at a version satisfying kube_version is pinned to exactly that
+    version (`kubeadm=1.36.2-1.1`, `kubeadm-1.36.2-150500.1.1`): a wildcard such as `1.36.*` or
+    `1.36.2-*` would let apt upgrade the held package whenever the repository publishes a newer
+    patch or build, on any later converge. One that is not installed yet follows the patch of the
+    others already installed (`kubectl=1.36.2-*`), or kube_version: a minor-only version then pins
+    the minor (`kubeadm=1.36.*`, resolved to the newest patch at first install and kept from then
+    on). An installed version that does not satisfy kube_version (another minor or patch asked for)
+    is upgraded to the pin. Only kubelet, kubeadm and kubectl are pinned; any other package
+    (cri-tools, kubernetes-cni: their own numbering) is left to the repository of the minor, by name.
     """
     version = parse_kube_version(kube_version)
     fam = _family(family)
     sep = "=" if fam == "deb" else "-"
+    kept = {
+        name: str(found).strip()
+        for name, found in (installed or {}).items()
+        if name in KUBE_CORE_PACKAGES and _package_version_matches(version, str(found)) is not None
+    }
+    patches = [_package_version_matches(version, found) for found in kept.values()]
+    patch = version.patch if version.patch is not None else max((p for p in patches if p is not None), default=None)
     pins: list[str] = []
     for name in packages:
-        if name in KUBE_CORE_PACKAGES and version.full:
-            pins.append(f"{name}{sep}{version.full}" + ("-*" if fam == "deb" else ""))
-        elif name in (*KUBE_CORE_PACKAGES, "cri-tools"):
+        if name in kept:
+            pins.append(f"{name}{sep}{kept[name]}")
+        elif name in KUBE_CORE_PACKAGES and patch is not None:
+            pins.append(f"{name}{sep}{version.series}.{patch}" + ("-*" if fam == "deb" else ""))
+        elif name in KUBE_CORE_PACKAGES:
             pins.append(f"{name}{sep}{version.series}.*")
         else:
             pins.append(str(name))
     return pins
+
+
+# Where the admin kubeconfig is kept on the Ansible controller unless kube_kubeconfig_dest says
+# otherwise: relative to the directory of the playbooks (playbooks/../.provision/kubeconfig).
+# kube_control_plane writes it and kube_reset removes it, both through controller_kubeconfig.
+CONTROLLER_KUBECONFIG = "../.provision/kubeconfig"
+
+
+def controller_kubeconfig(kubeconfig_dest: object, playbook_dir: object) -> str:
+    """The controller's kubeconfig path: kube_kubeconfig_dest when set, else the default next to the
+    playbooks. The one definition both kube_control_plane and kube_reset resolve their defaults with."""
+    dest = "" if kubeconfig_dest is None else str(kubeconfig_dest).strip()
+    if dest:
+        return dest
+    base = str(playbook_dir or "").strip()
+    if not base:
+        raise KubeConfigError("kube_kubeconfig_dest is empty and playbook_dir is unknown; set kube_kubeconfig_dest")
+    return f"{base.rstrip('/')}/{CONTROLLER_KUBECONFIG}"
 
 
 # The last Kubernetes minor whose kubelet still starts on cgroup v1 (with failCgroupV1: false).
@@ -861,6 +938,37 @@ def node_problems(nodes: object, expected_ips: Iterable[str] = ()) -> list[str]:
             message = ready.get("message") or ""
             problems.append(f"node {name} ({address or 'no InternalIP'}) not Ready: {reason} {message}".strip())
     return problems
+
+
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+# The taint kubeadm gives a control plane (kube_control_plane_schedulable: false), key:effect.
+CONTROL_PLANE_TAINT = f"{CONTROL_PLANE_LABEL}:NoSchedule"
+
+
+def control_plane_taint_targets(nodes: object, schedulable: bool = False) -> list[dict[str, str]]:
+    """Control plane nodes that must get their NoSchedule taint back, from `kubectl get nodes -o json`,
+    each as {node, taint} (the arguments of `kubectl taint nodes NODE TAINT`).
+
+    A cluster formed with one node registers the control plane untainted (kube_control_plane_schedulable
+    defaults to "no workers"). Once workers exist (registered nodes without the control-plane role
+    label), every control plane without the taint is named, unless the control plane was made
+    schedulable on purpose (schedulable true). Empty: nothing to do.
+    """
+    if schedulable:
+        return []
+    items = _items(nodes, "Node")
+    control_planes = [n for n in items if CONTROL_PLANE_LABEL in ((n.get("metadata") or {}).get("labels") or {})]
+    if len(control_planes) == len(items):
+        return []
+    key, effect = CONTROL_PLANE_TAINT.split(":")
+    return [
+        {"node": str((n.get("metadata") or {}).get("name")), "taint": CONTROL_PLANE_TAINT}
+        for n in control_planes
+        if not any(
+            isinstance(t, Mapping) and t.get("key") == key and t.get("effect") == effect
+            for t in (n.get("spec") or {}).get("taints") or []
+        )
+    ]
 
 
 def calico_node_problems(state: object) -> list[str]:

@@ -125,13 +125,17 @@ def test_firewall_opened_or_absent(host: Any, inventory_vars: dict[str, Any]) ->
             assert "22/tcp" in listed
             if "kube_control_plane" in groups:
                 assert "6443/tcp" in listed
+            if "k8s_cluster" in groups:
+                # NodePort services answer on every node, control planes included.
+                assert "30000-32767/tcp" in listed
         elif host.exists("ufw"):
             status = host.check_output("ufw status")
             assert "Status: active" in status
             assert "22/tcp" in status
             if "kube_control_plane" in groups:
                 assert "6443/tcp" in status
-            if "kube_node" in groups:
+            if "k8s_cluster" in groups:
+                # NodePort services answer on every node, control planes included.
                 assert "30000:32767/tcp" in status
         else:
             pytest.skip("no firewall installed (node_prep_firewall_install false): the role reports a no-op")

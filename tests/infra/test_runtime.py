@@ -8,17 +8,18 @@ drivers are proven, not just configured.
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
 import pytest
+
+from provisioner.nodefiles import image_members
 
 testinfra_hosts = ["ansible://k8s_cluster", "ansible://swarm_manager", "ansible://swarm_worker"]
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 SOCKET = "unix:///run/containerd/containerd.sock"
 PROBE_IMAGE = "provisioner-runtime-probe:1"
-# Files that make a runnable image out of the node's own binaries (dash, cat, glibc).
-PROBE_FILES = "usr/bin/dash usr/bin/cat lib/x86_64-linux-gnu/libc.so.6 lib64/ld-linux-x86-64.so.2"
 
 
 @pytest.fixture
@@ -97,14 +98,28 @@ def test_docker_info_answers(host: Any, engine: str) -> None:
 def test_docker_runs_a_container(host: Any, engine: str) -> None:
     if engine != "docker":
         pytest.skip(f"container_runtime={engine}")
+    # The image is made of the node's own files: its shell and cat by their real paths (dash on
+    # Debian, bash on EL) and the shared objects ldd names for them there.
+    shell = host.check_output("readlink -f /bin/sh")
+    cat = host.check_output('readlink -f "$(command -v cat)"')
+    ldd = host.run(f"ldd {shlex.quote(shell)} {shlex.quote(cat)}")
+    assert ldd.rc == 0 or "not a dynamic executable" in ldd.stdout + ldd.stderr, ldd.stdout + ldd.stderr
+    members = " ".join(shlex.quote(m) for m in image_members([shell, cat], ldd.stdout))
     with host.sudo():
         cgroup = host.check_output("docker info --format '{{.CgroupDriver}}'")
-        host.check_output(
-            f"tar -C / -ch {PROBE_FILES} 2>/dev/null | docker import -c 'CMD [\"/usr/bin/dash\"]' - {PROBE_IMAGE} >/dev/null"
-        )
+        tarball = host.check_output("mktemp /tmp/runtime-probe.XXXXXX")
+        try:
+            # tar's own exit status and message fail the test (check_output), not a broken image later.
+            host.check_output(f"tar -C / -chf {tarball} {members}")
+            cmd = shlex.quote(f'CMD ["{shell}"]')
+            host.check_output(f"docker import -c {cmd} {tarball} {PROBE_IMAGE}")
+        finally:
+            host.run(f"rm -f {tarball}")
         try:
             # The host's cgroup namespace: on cgroup v2 a container's own namespace shows just "0::/".
-            out = host.check_output(f"docker run --rm --cgroupns host {PROBE_IMAGE} /usr/bin/cat /proc/self/cgroup")
+            out = host.check_output(
+                f"docker run --rm --cgroupns host {PROBE_IMAGE} {shlex.quote(cat)} /proc/self/cgroup"
+            )
         finally:
             host.run(f"docker rmi -f {PROBE_IMAGE}")
     if cgroup == "systemd":

@@ -177,3 +177,47 @@ def test_manifest_url_is_the_releases_vxlan_manifest() -> None:
 def test_manifest_url_needs_an_exact_release(version: str) -> None:
     with pytest.raises(KubeConfigError, match="exact release"):
         kubeconf.calico_manifest_url(version)
+
+
+def labelled(item: dict[str, Any], control_plane: bool, taints: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    item["metadata"]["labels"] = {"kubernetes.io/hostname": item["metadata"]["name"]}
+    if control_plane:
+        item["metadata"]["labels"][kubeconf.CONTROL_PLANE_LABEL] = ""
+    if taints is not None:
+        item["spec"] = {"taints": taints}
+    return item
+
+
+NO_SCHEDULE = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+TAINT_CP1 = {"node": "cp1", "taint": "node-role.kubernetes.io/control-plane:NoSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("cp_taints", "workers", "schedulable", "expected"),
+    [
+        pytest.param(None, 2, False, [TAINT_CP1], id="one-node-cluster-got-workers"),
+        pytest.param([NO_SCHEDULE], 2, False, [], id="already-tainted"),
+        pytest.param(None, 0, False, [], id="no-workers-yet"),
+        pytest.param(None, 2, True, [], id="schedulable-on-purpose"),
+        pytest.param([{**NO_SCHEDULE, "effect": "PreferNoSchedule"}], 1, False, [TAINT_CP1], id="other-effect"),
+        pytest.param(
+            [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}], 1, False, [TAINT_CP1], id="other-key"
+        ),
+    ],
+)
+def test_control_plane_taint_targets(
+    cp_taints: list[dict[str, str]] | None, workers: int, schedulable: bool, expected: list[dict[str, str]]
+) -> None:
+    items = [labelled(node("cp1", "192.168.56.10"), True, cp_taints)]
+    items += [labelled(node(f"w{i}", f"192.168.56.{11 + i}"), False) for i in range(workers)]
+    assert kubeconf.control_plane_taint_targets(as_list(*items), schedulable) == expected
+
+
+def test_taint_targets_read_kubectl_json_text_and_ignore_tainted_workers() -> None:
+    """Workers with taints of their own are never touched; only control-plane labelled nodes are named."""
+    items = [
+        labelled(node("cp1", "192.168.56.10"), True, []),
+        labelled(node("w1", "192.168.56.11"), False, [{"key": "gpu", "effect": "NoSchedule"}]),
+    ]
+    assert kubeconf.control_plane_taint_targets(as_list(*items)) == [TAINT_CP1]
+    assert kubeconf.control_plane_taint_targets(as_list()) == []

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 
 from provisioner import kubeconf
 from provisioner.kubeconf import KubeConfigError
@@ -73,14 +81,168 @@ def test_apt_source_needs_an_absolute_keyring() -> None:
 @pytest.mark.parametrize(
     ("version", "family", "expected"),
     [
-        ("1.36.2", "deb", ["kubelet=1.36.2-*", "kubeadm=1.36.2-*", "kubectl=1.36.2-*", "cri-tools=1.36.*"]),
-        ("1.36", "deb", ["kubelet=1.36.*", "kubeadm=1.36.*", "kubectl=1.36.*", "cri-tools=1.36.*"]),
-        ("1.36.2", "rpm", ["kubelet-1.36.2", "kubeadm-1.36.2", "kubectl-1.36.2", "cri-tools-1.36.*"]),
-        ("1.36", "rpm", ["kubelet-1.36.*", "kubeadm-1.36.*", "kubectl-1.36.*", "cri-tools-1.36.*"]),
+        ("1.36.2", "deb", ["kubelet=1.36.2-*", "kubeadm=1.36.2-*", "kubectl=1.36.2-*", "cri-tools"]),
+        ("1.36", "deb", ["kubelet=1.36.*", "kubeadm=1.36.*", "kubectl=1.36.*", "cri-tools"]),
+        ("1.36.2", "rpm", ["kubelet-1.36.2", "kubeadm-1.36.2", "kubectl-1.36.2", "cri-tools"]),
+        ("1.36", "rpm", ["kubelet-1.36.*", "kubeadm-1.36.*", "kubectl-1.36.*", "cri-tools"]),
     ],
 )
 def test_package_pins(version: str, family: str, expected: list[str]) -> None:
     assert kubeconf.package_pins(version, family) == expected
+
+
+@pytest.mark.parametrize("family", ["deb", "rpm"])
+@pytest.mark.parametrize("version", ["1.36", "1.36.2", "1.38.0"])
+def test_cri_tools_is_never_pinned_to_the_kubernetes_version(version: str, family: str) -> None:
+    """A per-minor repository need not carry the cri-tools of its minor: cri-tools goes in by name (and is held)."""
+    assert kubeconf.package_pins(version, family, ["kubeadm", "cri-tools"])[1] == "cri-tools"
+
+
+DPKG_QUERY = """hi |kubelet|1.36.2-1.1
+hi |kubeadm|1.36.2-1.1
+ii |kubectl|1.36.2-1.1
+rc |cri-tools|1.36.0-1.1
+"""
+RPM_QUERY = """kubelet|1.36.2-150500.1.1
+kubeadm|1.36.2-150500.1.1
+package kubectl is not installed
+"""
+
+
+def test_installed_packages_from_dpkg_query() -> None:
+    """Held (hi) and installed (ii) packages count; a removed one (rc: config files left) does not."""
+    assert kubeconf.installed_packages(DPKG_QUERY, "deb") == {
+        "kubelet": "1.36.2-1.1",
+        "kubeadm": "1.36.2-1.1",
+        "kubectl": "1.36.2-1.1",
+    }
+    assert kubeconf.installed_packages("", "deb") == {}
+
+
+def test_installed_packages_from_rpm_query() -> None:
+    assert kubeconf.installed_packages(RPM_QUERY, "rpm") == {
+        "kubelet": "1.36.2-150500.1.1",
+        "kubeadm": "1.36.2-150500.1.1",
+    }
+
+
+@pytest.mark.parametrize(("family", "output"), [("deb", "kubeadm 1.36.2-1.1"), ("rpm", "error: rpmdb open failed")])
+def test_installed_packages_refuses_what_it_cannot_read(family: str, output: str) -> None:
+    with pytest.raises(KubeConfigError, match="cannot read"):
+        kubeconf.installed_packages(output, family)
+
+
+def _apt_would_upgrade(pin: str, installed: str, candidate: str) -> bool:
+    """What Ansible's apt module does with `name=VERSION` for an installed package: it installs the
+    repository's best match again whenever that differs from the installed version and matches the
+    pin's (fnmatch) pattern (modules/apt.py, package_status and install)."""
+    pattern = pin.split("=", 1)[1]
+    return candidate != installed and fnmatch.fnmatch(candidate, pattern)
+
+
+@pytest.mark.parametrize("version", ["1.36", "1.36.2"])
+@pytest.mark.parametrize("candidate", ["1.36.3-1.1", "1.36.2-1.2"], ids=["newer-patch", "newer-build"])
+def test_a_later_converge_keeps_the_installed_packages(version: str, candidate: str) -> None:
+    """Once installed, kubelet/kubeadm/kubectl are pinned to exactly what the node has, so a newer
+    patch (or build) published in the repository is not installed over the held packages."""
+    installed = kubeconf.installed_packages(DPKG_QUERY, "deb")
+    pins = kubeconf.package_pins(version, "deb", ["kubelet", "kubeadm", "kubectl", "cri-tools"], installed)
+    assert pins == ["kubelet=1.36.2-1.1", "kubeadm=1.36.2-1.1", "kubectl=1.36.2-1.1", "cri-tools"]
+    assert not any(_apt_would_upgrade(pin, "1.36.2-1.1", candidate) for pin in pins[:3])
+
+
+def test_first_install_of_a_minor_takes_the_newest_patch() -> None:
+    pins = kubeconf.package_pins("1.36", "deb", ["kubelet", "kubeadm"], {})
+    assert pins == ["kubelet=1.36.*", "kubeadm=1.36.*"]
+    assert _apt_would_upgrade(pins[0], "", "1.36.3-1.1")
+
+
+def test_a_package_added_later_follows_the_installed_patch() -> None:
+    """kubectl missing while kubeadm and kubelet are at 1.36.2: kubectl comes at 1.36.2 too, not the newest."""
+    installed = {"kubelet": "1.36.2-1.1", "kubeadm": "1.36.2-1.1"}
+    assert kubeconf.package_pins("1.36", "deb", ["kubelet", "kubeadm", "kubectl"], installed) == [
+        "kubelet=1.36.2-1.1",
+        "kubeadm=1.36.2-1.1",
+        "kubectl=1.36.2-*",
+    ]
+    assert kubeconf.package_pins("1.36", "rpm", ["kubeadm", "kubectl"], {"kubeadm": "1.36.2-150500.1.1"}) == [
+        "kubeadm-1.36.2-150500.1.1",
+        "kubectl-1.36.2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        pytest.param("1.37", ["kubelet=1.37.*", "kubeadm=1.37.*"], id="another-minor"),
+        pytest.param("1.36.3", ["kubelet=1.36.3-*", "kubeadm=1.36.3-*"], id="another-patch"),
+    ],
+)
+def test_asking_for_another_version_moves_the_pins(version: str, expected: list[str]) -> None:
+    installed = {"kubelet": "1.36.2-1.1", "kubeadm": "1.36.2-1.1"}
+    assert kubeconf.package_pins(version, "deb", ["kubelet", "kubeadm"], installed) == expected
+
+
+def test_installed_rpm_and_epoch_versions_are_pinned_exactly() -> None:
+    installed = kubeconf.installed_packages(RPM_QUERY, "rpm")
+    assert kubeconf.package_pins("1.36", "rpm", ["kubelet", "kubeadm", "kubectl", "cri-tools"], installed) == [
+        "kubelet-1.36.2-150500.1.1",
+        "kubeadm-1.36.2-150500.1.1",
+        "kubectl-1.36.2",
+        "cri-tools",
+    ]
+    assert kubeconf.package_pins("1.36", "deb", ["kubeadm"], {"kubeadm": "1:1.36.2-1.1"}) == ["kubeadm=1:1.36.2-1.1"]
+
+
+REPO = Path(__file__).resolve().parents[2]
+QUERY_PLAY = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    kube_packages_names: {names}
+  tasks:
+    - {task}
+    - ansible.builtin.copy:
+        content: "{{{{ kube_packages_installed_query.stdout | kube_installed_packages('deb') | to_json }}}}"
+        dest: {out}
+        mode: "0644"
+"""
+
+
+@pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="no dpkg-query: this host is not of the Debian family")
+def test_the_roles_dpkg_query_reads_this_host(tmp_path: Path) -> None:
+    """The role's own query task (its argv, its failed_when for unknown packages), run on this Debian
+    host and parsed by the filter, agrees with dpkg."""
+    tasks = yaml.safe_load((REPO / "roles" / "kube_packages" / "tasks" / "0020-upstream-Debian.yml").read_text())
+    task = next(t for t in tasks if t["name"] == "Upstream | Read the installed versions of the Kubernetes packages")
+    out = tmp_path / "installed.json"
+    play = tmp_path / "play.yml"
+    names = ["dpkg", "bash", "no-such-package-of-the-test"]
+    play.write_text(QUERY_PLAY.format(names=json.dumps(names), task=json.dumps(task), out=out))
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(play),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    expected = {
+        name: subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True, check=True
+        ).stdout
+        for name in names[:2]
+    }
+    assert json.loads(out.read_text()) == expected
 
 
 def test_pins_leave_other_packages_to_the_repository() -> None:

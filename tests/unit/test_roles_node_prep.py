@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 PLUGIN = Path(__file__).resolve().parents[2] / "roles" / "node_prep" / "filter_plugins" / "node_prep.py"
 
@@ -48,4 +49,53 @@ def test_bad_cidr_raises() -> None:
 
 
 def test_filter_module_exports() -> None:
-    assert set(FILTERS.FilterModule().filters()) == {"node_prep_address_in"}
+    assert set(FILTERS.FilterModule().filters()) == {"node_prep_address_in", "node_prep_group_union"}
+
+
+DEFAULTS = yaml.safe_load((PLUGIN.parents[1] / "defaults" / "main.yml").read_text())
+NODEPORTS = "30000-32767/tcp"
+# group_names of each kind of node as the generated and the sample inventories make them.
+NODES = {
+    "control plane": ["k8s_cluster", "kube_control_plane"],
+    "worker": ["k8s_cluster", "kube_node"],
+    "swarm manager": ["swarm_manager"],
+    "swarm worker": ["swarm_worker"],
+}
+
+
+def _ports(node: str) -> list[str]:
+    plan: list[str] = FILTERS.node_prep_group_union(DEFAULTS["node_prep_firewall_ports"], NODES[node])
+    return plan
+
+
+@pytest.mark.parametrize("node", ["control plane", "worker"])
+def test_nodeports_are_open_on_every_kubernetes_node(node: str) -> None:
+    """kube-proxy serves NodePort services on every node, so every node opens the range (a single-node
+    cluster's control plane included)."""
+    assert NODEPORTS in _ports(node)
+
+
+def test_port_plan_per_node_kind() -> None:
+    assert _ports("control plane") == [
+        "6443/tcp",
+        "2379-2380/tcp",
+        "10250/tcp",
+        "10257/tcp",
+        "10259/tcp",
+        NODEPORTS,
+        "179/tcp",
+        "4789/udp",
+        "5473/tcp",
+    ]
+    assert _ports("worker") == ["10250/tcp", "10256/tcp", NODEPORTS, "179/tcp", "4789/udp", "5473/tcp"]
+    assert NODEPORTS not in _ports("swarm manager") + _ports("swarm worker")
+    # A node in both Kubernetes groups opens each port once.
+    both = FILTERS.node_prep_group_union(DEFAULTS["node_prep_firewall_ports"], [*NODES["control plane"], "kube_node"])
+    assert len(both) == len(set(both)) and "10256/tcp" in both
+
+
+def test_group_union_flattens_and_skips_empty_entries() -> None:
+    per_group = {"a": ["x", ["y", "x"]], "b": [], "c": ["z"], "d": None}
+    assert FILTERS.node_prep_group_union(per_group, ["a", "b", "d"]) == ["x", "y"]
+    assert FILTERS.node_prep_group_union(per_group, []) == []
+    assert FILTERS.node_prep_group_union(None, ["a"]) == []
