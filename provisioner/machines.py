@@ -62,7 +62,11 @@ class Docker(Provider):
         own = image.own_image(spec.image)
         if own is None:
             return spec, {}
-        recipe = image.ImageRecipe(mirror=image.host_debian_mirror(), with_runtime=own)
+        # Kubernetes nodes start from the image with the container runtime baked in (the runtime
+        # stage then only configures and starts it: about 50 s less per cold `up`), unless the spec
+        # names an image.
+        with_runtime = own or (spec.image == "" and spec.engine == "kubernetes")
+        recipe = image.ImageRecipe(mirror=image.host_debian_mirror(), with_runtime=with_runtime)
         if not image.image_exists(recipe.tag):
             progress.start(f"node image {recipe.tag}")
             image.ensure_image(recipe)
