@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import proc
+from provisioner import libvirt, proc
 from provisioner.errors import ProvisionError
 from provisioner.image import find_vagrant_pubkey, host_debian_mirror
 
@@ -394,19 +394,12 @@ def add_box(recipe: BoxRecipe, box_file: Path) -> None:
 
 def remove_box(box: InstalledBox) -> None:
     """Remove one box version from Vagrant and its copy in libvirt's storage pool, if any."""
-    from provisioner import libvirt
-
     proc.run(
         ["vagrant", "box", "remove", "--force", "--provider", "libvirt", "--box-version", box.version, box.name],
         env=_vagrant_env(),
         check=False,
     )
     libvirt.remove_box_volumes(box.name, box.version)
-
-
-def box_volume_prefix(name: str, version: str) -> str:
-    """How vagrant-libvirt names a box's base volume in the storage pool (box name with `/` escaped)."""
-    return f"{name.replace('/', '-VAGRANTSLASH-')}_vagrant_box_image_{version}"
 
 
 def _sha256(path: Path) -> str:

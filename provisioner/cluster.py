@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from provisioner import box, hostnet, image, inventory, libvirt, providers, stages, verify
+from provisioner import box, hostnet, image, inventory, libvirt, machines, providers, stages, verify
 from provisioner.ansible import StageRun, forget_facts, run_playbook
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec, build_spec, group_of
 from provisioner.state import State
-from provisioner.vagrant import Vagrant, ensure_cluster_key, parse_progress_line
+from provisioner.vagrant import Vagrant, parse_progress_line
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,44 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
 
 
 def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
+    """The pipeline of DESIGN.md: spec, host (images or boxes), bundle, machines, inventory, stages,
+    verify."""
     started = time.monotonic()
+    progress = Progress(out, verbose=opts.verbose)
+    timings: dict[str, float] = {}
+    spec, inputs = _spec_for_up(ws, opts, out)
+    provider = machines.for_name(spec.provider)
+    spec, vagrant_extra = provider.prepare_host(spec, inputs, progress, timings, out)
+    spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
+    vagrant_extra |= provider.mount_bundle(kube_bundle)
+
+    state = State.load(ws.state_file)
+    previous_run = state.last_run
+    ws.save_spec(spec, inputs, vagrant_extra)
+    vg = Vagrant(ws.root, spec.provider)
+    new_nodes = _machines_stage(ws, spec, provider, vg, state, progress, timings, started)
+
+    ssh = vg.ssh_config([n.name for n in spec.nodes])
+    inventory.write_inventory(inventory.build_inventory(spec, ssh, ws.root, kube_bundle), ws.inventory)
+    out.write(f"    inventory: {ws.inventory}\n")
+
+    runs: dict[str, StageRun] = {}
+    rc = _stages_and_verify(ws, spec, opts, vg, state, previous_run, new_nodes, progress, timings, runs, started, out)
+    if spec.stack:
+        t0 = time.monotonic()
+        deploy_stack(ws, spec, progress, opts.verbose)
+        timings["stack"] = time.monotonic() - t0
+    total = time.monotonic() - started
+    _write_timings(ws, timings, runs, total)
+    summary(spec, timings, runs, total, out)
+    skip_reason = kubernetes_blocker(spec)
+    if skip_reason:
+        out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
+    return rc
+
+
+def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSpec, dict[str, Any]]:
+    """The validated spec with its provider decided; refused before anything is created."""
     spec, inputs = resolve_spec(ws, opts.overrides, opts.config)
     check_networks(spec)
     check_stack(spec)
@@ -166,34 +203,20 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         spec = spec.with_provider(choice.provider)
     else:
         providers.choose(spec.provider)
-    progress = Progress(out, verbose=opts.verbose)
-    timings: dict[str, float] = {}
+    return spec, inputs
 
-    if spec.provider == "docker":
-        providers.check_docker_network_free(spec.network, spec.name)
-        # The toolkit's own images (plain, or with the runtime baked in) are built here from Debian
-        # packages when missing, cached by recipe hash; any other image is the user's business.
-        own = image.own_image(spec.image)
-        if own is not None:
-            recipe = image.ImageRecipe(mirror=image.host_debian_mirror(), with_runtime=own)
-            if not image.image_exists(recipe.tag):
-                progress.start(f"node image {recipe.tag}")
-                image.ensure_image(recipe)
-                timings["image"] = progress.stop("built")
-            spec = _with_image(spec, recipe.tag)
 
-    spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
-
-    vagrant_extra: dict[str, Any] = {}
-    if spec.provider == "libvirt":
-        spec, vagrant_extra = _prepare_libvirt(spec, inputs, progress, timings, out)
-
-    if kube_bundle is not None and spec.provider == "docker":
-        vagrant_extra["bundle_root"] = str(kube_bundle.parent)  # mounted read-only into the nodes (Vagrantfile)
-    state = State.load(ws.state_file)
-    previous_run = state.last_run
-    ws.save_spec(spec, inputs, vagrant_extra)
-    vg = Vagrant(ws.root, spec.provider)
+def _machines_stage(
+    ws: Workspace,
+    spec: ClusterSpec,
+    provider: machines.Provider,
+    vg: Vagrant,
+    state: State,
+    progress: Progress,
+    timings: dict[str, float],
+    started: float,
+) -> list[str]:
+    """`vagrant up` of the machines that are not running; returns their names."""
     before = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
     extra = sorted(set(before) - {n.name for n in spec.nodes})
     if extra and any(before[n] != "not_created" for n in extra):
@@ -203,10 +226,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
             exit_code=2,
         )
     new_nodes = [n.name for n in spec.nodes if before.get(n.name) != "running"]
-    if spec.provider == "docker":
-        ensure_cluster_key(ws.root, spec.name, create=all(state == "not_created" for state in before.values()))
-
-    # Stage: machines
+    provider.keys(ws.root, spec, before)
     progress.start(f"machines ({spec.provider}, {len(spec.nodes)} nodes)", _vagrant_detail_tracker(progress))
     state.provider = spec.provider
     state.last_run = "running"
@@ -224,16 +244,28 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         raise
     timings["machines"] = progress.stop("up" + (f", created {', '.join(new_nodes)}" if new_nodes else ", all running"))
     state.mark("machines", "done", timings["machines"])
+    return new_nodes
 
-    ssh = vg.ssh_config([n.name for n in spec.nodes])
-    inventory.write_inventory(inventory.build_inventory(spec, ssh, ws.root, kube_bundle), ws.inventory)
-    out.write(f"    inventory: {ws.inventory}\n")
 
+def _stages_and_verify(
+    ws: Workspace,
+    spec: ClusterSpec,
+    opts: UpOptions,
+    vg: Vagrant,
+    state: State,
+    previous_run: str,
+    new_nodes: list[str],
+    progress: Progress,
+    timings: dict[str, float],
+    runs: dict[str, StageRun],
+    started: float,
+    out: TextIO,
+) -> int:
+    """Converge the stages (or only verify when nothing changed since the last converge), then verify."""
     todo = stages.stages_for(spec.engine)
     failed = state.failed_stage()
     fingerprint = converge_fingerprint(ws, spec)
     skip_reason = kubernetes_blocker(spec)
-    runs: dict[str, StageRun] = {}
     rc = 0
     unchanged = (
         opts.verify
@@ -258,62 +290,52 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
             out.write(f"    the nodes drifted from what the roles set ({exc.message}): converging every stage\n")
             unchanged = False
         timings["verify"] = time.monotonic() - t0
-    if not unchanged:
-        if new_nodes and any(state.done(s.name) for s in todo):
-            out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
-        elif failed is not None and failed in [s.name for s in todo]:
-            out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
-            names = [s.name for s in todo]
-            todo = todo[names.index(failed) :]
-        state.fingerprint = ""  # until every stage has converged again
-        forget_facts(ws.root)
-        for stage in todo:
-            if stage.kubernetes and skip_reason:
-                out.write(f"==> {stage.name}: not run: {skip_reason}\n")
-                state.mark(stage.name, "skipped", 0.0, message=skip_reason)
-                continue
-            t0 = time.monotonic()
-            try:
-                runs[stage.name] = run_playbook(
-                    stage.path,
-                    ws.inventory,
-                    ws.root,
-                    ws.logs / f"{stage.name}.log",
-                    progress,
-                    f"stage {stage.name} ({stage.description})",
-                    verbose=opts.verbose,
-                )
-            except ProvisionError as exc:
-                err = lost_machines_error(exc, vg, stage.name)
-                state.mark(stage.name, "failed", time.monotonic() - t0, message=err.message)
-                state.last_run = "failed"
-                state.save()
-                _write_timings(ws, timings, runs, time.monotonic() - started)
-                if err is exc:
-                    raise
-                raise err from exc
-            timings[stage.name] = time.monotonic() - t0
-            state.mark(stage.name, "done", timings[stage.name], changed=runs[stage.name].changed)
-
-        state.last_run = "done"
-        state.fingerprint = fingerprint
-        state.save()
-        if opts.verify:
-            t0 = time.monotonic()
-            rc = run_verify(ws, spec, state, out)
-            timings["verify"] = timings.get("verify", 0.0) + time.monotonic() - t0
-    else:
+    if unchanged:
         state.last_run = "done"
         state.save()
-    if spec.stack:
+        return rc
+    if new_nodes and any(state.done(s.name) for s in todo):
+        out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
+    elif failed is not None and failed in [s.name for s in todo]:
+        out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
+        names = [s.name for s in todo]
+        todo = todo[names.index(failed) :]
+    state.fingerprint = ""  # until every stage has converged again
+    forget_facts(ws.root)
+    for stage in todo:
+        if stage.kubernetes and skip_reason:
+            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+            state.mark(stage.name, "skipped", 0.0, message=skip_reason)
+            continue
         t0 = time.monotonic()
-        deploy_stack(ws, spec, progress, opts.verbose)
-        timings["stack"] = time.monotonic() - t0
-    total = time.monotonic() - started
-    _write_timings(ws, timings, runs, total)
-    summary(spec, timings, runs, total, out)
-    if skip_reason:
-        out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
+        try:
+            runs[stage.name] = run_playbook(
+                stage.path,
+                ws.inventory,
+                ws.root,
+                ws.logs / f"{stage.name}.log",
+                progress,
+                f"stage {stage.name} ({stage.description})",
+                verbose=opts.verbose,
+            )
+        except ProvisionError as exc:
+            err = lost_machines_error(exc, vg, stage.name)
+            state.mark(stage.name, "failed", time.monotonic() - t0, message=err.message)
+            state.last_run = "failed"
+            state.save()
+            _write_timings(ws, timings, runs, time.monotonic() - started)
+            if err is exc:
+                raise
+            raise err from exc
+        timings[stage.name] = time.monotonic() - t0
+        state.mark(stage.name, "done", timings[stage.name], changed=runs[stage.name].changed)
+    state.last_run = "done"
+    state.fingerprint = fingerprint
+    state.save()
+    if opts.verify:
+        t0 = time.monotonic()
+        rc = run_verify(ws, spec, state, out)
+        timings["verify"] = timings.get("verify", 0.0) + time.monotonic() - t0
     return rc
 
 
@@ -366,34 +388,6 @@ def lost_machines_error(exc: ProvisionError, vg: Vagrant, stage: str) -> Provisi
     )
 
 
-def _prepare_libvirt(
-    spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
-) -> tuple[ClusterSpec, dict[str, Any]]:
-    """libvirt daemons and storage pool (started here where no service manager runs them), the domain
-    type (kvm only where a stock guest kernel really runs, else qemu), and the toolkit's own box built
-    from Debian packages unless the spec names another box."""
-    progress.start("libvirt (daemons, storage pool)")
-    done = libvirt.ensure_host()
-    progress.stop(", ".join(done) if done else "ready")
-    kind, why = libvirt.domain_type()
-    os.environ["PROVISION_LIBVIRT_DRIVER"] = kind  # the Vagrantfile reads it (and cluster.json's copy)
-    out.write(f"    libvirt domain type: {kind} ({why})\n")
-    # The default box and the toolkit's own box names are built here from Debian packages when
-    # missing (cached by recipe hash); any other box is Vagrant's business.
-    own = {box.BOX_NAME: False, box.BOX_NAME_RUNTIME: True}
-    wanted = inputs.get("box")
-    if wanted is None or wanted in own:
-        recipe = box.BoxRecipe(mirror=image.host_debian_mirror(), with_runtime=own.get(str(wanted), False))
-        if not box.box_present(recipe):
-            progress.start(f"box {recipe.name} {recipe.version} (Debian packages)")
-            box.ensure_box(recipe)
-            timings["box"] = progress.stop("built")
-        data = spec.to_dict()
-        data["box"] = recipe.name
-        spec = ClusterSpec.from_dict(data)
-    return spec, {"libvirt_driver": kind}
-
-
 def check_stack(spec: ClusterSpec) -> Path | None:
     """The compose file of `--stack`, checked before anything is created."""
     if not spec.stack:
@@ -421,12 +415,6 @@ def deploy_stack(ws: Workspace, spec: ClusterSpec, progress: Progress, verbose: 
         tags="swarm_stack",
         verbose=verbose,
     )
-
-
-def _with_image(spec: ClusterSpec, tag: str) -> ClusterSpec:
-    data = spec.to_dict()
-    data["image"] = tag
-    return ClusterSpec.from_dict(data)
 
 
 def _refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
@@ -644,49 +632,17 @@ def destroy(ws: Workspace, force: bool, out: TextIO = sys.stdout, inp: TextIO = 
             out.write("aborted\n")
             return 1
     progress = Progress(out)
-    if spec is not None and spec.provider == "libvirt":
-        libvirt.ensure_host()  # vagrant-libvirt needs libvirtd to destroy anything
-    if spec is not None and (ws.root / "vagrant").exists():
-        progress.start(f"destroy {len(spec.nodes)} machines")
-        Vagrant(ws.root, spec.provider).destroy(ws.logs / "destroy.log")
-        progress.stop("done")
-    if spec is not None and spec.provider == "docker":
-        _remove_leftover_containers(spec)
-    if spec is not None and spec.provider == "libvirt":
-        _remove_libvirt_leftovers(spec, out)
+    if spec is not None:
+        machines_of = machines.for_name(spec.provider)
+        machines_of.before_destroy()
+        if (ws.root / "vagrant").exists():
+            progress.start(f"destroy {len(spec.nodes)} machines")
+            Vagrant(ws.root, spec.provider).destroy(ws.logs / "destroy.log")
+            progress.stop("done")
+        machines_of.clean_up(spec, out)
     shutil.rmtree(ws.root, ignore_errors=True)
     out.write(f"removed machines, inventory and state ({ws.root})\n")
     return 0
-
-
-def _remove_libvirt_leftovers(spec: ClusterSpec, out: TextIO) -> None:
-    """Domains, volumes and networks of this cluster that Vagrant no longer knows about; then, when no
-    machine of any cluster is left, the box volumes, the pool, the daemons the toolkit started and the
-    LIBVIRT_* iptables chains."""
-    node_net = libvirt.network_for_subnet(spec.network.rsplit(".", 1)[0] + ".")
-    left = libvirt.cleanup_cluster(f"{spec.name}-", [f"{spec.name}-mgmt", *([node_net] if node_net else [])])
-    if not left.empty():
-        out.write(f"removed leftovers: {', '.join(left.domains + left.volumes + left.networks)}\n")
-    host = libvirt.teardown_host()
-    if host:
-        out.write(f"libvirt host cleaned: {', '.join(host)}\n")
-
-
-def _remove_leftover_containers(spec: ClusterSpec) -> None:
-    """Containers of this cluster that Vagrant no longer knows about (its state was lost)."""
-    if shutil.which("docker") is None:
-        return
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.provisioner.cluster={spec.name}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
-    net = f"vagrant_network_{spec.network}"
-    if not providers.docker_network_users(spec.network):
-        subprocess.run(["docker", "network", "rm", net], capture_output=True, check=False)
 
 
 def verify_cmd(ws: Workspace, out: TextIO = sys.stdout) -> int:

@@ -388,12 +388,15 @@ def cleanup_cluster(match: str | Sequence[str], networks: Iterable[str] = ()) ->
     return found
 
 
+def box_volume_prefix(name: str, version: str) -> str:
+    """How vagrant-libvirt names a box's base volume in the storage pool (box name with `/` escaped)."""
+    return f"{name.replace('/', '-VAGRANTSLASH-')}_vagrant_box_image_{version}"
+
+
 def remove_box_volumes(name: str, version: str | None = None) -> list[str]:
     """Delete the base volumes vagrant-libvirt uploaded for box `name` (one version or all). Machines'
     disks are overlays on top of these, so nothing is deleted while any domain is defined: the
     volumes then go with teardown_host() once the last machine is gone."""
-    from provisioner.box import box_volume_prefix
-
     if not answers() or parse_name_list(virsh("list", "--all", "--name").stdout):
         return []
     prefix = box_volume_prefix(name, version or "")

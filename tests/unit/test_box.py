@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import box
+from provisioner import box, libvirt
 from provisioner.errors import ProvisionError
 
 BOX_LIST = """\
@@ -93,7 +93,7 @@ def test_catalog_points_at_the_local_box_file(tmp_path: Path) -> None:
 
 def test_box_volume_prefix_matches_vagrant_libvirt_naming() -> None:
     assert (
-        box.box_volume_prefix("provisioner/bookworm-libvirt", "0.0.5")
+        libvirt.box_volume_prefix("provisioner/bookworm-libvirt", "0.0.5")
         == "provisioner-VAGRANTSLASH-bookworm-libvirt_vagrant_box_image_0.0.5"
     )
 

@@ -1,0 +1,151 @@
+"""What each Vagrant provider does around `vagrant up` and `vagrant destroy`, behind one small
+interface, so that `up` reads as the pipeline spec -> bundle -> machines -> inventory -> stages ->
+verify and the provider specifics live here:
+
+- prepare_host: what the host needs before machines (docker: the node network free and the node
+  image; libvirt: the daemons, the domain type and the box);
+- mount_bundle: how the nodes see the Kubernetes bundle (docker: a read-only mount);
+- keys: SSH key handling before the first machine (docker: the cluster key);
+- clean_up: what `vagrant destroy` leaves behind (docker: containers and the network; libvirt:
+  domains, volumes, networks, the daemons it started).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, TextIO
+
+from provisioner import box, image, libvirt, providers
+from provisioner.progress import Progress
+from provisioner.spec import ClusterSpec
+from provisioner.vagrant import ensure_cluster_key
+
+
+class Provider:
+    """The default: nothing to do around Vagrant (VirtualBox)."""
+
+    name = "virtualbox"
+
+    def prepare_host(
+        self, spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
+    ) -> tuple[ClusterSpec, dict[str, Any]]:
+        """Ready the host for this spec's machines; returns the spec (images or boxes resolved) and
+        the settings only the Vagrantfile reads (kept beside the spec in cluster.json)."""
+        return spec, {}
+
+    def mount_bundle(self, bundle: Path | None) -> dict[str, Any]:
+        """Vagrantfile settings that show the Kubernetes bundle to the nodes ({} when they get it over SSH)."""
+        return {}
+
+    def keys(self, root: Path, spec: ClusterSpec, machine_states: dict[str, str]) -> None:
+        """SSH keys to make before the first machine is created."""
+
+    def before_destroy(self) -> None:
+        """What must run for `vagrant destroy` to work."""
+
+    def clean_up(self, spec: ClusterSpec, out: TextIO) -> None:
+        """Remove what `vagrant destroy` leaves behind of this cluster."""
+
+
+class Docker(Provider):
+    name = "docker"
+
+    def prepare_host(
+        self, spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
+    ) -> tuple[ClusterSpec, dict[str, Any]]:
+        providers.check_docker_network_free(spec.network, spec.name)
+        # The toolkit's own images (plain, or with the runtime baked in) are built here from Debian
+        # packages when missing, cached by recipe hash; any other image is the user's business.
+        own = image.own_image(spec.image)
+        if own is None:
+            return spec, {}
+        # Kubernetes nodes start from the image with the container runtime baked in (the runtime
+        # stage then only configures and starts it: about 50 s less per cold `up`), unless the spec
+        # names an image.
+        with_runtime = own or (spec.image == "" and spec.engine == "kubernetes")
+        recipe = image.ImageRecipe(mirror=image.host_debian_mirror(), with_runtime=with_runtime)
+        if not image.image_exists(recipe.tag):
+            progress.start(f"node image {recipe.tag}")
+            image.ensure_image(recipe)
+            timings["image"] = progress.stop("built")
+        data = spec.to_dict()
+        data["image"] = recipe.tag
+        return ClusterSpec.from_dict(data), {}
+
+    def mount_bundle(self, bundle: Path | None) -> dict[str, Any]:
+        # The directory holding the bundles, read-only (see the Vagrantfile).
+        return {"bundle_root": str(bundle.parent)} if bundle is not None else {}
+
+    def keys(self, root: Path, spec: ClusterSpec, machine_states: dict[str, str]) -> None:
+        ensure_cluster_key(root, spec.name, create=all(s == "not_created" for s in machine_states.values()))
+
+    def clean_up(self, spec: ClusterSpec, out: TextIO) -> None:
+        """Containers of this cluster that Vagrant no longer knows about (its state was lost), and the
+        node network once nothing uses it."""
+        if shutil.which("docker") is None:
+            return
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=org.provisioner.cluster={spec.name}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+        if not providers.docker_network_users(spec.network):
+            subprocess.run(
+                ["docker", "network", "rm", f"vagrant_network_{spec.network}"], capture_output=True, check=False
+            )
+
+
+class Libvirt(Provider):
+    name = "libvirt"
+
+    def prepare_host(
+        self, spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
+    ) -> tuple[ClusterSpec, dict[str, Any]]:
+        """libvirt daemons and storage pool (started here where no service manager runs them), the
+        domain type (kvm only where a stock guest kernel really runs, else qemu), and the toolkit's own
+        box built from Debian packages unless the spec names another box."""
+        progress.start("libvirt (daemons, storage pool)")
+        done = libvirt.ensure_host()
+        progress.stop(", ".join(done) if done else "ready")
+        kind, why = libvirt.domain_type()
+        os.environ["PROVISION_LIBVIRT_DRIVER"] = kind  # the Vagrantfile reads it (and cluster.json's copy)
+        out.write(f"    libvirt domain type: {kind} ({why})\n")
+        # The default box and the toolkit's own box names are built here from Debian packages when
+        # missing (cached by recipe hash); any other box is Vagrant's business.
+        own = {box.BOX_NAME: False, box.BOX_NAME_RUNTIME: True}
+        wanted = inputs.get("box")
+        if wanted is None or wanted in own:
+            recipe = box.BoxRecipe(mirror=image.host_debian_mirror(), with_runtime=own.get(str(wanted), False))
+            if not box.box_present(recipe):
+                progress.start(f"box {recipe.name} {recipe.version} (Debian packages)")
+                box.ensure_box(recipe)
+                timings["box"] = progress.stop("built")
+            data = spec.to_dict()
+            data["box"] = recipe.name
+            spec = ClusterSpec.from_dict(data)
+        return spec, {"libvirt_driver": kind}
+
+    def before_destroy(self) -> None:
+        libvirt.ensure_host()  # vagrant-libvirt needs libvirtd to destroy anything
+
+    def clean_up(self, spec: ClusterSpec, out: TextIO) -> None:
+        """Domains, volumes and networks of this cluster that Vagrant no longer knows about; then, when
+        no machine of any cluster is left, the box volumes, the pool, the daemons the toolkit started
+        and the LIBVIRT_* iptables chains."""
+        node_net = libvirt.network_for_subnet(spec.network.rsplit(".", 1)[0] + ".")
+        left = libvirt.cleanup_cluster(f"{spec.name}-", [f"{spec.name}-mgmt", *([node_net] if node_net else [])])
+        if not left.empty():
+            out.write(f"removed leftovers: {', '.join(left.domains + left.volumes + left.networks)}\n")
+        host = libvirt.teardown_host()
+        if host:
+            out.write(f"libvirt host cleaned: {', '.join(host)}\n")
+
+
+def for_name(name: str) -> Provider:
+    return {"docker": Docker(), "libvirt": Libvirt()}.get(name, Provider())
