@@ -236,15 +236,30 @@ def _machines_stage(
         # start-up: the status read above already says so.
         if new_nodes:
             vg.up([n.name for n in spec.nodes], ws.logs / "machines.log", on_line=_on_vagrant_line)
-    except ProvisionError:
+    except ProvisionError as exc:
         progress.stop("FAILED")
         state.mark("machines", "failed", time.monotonic() - started)
         state.last_run = "failed"
         state.save()
-        raise
-    timings["machines"] = progress.stop("up" + (f", created {', '.join(new_nodes)}" if new_nodes else ", all running"))
+        if exc.exit_code != 1:
+            raise
+        # A failed stage exits 4, as the README says; the machines stage is one.
+        raise ProvisionError(exc.message, exit_code=4, log_path=exc.log_path, hosts=exc.hosts) from exc
+    timings["machines"] = progress.stop(machines_result(new_nodes, before))
     state.mark("machines", "done", timings["machines"])
     return new_nodes
+
+
+def machines_result(new_nodes: list[str], before: dict[str, str]) -> str:
+    """What the machines stage did: the machines it created, and the ones it started again."""
+    if not new_nodes:
+        return "up, all running"
+    created = [n for n in new_nodes if before.get(n, "not_created") == "not_created"]
+    started = [n for n in new_nodes if n not in created]
+    parts = ([f"created {', '.join(created)}"] if created else []) + (
+        [f"started {', '.join(started)}"] if started else []
+    )
+    return "up, " + "; ".join(parts)
 
 
 def _stages_and_verify(

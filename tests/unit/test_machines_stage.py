@@ -1,0 +1,76 @@
+"""The machines stage of `up` (provisioner.cluster._machines_stage) with a stand-in for Vagrant: what it
+says it did, and the exit code of its failure. No machine is created."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from provisioner import cluster, machines
+from provisioner.errors import ProvisionError
+from provisioner.progress import Progress
+from provisioner.spec import build_spec
+from provisioner.state import State
+from provisioner.vagrant import MachineStatus
+
+
+class FakeVagrant:
+    def __init__(self, states: dict[str, str], fail: ProvisionError | None = None) -> None:
+        self.states = states
+        self.fail = fail
+        self.upped: list[str] = []
+
+    def status(self) -> list[MachineStatus]:
+        return [MachineStatus(n, s, "docker") for n, s in self.states.items()]
+
+    def up(self, nodes: list[str], log_file: Path, on_line: object = None) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.upped = nodes
+
+
+def _run(tmp_path: Path, vg: FakeVagrant) -> tuple[list[str], str]:
+    ws = cluster.Workspace(tmp_path)
+    (tmp_path / "vagrant").mkdir(exist_ok=True)
+    spec = build_spec({"nodes": 3, "provider": "virtualbox"})
+    out = io.StringIO()
+    new = cluster._machines_stage(
+        ws,
+        spec,
+        machines.Provider(),
+        vg,
+        State.load(ws.state_file),
+        Progress(out),
+        {},
+        0.0,  # type: ignore[arg-type]
+    )
+    return new, out.getvalue()
+
+
+def test_a_stopped_node_is_said_to_be_started_and_a_missing_one_created(tmp_path: Path) -> None:
+    new, out = _run(tmp_path, FakeVagrant({"cp1": "running", "worker1": "stopped", "worker2": "not_created"}))
+    assert new == ["worker1", "worker2"]
+    assert "up, created worker2; started worker1" in out
+
+
+def test_all_running_needs_no_vagrant_up(tmp_path: Path) -> None:
+    vg = FakeVagrant({"cp1": "running", "worker1": "running", "worker2": "running"})
+    new, out = _run(tmp_path, vg)
+    assert new == [] and vg.upped == [] and "up, all running" in out
+
+
+def test_a_failed_machines_stage_exits_4_and_is_recorded(tmp_path: Path) -> None:
+    vg = FakeVagrant({}, fail=ProvisionError("vagrant up failed (exit 1): boom", log_path="/x/machines.log"))
+    with pytest.raises(ProvisionError) as info:
+        _run(tmp_path, vg)
+    assert info.value.exit_code == 4 and info.value.log_path == "/x/machines.log"
+    assert State.load(tmp_path / "state.json").stages["machines"].status == "failed"
+
+
+def test_a_missing_tool_keeps_its_own_exit_code(tmp_path: Path) -> None:
+    vg = FakeVagrant({}, fail=ProvisionError("vagrant is required but not available", exit_code=3))
+    with pytest.raises(ProvisionError) as info:
+        _run(tmp_path, vg)
+    assert info.value.exit_code == 3
