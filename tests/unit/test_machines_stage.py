@@ -74,3 +74,22 @@ def test_a_missing_tool_keeps_its_own_exit_code(tmp_path: Path) -> None:
     with pytest.raises(ProvisionError) as info:
         _run(tmp_path, vg)
     assert info.value.exit_code == 3
+
+
+def test_destroy_says_when_it_removes_orphaned_containers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        listing = "lab-worker9\n" if cmd[:3] == ["docker", "ps", "-a"] else ""
+        return subprocess.CompletedProcess(cmd, 0, listing, "")
+
+    monkeypatch.setattr(machines.shutil, "which", lambda _: "/usr/bin/docker")
+    monkeypatch.setattr(machines.subprocess, "run", fake_run)
+    monkeypatch.setattr(machines.providers, "docker_network_users", lambda _: {})
+    out = io.StringIO()
+    machines.Docker().clean_up(build_spec({"nodes": 1, "provider": "docker"}), out)
+    assert ["docker", "rm", "-f", "-v", "lab-worker9"] in calls
+    assert "removed containers Vagrant no longer knew of: lab-worker9" in out.getvalue()
