@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,9 +87,9 @@ def test_destroy_says_when_it_removes_orphaned_containers(monkeypatch: pytest.Mo
         listing = "lab-worker9\n" if cmd[:3] == ["docker", "ps", "-a"] else ""
         return subprocess.CompletedProcess(cmd, 0, listing, "")
 
-    monkeypatch.setattr(machines.shutil, "which", lambda _: "/usr/bin/docker")
-    monkeypatch.setattr(machines.subprocess, "run", fake_run)
-    monkeypatch.setattr(machines.providers, "docker_network_users", lambda _: {})
+    monkeypatch.setattr("provisioner.machines.shutil.which", lambda _: "/usr/bin/docker")
+    monkeypatch.setattr("provisioner.machines.subprocess.run", fake_run)
+    monkeypatch.setattr("provisioner.machines.providers.docker_network_users", lambda _: {})
     out = io.StringIO()
     machines.Docker().clean_up(build_spec({"nodes": 1, "provider": "docker"}), out)
     assert ["docker", "rm", "-f", "-v", "lab-worker9"] in calls
