@@ -37,15 +37,9 @@ def _run(tmp_path: Path, vg: FakeVagrant) -> tuple[list[str], str]:
     (tmp_path / "vagrant").mkdir(exist_ok=True)
     spec = build_spec({"nodes": 3, "provider": "virtualbox"})
     out = io.StringIO()
+    fake: Any = vg
     new = cluster._machines_stage(
-        ws,
-        spec,
-        machines.Provider(),
-        vg,
-        State.load(ws.state_file),
-        Progress(out),
-        {},
-        0.0,  # type: ignore[arg-type]
+        ws, spec, machines.Provider(), fake, State.load(ws.state_file), Progress(out), {}, 0.0
     )
     return new, out.getvalue()
 
