@@ -530,6 +530,8 @@ def run_verify(ws: Workspace, spec: ClusterSpec, state: State, out: TextIO) -> i
     state.save()
     progress.stop("all checks passed" if not failed else f"{len(failed)} checks FAILED")
     out.write(report.table(names) + "\n")
+    for line in report.skip_reasons():
+        out.write(line + "\n")
     if failed:
         for r in failed[:20]:
             out.write(f"  FAIL {r.node}: {r.check}: {r.message}\n")
