@@ -180,9 +180,8 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     total = time.monotonic() - started
     _write_timings(ws, timings, runs, total)
     summary(spec, timings, runs, total, out)
-    skip_reason = kubernetes_blocker(spec)
-    if skip_reason:
-        out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
+    if kubernetes_blocker(spec):
+        out.write("\nNOTE: the Kubernetes stages did not run (the reason is above)\n")
     return rc
 
 
@@ -317,9 +316,12 @@ def _stages_and_verify(
         todo = todo[names.index(failed) :]
     state.fingerprint = ""  # until every stage has converged again
     forget_facts(ws.root)
+    said = False
     for stage in todo:
         if stage.kubernetes and skip_reason:
-            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+            # The reason once; the other Kubernetes stages point back to it.
+            out.write(f"==> {stage.name}: not run" + (" (the reason above)\n" if said else f": {skip_reason}\n"))
+            said = True
             state.mark(stage.name, "skipped", 0.0, message=skip_reason)
             continue
         t0 = time.monotonic()
@@ -608,9 +610,11 @@ def provision(ws: Workspace, only: str | None, start: str | None, verbose: bool,
     progress = Progress(out, verbose=verbose)
     skip_reason = kubernetes_blocker(spec)
     forget_facts(ws.root)
+    said = False
     for stage in stages.select(spec.engine, only, start):
         if stage.kubernetes and skip_reason:
-            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+            out.write(f"==> {stage.name}: not run" + (" (the reason above)\n" if said else f": {skip_reason}\n"))
+            said = True
             continue
         t0 = time.monotonic()
         try:

@@ -88,3 +88,27 @@ def test_destroy_says_when_it_removes_orphaned_containers(monkeypatch: pytest.Mo
     machines.Docker().clean_up(build_spec({"nodes": 1, "provider": "docker"}), out)
     assert ["docker", "rm", "-f", "-v", "lab-worker9"] in calls
     assert "removed containers Vagrant no longer knew of: lab-worker9" in out.getvalue()
+
+
+def test_a_blocked_release_says_its_reason_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kubernetes 1.38 on container nodes of a cgroup v1 host: the first Kubernetes stage says why it
+    did not run, the others point back to it (it was printed for every stage and again at the end)."""
+    from provisioner.ansible import StageRun
+
+    monkeypatch.setattr(cluster, "host_cgroup_version", lambda: 1)
+    monkeypatch.setattr(cluster, "run_playbook", lambda *a, **k: StageRun())
+    monkeypatch.setattr(cluster, "forget_facts", lambda root: None)
+    ws = cluster.Workspace(tmp_path)
+    ws.inventory.parent.mkdir(parents=True)
+    ws.inventory.write_text("all: {}\n")
+    spec = build_spec({"nodes": 1, "provider": "docker", "versions": {"kubernetes": "1.38"}})
+    opts = cluster.UpOptions(verify=False)
+    out = io.StringIO()
+    state = State.load(ws.state_file)
+    fake: Any = FakeVagrant({"cp1": "running"})
+    cluster._stages_and_verify(ws, spec, opts, fake, state, "", ["cp1"], Progress(out), {}, {}, 0.0, out)
+    text = out.getvalue()
+    assert text.count("1.37 was the last") == 1, text
+    assert "==> kube_packages: not run: " in text
+    for stage in ("control_plane", "cni", "join"):
+        assert f"==> {stage}: not run (the reason above)" in text
