@@ -173,6 +173,14 @@ def build_spec(file_data: dict[str, Any] | None = None, overrides: dict[str, Any
                 raw["versions"].update({k: str(v) for k, v in value.items()})
             else:
                 raw[key] = value
+    given = set(file_data or {}) | {k for k, v in (overrides or {}).items() if v is not None}
+    if raw["engine"] == "swarm" and given & {"pod_cidr", "service_cidr"}:
+        field = sorted(given & {"pod_cidr", "service_cidr"})[0]
+        raise SpecError(
+            f"{field} is a Kubernetes setting and does nothing with engine swarm (its overlay networks take "
+            f"addresses from Docker's own pool, 10.0.0.0/8 by default); drop --{field.replace('_', '-')} "
+            f"or use --engine kubernetes"
+        )
     return _validate(raw)
 
 

@@ -152,3 +152,14 @@ def test_saved_spec_without_package_proxy_still_loads() -> None:
     data = build_spec().to_dict()
     del data["package_proxy"]  # cluster.json written before the field existed
     assert ClusterSpec.from_dict(data).package_proxy == ""
+
+
+def test_pod_cidr_with_swarm_is_refused_not_ignored() -> None:
+    """--pod-cidr used to be accepted with --engine swarm and to do nothing (issue 14, item 5)."""
+    with pytest.raises(SpecError, match="pod_cidr is a Kubernetes setting and does nothing with engine swarm"):
+        build_spec({}, {"engine": "swarm", "pod_cidr": "10.50.0.0/16"})
+    with pytest.raises(SpecError, match="service_cidr"):
+        build_spec({"engine": "swarm", "service_cidr": "10.60.0.0/16"})
+    # the defaults themselves are fine, and so is a Kubernetes cluster's own pod CIDR
+    assert build_spec({}, {"engine": "swarm"}).engine == "swarm"
+    assert build_spec({}, {"pod_cidr": "10.50.0.0/16"}).pod_cidr == "10.50.0.0/16"
