@@ -95,14 +95,16 @@ class UpOptions:
 
 def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
     """Defaults < the saved inputs of an existing cluster < the spec file < the flags."""
-    from provisioner.spec import load_file
+    from provisioner.spec import check_engine_fields, load_file
 
     saved = ws.load_saved()
     inputs: dict[str, Any] = dict(saved.get("inputs", {})) if saved else {}
-    if config is not None:
-        inputs.update(load_file(config))
-    inputs.update({k: v for k, v in overrides.items() if v is not None})
+    given: dict[str, Any] = load_file(config) if config is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    inputs.update(given)
     spec = build_spec(inputs)
+    # Only what this run gave: a stored value the user cannot drop with a flag is not refused again.
+    check_engine_fields(spec.engine, set(given))
     return spec, inputs
 
 
@@ -202,7 +204,25 @@ def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSp
         spec = spec.with_provider(choice.provider)
     else:
         providers.choose(spec.provider)
+    _check_bundle_versions(spec)
     return spec, inputs
+
+
+def _check_bundle_versions(spec: ClusterSpec) -> None:
+    """A cluster that will install from the bundle asks for releases the bundle knows: refused here,
+    before any image or machine is made, naming the spec's own flag."""
+    from provisioner import bundle
+
+    if spec.engine != "kubernetes" or kubernetes_blocker(spec) or kube_source_choice(spec)[0] != "bundle":
+        return
+    try:
+        bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
+    except ProvisionError as exc:
+        raise ProvisionError(
+            f"{exc.message.split(';')[0]}; pass --kube-version {bundle.KNOWN_KUBERNETES[-1]} (or versions.calico "
+            f"{bundle.KNOWN_CALICO[-1]} in the spec file), or kube_source: upstream where pkgs.k8s.io answers",
+            exit_code=2,
+        ) from exc
 
 
 def _machines_stage(

@@ -173,15 +173,19 @@ def build_spec(file_data: dict[str, Any] | None = None, overrides: dict[str, Any
                 raw["versions"].update({k: str(v) for k, v in value.items()})
             else:
                 raw[key] = value
-    given = set(file_data or {}) | {k for k, v in (overrides or {}).items() if v is not None}
-    if raw["engine"] == "swarm" and given & {"pod_cidr", "service_cidr"}:
-        field = sorted(given & {"pod_cidr", "service_cidr"})[0]
+    return _validate(raw)
+
+
+def check_engine_fields(engine: str, given: set[str]) -> None:
+    """Refuse fields that this run gave (its config file and flags) but the engine ignores."""
+    ignored = sorted(given & {"pod_cidr", "service_cidr"}) if engine == "swarm" else []
+    if ignored:
+        field = ignored[0]
         raise SpecError(
             f"{field} is a Kubernetes setting and does nothing with engine swarm (its overlay networks take "
             f"addresses from Docker's own pool, 10.0.0.0/8 by default); drop --{field.replace('_', '-')} "
             f"or use --engine kubernetes"
         )
-    return _validate(raw)
 
 
 def _choice(raw: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:

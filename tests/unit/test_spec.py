@@ -156,10 +156,18 @@ def test_saved_spec_without_package_proxy_still_loads() -> None:
 
 def test_pod_cidr_with_swarm_is_refused_not_ignored() -> None:
     """--pod-cidr used to be accepted with --engine swarm and to do nothing (issue 14, item 5)."""
+    from provisioner.spec import check_engine_fields
+
     with pytest.raises(SpecError, match="pod_cidr is a Kubernetes setting and does nothing with engine swarm"):
-        build_spec({}, {"engine": "swarm", "pod_cidr": "10.50.0.0/16"})
+        check_engine_fields("swarm", {"engine", "pod_cidr"})
     with pytest.raises(SpecError, match="service_cidr"):
-        build_spec({"engine": "swarm", "service_cidr": "10.60.0.0/16"})
-    # the defaults themselves are fine, and so is a Kubernetes cluster's own pod CIDR
-    assert build_spec({}, {"engine": "swarm"}).engine == "swarm"
-    assert build_spec({}, {"pod_cidr": "10.50.0.0/16"}).pod_cidr == "10.50.0.0/16"
+        check_engine_fields("swarm", {"service_cidr"})
+    check_engine_fields("swarm", {"engine", "nodes"})
+    check_engine_fields("kubernetes", {"pod_cidr"})
+
+
+def test_pod_cidr_with_swarm_is_refused_by_plan_before_anything_is_made(tmp_path: Path) -> None:
+    from provisioner.cli import main
+
+    code = main(["--dir", str(tmp_path / "ws"), "plan", "--engine", "swarm", "--pod-cidr", "10.50.0.0/16"])
+    assert code == 2 and not (tmp_path / "ws").exists()
