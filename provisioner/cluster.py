@@ -95,14 +95,16 @@ class UpOptions:
 
 def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
     """Defaults < the saved inputs of an existing cluster < the spec file < the flags."""
-    from provisioner.spec import load_file
+    from provisioner.spec import check_engine_fields, load_file
 
     saved = ws.load_saved()
     inputs: dict[str, Any] = dict(saved.get("inputs", {})) if saved else {}
-    if config is not None:
-        inputs.update(load_file(config))
-    inputs.update({k: v for k, v in overrides.items() if v is not None})
+    given: dict[str, Any] = load_file(config) if config is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    inputs.update(given)
     spec = build_spec(inputs)
+    # Only what this run gave: a stored value the user cannot drop with a flag is not refused again.
+    check_engine_fields(spec.engine, set(given))
     return spec, inputs
 
 
@@ -180,9 +182,8 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     total = time.monotonic() - started
     _write_timings(ws, timings, runs, total)
     summary(spec, timings, runs, total, out)
-    skip_reason = kubernetes_blocker(spec)
-    if skip_reason:
-        out.write(f"\nNOTE: the Kubernetes stages did not run: {skip_reason}\n")
+    if kubernetes_blocker(spec):
+        out.write("\nNOTE: the Kubernetes stages did not run (the reason is above)\n")
     return rc
 
 
@@ -203,7 +204,25 @@ def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSp
         spec = spec.with_provider(choice.provider)
     else:
         providers.choose(spec.provider)
+    _check_bundle_versions(spec)
     return spec, inputs
+
+
+def _check_bundle_versions(spec: ClusterSpec) -> None:
+    """A cluster that will install from the bundle asks for releases the bundle knows: refused here,
+    before any image or machine is made, naming the spec's own flag."""
+    from provisioner import bundle
+
+    if spec.engine != "kubernetes" or kubernetes_blocker(spec) or kube_source_choice(spec)[0] != "bundle":
+        return
+    try:
+        bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
+    except ProvisionError as exc:
+        raise ProvisionError(
+            f"{exc.message.split(';')[0]}; pass --kube-version {bundle.KNOWN_KUBERNETES[-1]} (or versions.calico "
+            f"{bundle.KNOWN_CALICO[-1]} in the spec file), or kube_source: upstream where pkgs.k8s.io answers",
+            exit_code=2,
+        ) from exc
 
 
 def _machines_stage(
@@ -236,15 +255,30 @@ def _machines_stage(
         # start-up: the status read above already says so.
         if new_nodes:
             vg.up([n.name for n in spec.nodes], ws.logs / "machines.log", on_line=_on_vagrant_line)
-    except ProvisionError:
+    except ProvisionError as exc:
         progress.stop("FAILED")
         state.mark("machines", "failed", time.monotonic() - started)
         state.last_run = "failed"
         state.save()
-        raise
-    timings["machines"] = progress.stop("up" + (f", created {', '.join(new_nodes)}" if new_nodes else ", all running"))
+        if exc.exit_code != 1:
+            raise
+        # A failed stage exits 4, as the README says; the machines stage is one.
+        raise ProvisionError(exc.message, exit_code=4, log_path=exc.log_path, hosts=exc.hosts) from exc
+    timings["machines"] = progress.stop(machines_result(new_nodes, before))
     state.mark("machines", "done", timings["machines"])
     return new_nodes
+
+
+def machines_result(new_nodes: list[str], before: dict[str, str]) -> str:
+    """What the machines stage did: the machines it created, and the ones it started again."""
+    if not new_nodes:
+        return "up, all running"
+    created = [n for n in new_nodes if before.get(n, "not_created") == "not_created"]
+    started = [n for n in new_nodes if n not in created]
+    parts = ([f"created {', '.join(created)}"] if created else []) + (
+        [f"started {', '.join(started)}"] if started else []
+    )
+    return "up, " + "; ".join(parts)
 
 
 def _stages_and_verify(
@@ -302,9 +336,12 @@ def _stages_and_verify(
         todo = todo[names.index(failed) :]
     state.fingerprint = ""  # until every stage has converged again
     forget_facts(ws.root)
+    said = False
     for stage in todo:
         if stage.kubernetes and skip_reason:
-            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+            # The reason once; the other Kubernetes stages point back to it.
+            out.write(f"==> {stage.name}: not run" + (" (the reason above)\n" if said else f": {skip_reason}\n"))
+            said = True
             state.mark(stage.name, "skipped", 0.0, message=skip_reason)
             continue
         t0 = time.monotonic()
@@ -515,6 +552,8 @@ def run_verify(ws: Workspace, spec: ClusterSpec, state: State, out: TextIO) -> i
     state.save()
     progress.stop("all checks passed" if not failed else f"{len(failed)} checks FAILED")
     out.write(report.table(names) + "\n")
+    for line in report.skip_reasons():
+        out.write(line + "\n")
     if failed:
         for r in failed[:20]:
             out.write(f"  FAIL {r.node}: {r.check}: {r.message}\n")
@@ -591,9 +630,11 @@ def provision(ws: Workspace, only: str | None, start: str | None, verbose: bool,
     progress = Progress(out, verbose=verbose)
     skip_reason = kubernetes_blocker(spec)
     forget_facts(ws.root)
+    said = False
     for stage in stages.select(spec.engine, only, start):
         if stage.kubernetes and skip_reason:
-            out.write(f"==> {stage.name}: not run: {skip_reason}\n")
+            out.write(f"==> {stage.name}: not run" + (" (the reason above)\n" if said else f": {skip_reason}\n"))
+            said = True
             continue
         t0 = time.monotonic()
         try:

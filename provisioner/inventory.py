@@ -17,16 +17,26 @@ BUNDLES_NODE_DIR = "/opt/provisioner/bundles"
 ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker")
 
 
+def bundle_smoke_image(path: Path) -> str:
+    """The smoke-test image the bundle at `path` carries for verify ("" when none: a download bundle)."""
+    from provisioner import bundle as bundle_mod
+
+    try:
+        return bundle_mod.smoke_image(bundle_mod.load(path))
+    except ProvisionError:
+        return ""
+
+
 def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = None) -> dict[str, Any]:
     """Cluster-wide variables, the same keys as inventory/sample/group_vars/all.yml (plus the role
     variable node_prep_package_proxy, whose role default "" means no proxy). With a bundle, the
     Kubernetes roles install from it (kube_bundle_dir) instead of pkgs.k8s.io and the registries."""
     extra: dict[str, Any] = {}
     if bundle is not None:
-        extra = {
-            "kube_bundle_dir": str(bundle),
-            "kube_smoke_image": f"provisioner.local/smoke-web:{spec.versions['kubernetes']}",
-        }
+        extra = {"kube_bundle_dir": str(bundle)}
+        smoke = bundle_smoke_image(bundle)
+        if smoke:
+            extra["kube_smoke_image"] = smoke
         if spec.provider == "docker":
             extra["kube_bundle_node_dir"] = f"{BUNDLES_NODE_DIR}/{bundle.name}"
     if spec.provider == "docker" and spec.engine == "kubernetes":

@@ -87,14 +87,15 @@ class Docker(Provider):
         node network once nothing uses it."""
         if shutil.which("docker") is None:
             return
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=org.provisioner.cluster={spec.name}"],
+        names = subprocess.run(
+            ["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label=org.provisioner.cluster={spec.name}"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+        if names:
+            subprocess.run(["docker", "rm", "-f", "-v", *names], capture_output=True, check=False)
+            out.write(f"removed containers Vagrant no longer knew of: {', '.join(names)}\n")
         if not providers.docker_network_users(spec.network):
             subprocess.run(
                 ["docker", "network", "rm", f"vagrant_network_{spec.network}"], capture_output=True, check=False

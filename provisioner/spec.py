@@ -176,6 +176,18 @@ def build_spec(file_data: dict[str, Any] | None = None, overrides: dict[str, Any
     return _validate(raw)
 
 
+def check_engine_fields(engine: str, given: set[str]) -> None:
+    """Refuse fields that this run gave (its config file and flags) but the engine ignores."""
+    ignored = sorted(given & {"pod_cidr", "service_cidr"}) if engine == "swarm" else []
+    if ignored:
+        field = ignored[0]
+        raise SpecError(
+            f"{field} is a Kubernetes setting and does nothing with engine swarm (its overlay networks take "
+            f"addresses from Docker's own pool, 10.0.0.0/8 by default); drop --{field.replace('_', '-')} "
+            f"or use --engine kubernetes"
+        )
+
+
 def _choice(raw: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
     value = raw[key]
     if value not in choices:

@@ -121,7 +121,7 @@ class Vagrant:
     def _stream(self, cmd: list[str], log_file: Path, on_line: Callable[[str], None] | None = None) -> int:
         """Run a Vagrant command; retry while Vagrant says a machine is locked by another Vagrant
         process (another cluster's run on the same host can hold the provider's locks briefly), and
-        retry `up` once after the docker provider's network race (RACE_MARK)."""
+        retry `up` up to RACE_RETRIES times after the docker provider's race (RACE_MARK)."""
         for attempt in range(1, LOCK_RETRIES + 1):
             start = log_file.stat().st_size if log_file.exists() else 0
             rc = proc.stream(cmd, env=self.env, cwd=REPO_ROOT, log_file=log_file, on_line=on_line)

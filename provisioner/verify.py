@@ -64,6 +64,21 @@ class Report:
         header = "  ".join([f"{'check':<{first}}"] + [f"{n:<{width}}" for n in nodes])
         return "\n".join([header, "-" * len(header), *lines])
 
+    def skip_reasons(self) -> list[str]:
+        """Why checks were skipped, one line per reason with the checks and nodes it covers (the table
+        only says `skip`)."""
+        by_reason: dict[str, dict[str, list[str]]] = {}
+        for r in self.results:
+            if r.outcome != "skipped":
+                continue
+            reason = r.message.removeprefix("Skipped: ").strip() or "no reason given"
+            by_reason.setdefault(reason, {}).setdefault(r.check, []).append(r.node)
+        lines = []
+        for reason, checks in by_reason.items():
+            where = "; ".join(f"{check} ({', '.join(nodes)})" for check, nodes in checks.items())
+            lines.append(f"  skip: {reason}: {where}")
+        return lines
+
 
 def _cell(outcomes: list[str] | None) -> str:
     if not outcomes:

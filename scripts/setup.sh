@@ -50,12 +50,18 @@ log "docker daemon answers ($(docker info --format '{{.ServerVersion}}, {{.Drive
 # PATH. Where there is none (Debian 12 ships 1.19), Debian's Go fetches the Go 1.26 toolchain module
 # from the Go module proxy (golang.org/toolchain, the same module `GOTOOLCHAIN` uses) into
 # /var/cache/provisioner/go/toolchain, linked as /usr/local/bin/go.
-GO_TOOLCHAIN="${PROVISION_GO_TOOLCHAIN:-go1.26.8}"
-go_minor() { "$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
-if command -v go >/dev/null 2>&1 && [ "$(go_minor go)" -ge 26 ] 2>/dev/null; then
+# The Go the bundle's modules need: the newest `go` line of bundle/*/go.mod.
+GO_NEED="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$ROOT"/bundle/*/go.mod | sort -V | tail -1)"
+GO_TOOLCHAIN="${PROVISION_GO_TOOLCHAIN:-go$GO_NEED}"
+go_ok() {
+    local have
+    have="$(go env GOVERSION 2>/dev/null | sed 's/^go//')" || return 1
+    [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$GO_NEED" "$have" | sort -V | head -1)" = "$GO_NEED" ]
+}
+if command -v go >/dev/null 2>&1 && go_ok; then
     log "Go present ($(go env GOVERSION))"
 else
-    cache=/var/cache/provisioner/go
+    cache="${PROVISION_CACHE_DIR:-/var/cache/provisioner}/go"
     dest="$cache/toolchain/$GO_TOOLCHAIN"
     if [ ! -x "$dest/bin/go" ]; then
         command -v go >/dev/null 2>&1 || {

@@ -176,26 +176,36 @@ def load(path: Path) -> Bundle:
         raise ProvisionError(
             f"{path} has bundle format {data.get('format')}, not {FORMAT}; rebuild it with `bundle build --force`"
         )
-    files = [
-        FileEntry(
-            path=f["path"],
-            component=f["component"],
-            version=f["version"],
-            sha256=f["sha256"],
-            source=f["source"],
-            size=int(f.get("size", 0)),
-            image=f.get("image", ""),
+    try:
+        files = [
+            FileEntry(
+                path=f["path"],
+                component=f["component"],
+                version=f["version"],
+                sha256=f["sha256"],
+                source=f["source"],
+                size=int(f.get("size", 0)),
+                image=f.get("image", ""),
+            )
+            for f in data["files"]
+        ]
+        return Bundle(
+            path=path,
+            versions=Versions(data["kubernetes"], data["calico"]),
+            source=data["source"],
+            files=files,
+            created=data.get("created", ""),
+            timings={k: float(v) for k, v in data.get("timings", {}).items()},
         )
-        for f in data["files"]
-    ]
-    return Bundle(
-        path=path,
-        versions=Versions(data["kubernetes"], data["calico"]),
-        source=data["source"],
-        files=files,
-        created=data.get("created", ""),
-        timings={k: float(v) for k, v in data.get("timings", {}).items()},
-    )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProvisionError(
+            f"{path} is not a finished bundle ({MANIFEST} lacks {exc}); rebuild it with `bundle build --force`"
+        ) from exc
+
+
+def smoke_image(bundle: Bundle) -> str:
+    """The smoke-test image the bundle carries for verify ("" when it has none, e.g. a download bundle)."""
+    return next((f.image for f in bundle.images if "/smoke-web:" in f.image), "")
 
 
 def find(versions: Versions, root: Path | None = None) -> Bundle | None:

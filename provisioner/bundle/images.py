@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import platform
 import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # The fixed modification time of every file the toolkit writes into an image layer.
 EPOCH = 0
+# platform.machine() -> the architecture name images carry (Go's names).
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Debian packages of the userland layer: what kube-proxy (iptables mode) and calico-node's felix
@@ -177,7 +180,7 @@ def write_archive(spec: ImageSpec, out: Path, userland: Path | None) -> None:
         diff_ids = [_sha256(p) for p in layers]
         env = [f"PATH={BASE_PATH}", *spec.env]
         config = {
-            "architecture": "amd64",
+            "architecture": GO_ARCH.get(platform.machine(), platform.machine()),
             "os": "linux",
             "created": "1970-01-01T00:00:00Z",
             "config": {

@@ -3,9 +3,12 @@ staging directory with progress and a log, and move the finished bundle into pla
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -49,26 +52,63 @@ def choose_source(wanted: str) -> tuple[str, str]:
     return "source", f"the release sites do not answer ({why_not_download}); {go} builds it from Go modules"
 
 
+def _find_usable(versions: Versions, force: bool) -> Bundle | None:
+    """The finished bundle, or None; with `force`, an unreadable one counts as absent (it is rebuilt)."""
+    try:
+        return find(versions)
+    except ProvisionError:
+        if force:
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def _build_lock(versions: Versions) -> Iterator[None]:
+    """One build of a bundle at a time on this machine (two clusters may ask for it at once)."""
+    root = bundle_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = (root / f".{versions.name}.lock").open("w")
+    except OSError as exc:
+        raise ProvisionError(
+            f"cannot write the bundle directory {root} ({exc.strerror}); set PROVISION_BUNDLE_DIR to a writable directory"
+        ) from exc
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def ensure(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdout, verbose: bool = False) -> Bundle:
     """The finished bundle for `versions`, built first when missing (or with `force`)."""
-    existing = find(versions)
-    if existing is not None and not force:
-        missing = [
-            f.path
-            for f in existing.files
-            if not (existing.path / f.path).is_file() or (existing.path / f.path).stat().st_size != f.size
-        ]
-        if not missing:
-            return existing
-        out.write(f"bundle {versions.name} lost {missing[0]} ({len(missing)} files in all): building it again\n")
+    with _build_lock(versions):
+        existing = _find_usable(versions, force)
+        if existing is not None and not force:
+            missing = [
+                f.path
+                for f in existing.files
+                if not (existing.path / f.path).is_file() or (existing.path / f.path).stat().st_size != f.size
+            ]
+            if not missing:
+                return existing
+            out.write(f"bundle {versions.name} lost {missing[0]} ({len(missing)} files in all): building it again\n")
+        return _build(versions, wanted, out, verbose)
+
+
+def _build(versions: Versions, wanted: str, out: TextIO, verbose: bool) -> Bundle:
     src, why = choose_source(wanted)
     progress = Progress(out, verbose=verbose)
     logs = cache_root() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"bundle-{versions.name}.log"
-    log_file.write_text("", encoding="utf-8")
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("", encoding="utf-8")
+        stage = Bundle(path=staging_dir(versions), versions=versions, source=src)
+    except OSError as exc:
+        raise ProvisionError(
+            f"cannot write the bundle's cache or build directory ({exc}); set PROVISION_CACHE_DIR and "
+            f"PROVISION_BUNDLE_DIR to writable directories"
+        ) from exc
     out.write(f"bundle {versions.name}: building from {src} ({why}); log: {log_file}\n")
-    stage = Bundle(path=staging_dir(versions), versions=versions, source=src)
     detail = {"text": ""}
 
     def on_progress(text: str) -> None:
@@ -111,7 +151,7 @@ def component_sizes(bundle: Bundle) -> list[tuple[str, int]]:
 
 
 def build_cmd(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdout, verbose: bool = False) -> int:
-    existing = find(versions)
+    existing = _find_usable(versions, force)
     if existing is not None and not force:
         out.write(f"bundle {versions.name} is present ({existing.source}, {existing.created}); --force rebuilds it\n")
     else:

@@ -84,19 +84,28 @@ def go_env() -> dict[str, str]:
     return env
 
 
+def required_go(src: Path = BUNDLE_SRC) -> tuple[int, ...]:
+    """The newest `go` line of the bundle's go.mod files: the Go the builds need (GOTOOLCHAIN=local)."""
+    wanted: tuple[int, ...] = MIN_GO
+    for mod in sorted(src.glob("*/go.mod")):
+        m = re.search(r"^go (\d+(?:\.\d+)*)\s*$", mod.read_text(encoding="utf-8"), re.M)
+        if m:
+            wanted = max(wanted, tuple(int(x) for x in m.group(1).split(".")))
+    return wanted
+
+
 def check_go() -> str:
     """The Go version string; ToolMissing when go is absent or older than the modules need."""
+    need = ".".join(str(x) for x in required_go())
     if shutil.which("go") is None:
         raise ToolMissing(
-            "go",
-            "install Go 1.26 or newer (Debian's golang packages are older: use the Go toolchain from go.dev or your distribution's backports)",
+            f"Go {need} or newer", "run scripts/setup.sh, which fetches the Go toolchain module when it is missing"
         )
     out = proc.run(["go", "env", "GOVERSION"], env=go_env(), what="go env").stdout.strip()
-    m = re.match(r"go(\d+)\.(\d+)", out)
-    if not m or (int(m.group(1)), int(m.group(2))) < MIN_GO:
-        raise ToolMissing(
-            f"Go {MIN_GO[0]}.{MIN_GO[1]} or newer", f"this machine has {out or 'an unknown Go'}; install a newer Go"
-        )
+    m = re.match(r"go(\d+(?:\.\d+)*)", out)
+    have = tuple(int(x) for x in m.group(1).split(".")) if m else ()
+    if not have or have < required_go():
+        raise ToolMissing(f"Go {need} or newer", f"this machine has {out or 'an unknown Go'}; run scripts/setup.sh")
     return out
 
 
@@ -134,7 +143,9 @@ def build_inputs_digest(build: GoBuild, ldflags: str) -> str:
     for path in sorted(p for p in build.dir.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(build.dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(json.dumps([build.tags, ldflags, sorted(build.packages.items())]).encode())
-    digest.update(subprocess.run(["go", "version"], capture_output=True, text=True, check=False).stdout.encode())
+    digest.update(
+        subprocess.run(["go", "version"], capture_output=True, text=True, check=False, env=go_env()).stdout.encode()
+    )
     return digest.hexdigest()[:16]
 
 

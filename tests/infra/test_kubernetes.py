@@ -178,7 +178,10 @@ def smoke_image(inventory: str) -> str:
     variables = AnsibleRunner(inventory).get_variables(AnsibleRunner(inventory).get_hosts("kube_control_plane")[0])
     image = str(variables.get("kube_smoke_image") or "")
     if not image:
-        pytest.skip("kube_smoke_image is not set (the cluster was not installed from a bundle, which carries it)")
+        pytest.skip(
+            "kube_smoke_image is not set: the cluster was installed from pkgs.k8s.io or from a download bundle, "
+            "neither of which carries the smoke-web image (a source-built bundle does)"
+        )
     return image
 
 

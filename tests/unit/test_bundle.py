@@ -131,3 +131,51 @@ def test_build_cache_key_follows_the_inputs(tmp_path: Path) -> None:
     assert source.build_inputs_digest(build, "-s -w -X a=b") != first
     (mod / "main.go").write_text("package main\n")
     assert source.build_inputs_digest(build, "-s -w") != first
+
+
+def test_a_broken_manifest_is_a_clear_error_and_force_rebuilds_past_it(root: Path) -> None:
+    versions = bundle.resolve_versions(None, None)
+    broken = root / versions.name
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text('{"format": 1, "files": []}')  # no versions
+    with pytest.raises(ProvisionError, match="rebuild it with `bundle build --force`"):
+        bundle.find(versions)
+    assert make._find_usable(versions, force=True) is None
+    with pytest.raises(ProvisionError):
+        make._find_usable(versions, force=False)
+
+
+def test_smoke_image_only_where_the_bundle_carries_it(root: Path) -> None:
+    from provisioner.inventory import bundle_smoke_image
+
+    versions = bundle.resolve_versions(None, None)
+    done = bundle.finish(_staged(versions), "x")
+    assert bundle_smoke_image(done.path) == ""  # e.g. a download bundle: verify skips the workload, naming why
+    stage = _staged(versions)
+    (stage.path / "images" / "smoke-web.tar").write_bytes(b"x")
+    bundle.add_file(
+        stage, "images/smoke-web.tar", "smoke-web", "1.37.2", "t", image="provisioner.local/smoke-web:1.37.2"
+    )
+    done = bundle.finish(stage, "y")
+    assert bundle_smoke_image(done.path) == "provisioner.local/smoke-web:1.37.2"
+
+
+def test_required_go_is_the_newest_go_line_of_the_modules(tmp_path: Path) -> None:
+    for name, line in (("a", "go 1.24.9"), ("b", "go 1.26.8"), ("c", "go 1.26.0")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "go.mod").write_text(f"module x\n\n{line}\n")
+    assert source.required_go(tmp_path) == (1, 26, 8)
+    assert source.required_go() >= (1, 26)
+
+
+def test_up_refuses_a_release_the_bundle_does_not_know_naming_the_spec_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner import cluster
+    from provisioner.spec import build_spec
+
+    monkeypatch.setattr(cluster, "host_cgroup_version", lambda: 1)
+    spec = build_spec({"provider": "docker", "versions": {"kubernetes": "1.36"}})
+    with pytest.raises(ProvisionError, match=r"pass --kube-version 1\.37\.2") as info:
+        cluster._check_bundle_versions(spec)
+    assert info.value.exit_code == 2
+    cluster._check_bundle_versions(build_spec({"provider": "docker"}))  # the default is known
+    cluster._check_bundle_versions(build_spec({"provider": "docker", "versions": {"kubernetes": "1.38"}}))  # blocked

@@ -163,6 +163,8 @@ def test_junit_report_table(tmp_path: Path) -> None:
     table = report.table(["cp1", "worker-1"])
     assert "FAIL" in table and "skip" in table and "ok" in table
     assert split_testcase("test_x[plain]", nodes) == ("", "x plain")
+    # The table says `skip`; the reason is printed under it.
+    assert report.skip_reasons() == ["  skip: container node: swap is the host's: swap (worker-1)"]
 
 
 def test_timings_file_written(tmp_path: Path) -> None:

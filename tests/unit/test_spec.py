@@ -152,3 +152,22 @@ def test_saved_spec_without_package_proxy_still_loads() -> None:
     data = build_spec().to_dict()
     del data["package_proxy"]  # cluster.json written before the field existed
     assert ClusterSpec.from_dict(data).package_proxy == ""
+
+
+def test_pod_cidr_with_swarm_is_refused_not_ignored() -> None:
+    """--pod-cidr used to be accepted with --engine swarm and to do nothing (issue 14, item 5)."""
+    from provisioner.spec import check_engine_fields
+
+    with pytest.raises(SpecError, match="pod_cidr is a Kubernetes setting and does nothing with engine swarm"):
+        check_engine_fields("swarm", {"engine", "pod_cidr"})
+    with pytest.raises(SpecError, match="service_cidr"):
+        check_engine_fields("swarm", {"service_cidr"})
+    check_engine_fields("swarm", {"engine", "nodes"})
+    check_engine_fields("kubernetes", {"pod_cidr"})
+
+
+def test_pod_cidr_with_swarm_is_refused_by_plan_before_anything_is_made(tmp_path: Path) -> None:
+    from provisioner.cli import main
+
+    code = main(["--dir", str(tmp_path / "ws"), "plan", "--engine", "swarm", "--pod-cidr", "10.50.0.0/16"])
+    assert code == 2 and not (tmp_path / "ws").exists()

@@ -1,0 +1,114 @@
+"""The machines stage of `up` (provisioner.cluster._machines_stage) with a stand-in for Vagrant: what it
+says it did, and the exit code of its failure. No machine is created."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner import cluster, machines
+from provisioner.errors import ProvisionError
+from provisioner.progress import Progress
+from provisioner.spec import build_spec
+from provisioner.state import State
+from provisioner.vagrant import MachineStatus
+
+
+class FakeVagrant:
+    def __init__(self, states: dict[str, str], fail: ProvisionError | None = None) -> None:
+        self.states = states
+        self.fail = fail
+        self.upped: list[str] = []
+
+    def status(self) -> list[MachineStatus]:
+        return [MachineStatus(n, s, "docker") for n, s in self.states.items()]
+
+    def up(self, nodes: list[str], log_file: Path, on_line: object = None) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.upped = nodes
+
+
+def _run(tmp_path: Path, vg: FakeVagrant) -> tuple[list[str], str]:
+    ws = cluster.Workspace(tmp_path)
+    (tmp_path / "vagrant").mkdir(exist_ok=True)
+    spec = build_spec({"nodes": 3, "provider": "virtualbox"})
+    out = io.StringIO()
+    fake: Any = vg
+    new = cluster._machines_stage(
+        ws, spec, machines.Provider(), fake, State.load(ws.state_file), Progress(out), {}, 0.0
+    )
+    return new, out.getvalue()
+
+
+def test_a_stopped_node_is_said_to_be_started_and_a_missing_one_created(tmp_path: Path) -> None:
+    new, out = _run(tmp_path, FakeVagrant({"cp1": "running", "worker1": "stopped", "worker2": "not_created"}))
+    assert new == ["worker1", "worker2"]
+    assert "up, created worker2; started worker1" in out
+
+
+def test_all_running_needs_no_vagrant_up(tmp_path: Path) -> None:
+    vg = FakeVagrant({"cp1": "running", "worker1": "running", "worker2": "running"})
+    new, out = _run(tmp_path, vg)
+    assert new == [] and vg.upped == [] and "up, all running" in out
+
+
+def test_a_failed_machines_stage_exits_4_and_is_recorded(tmp_path: Path) -> None:
+    vg = FakeVagrant({}, fail=ProvisionError("vagrant up failed (exit 1): boom", log_path="/x/machines.log"))
+    with pytest.raises(ProvisionError) as info:
+        _run(tmp_path, vg)
+    assert info.value.exit_code == 4 and info.value.log_path == "/x/machines.log"
+    assert State.load(tmp_path / "state.json").stages["machines"].status == "failed"
+
+
+def test_a_missing_tool_keeps_its_own_exit_code(tmp_path: Path) -> None:
+    vg = FakeVagrant({}, fail=ProvisionError("vagrant is required but not available", exit_code=3))
+    with pytest.raises(ProvisionError) as info:
+        _run(tmp_path, vg)
+    assert info.value.exit_code == 3
+
+
+def test_destroy_says_when_it_removes_orphaned_containers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        listing = "lab-worker9\n" if cmd[:3] == ["docker", "ps", "-a"] else ""
+        return subprocess.CompletedProcess(cmd, 0, listing, "")
+
+    monkeypatch.setattr("provisioner.machines.shutil.which", lambda _: "/usr/bin/docker")
+    monkeypatch.setattr("provisioner.machines.subprocess.run", fake_run)
+    monkeypatch.setattr("provisioner.machines.providers.docker_network_users", lambda _: {})
+    out = io.StringIO()
+    machines.Docker().clean_up(build_spec({"nodes": 1, "provider": "docker"}), out)
+    assert ["docker", "rm", "-f", "-v", "lab-worker9"] in calls
+    assert "removed containers Vagrant no longer knew of: lab-worker9" in out.getvalue()
+
+
+def test_a_blocked_release_says_its_reason_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kubernetes 1.38 on container nodes of a cgroup v1 host: the first Kubernetes stage says why it
+    did not run, the others point back to it (it was printed for every stage and again at the end)."""
+    from provisioner.ansible import StageRun
+
+    monkeypatch.setattr(cluster, "host_cgroup_version", lambda: 1)
+    monkeypatch.setattr(cluster, "run_playbook", lambda *a, **k: StageRun())
+    monkeypatch.setattr(cluster, "forget_facts", lambda root: None)
+    ws = cluster.Workspace(tmp_path)
+    ws.inventory.parent.mkdir(parents=True)
+    ws.inventory.write_text("all: {}\n")
+    spec = build_spec({"nodes": 1, "provider": "docker", "versions": {"kubernetes": "1.38"}})
+    opts = cluster.UpOptions(verify=False)
+    out = io.StringIO()
+    state = State.load(ws.state_file)
+    fake: Any = FakeVagrant({"cp1": "running"})
+    cluster._stages_and_verify(ws, spec, opts, fake, state, "", ["cp1"], Progress(out), {}, {}, 0.0, out)
+    text = out.getvalue()
+    assert text.count("1.37 was the last") == 1, text
+    assert "==> kube_packages: not run: " in text
+    for stage in ("control_plane", "cni", "join"):
+        assert f"==> {stage}: not run (the reason above)" in text
