@@ -31,9 +31,6 @@ PACKAGES = (
     "dbus",
     "openssh-server",
     "python3",
-    # Ansible's apt module needs it, and cannot install it in check mode (a check run of the
-    # Kubernetes stages on a node whose runtime came baked in failed on that).
-    "python3-apt",
     "sudo",
     "iproute2",
     "iputils-ping",

@@ -68,9 +68,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def test_up_prepares_nodes_and_says_why_kubernetes_did_not_run(cluster: Cluster) -> None:
+    # The plain node image: the runtime stage installs Docker's packages with apt, as on a fresh server,
+    # so the nodes have what Ansible's apt module needs in check mode (python3-apt, package lists).
     proc = cluster.run(
-        "up", "--nodes", "3", "--provider", "docker", "--name", NAME, "--network", NETWORK, "--kube-version", "1.38"
-    )
+        "up", "--nodes", "3", "--provider", "docker", "--name", NAME, "--network", NETWORK, "--kube-version", "1.38",
+        "--image", "provisioner/node",
+    )  # fmt: skip
     out = proc.stdout
     assert "==> stage prepare" in out and "==> stage runtime" in out
     # The reason once, on the first Kubernetes stage; the others point back to it.

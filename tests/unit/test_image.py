@@ -65,9 +65,3 @@ def test_image_flag_reaches_the_spec_and_is_kept_on_reruns(tmp_path: Path) -> No
 def test_image_build_accepts_with_runtime() -> None:
     args = build_parser().parse_args(["image", "build", "--with-runtime"])
     assert args.with_runtime is True and args.force is False
-
-
-def test_nodes_have_python3_apt_for_check_mode() -> None:
-    """Ansible's apt module needs python3-apt and cannot install it in check mode; a node whose runtime
-    came baked in never had apt run on it, and a check run of kube_packages failed there."""
-    assert "python3-apt" in image.PACKAGES
