@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.unit.test_playbooks_syntax import _ansible_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "roles" / "kube_control_plane" / "tasks" / "0040-controller-kubeconfig.yml"
@@ -44,16 +45,6 @@ class CallbackModule(CallbackBase):
     v2_runner_on_skipped = _look
     v2_runner_on_failed = lambda self, result, ignore_errors=False: self._look(result)
 """
-
-
-def _ansible_playbook() -> str:
-    local = Path(sys.executable).with_name("ansible-playbook")
-    if local.exists():
-        return str(local)
-    found = shutil.which("ansible-playbook")
-    if found is None:
-        pytest.skip("ansible-playbook is not installed")
-    return found
 
 
 class Controller:

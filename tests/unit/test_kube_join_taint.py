@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.unit.test_playbooks_syntax import _ansible_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "roles" / "kube_join" / "tasks" / "0040-control-plane-taint.yml"
@@ -54,16 +54,6 @@ def _node(name: str, control_plane: bool, taints: list[dict[str, str]] | None = 
     if control_plane:
         labels["node-role.kubernetes.io/control-plane"] = ""
     return {"kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": {"taints": taints or []}}
-
-
-def _ansible_playbook() -> str:
-    local = Path(sys.executable).with_name("ansible-playbook")
-    if local.exists():
-        return str(local)
-    found = shutil.which("ansible-playbook")
-    if found is None:
-        pytest.skip("ansible-playbook is not installed")
-    return found
 
 
 class Cluster:

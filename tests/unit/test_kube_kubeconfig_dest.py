@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,22 +18,13 @@ import yaml
 
 from provisioner import kubeconf
 from provisioner.kubeconf import KubeConfigError
+from tests.unit.test_playbooks_syntax import _ansible_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = {
     "kube_control_plane_kubeconfig_dest": REPO / "roles" / "kube_control_plane" / "defaults" / "main.yml",
     "kube_reset_local_kubeconfig": REPO / "roles" / "kube_reset" / "defaults" / "main.yml",
 }
-
-
-def _ansible_playbook() -> str:
-    local = Path(sys.executable).with_name("ansible-playbook")
-    if local.exists():
-        return str(local)
-    found = shutil.which("ansible-playbook")
-    if found is None:
-        pytest.skip("ansible-playbook is not installed")
-    return found
 
 
 def _resolve(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
