@@ -231,7 +231,12 @@ def test_overlay_network_create_remove(bootstrap: Host) -> None:
     name = f"verify-net-{uuid.uuid4().hex[:8]}"
     out(bootstrap, "docker network create --driver overlay --label %s=network %s", VERIFY_LABEL, name)
     try:
-        net = json.loads(out(bootstrap, "docker network inspect %s", name))[0]
+        # The swarm's allocator fills in the driver shortly after the create returns (inspect shows an
+        # empty Driver until then, seen right after a manager's rejoin): wait for it, bounded.
+        net = wait_for(
+            lambda: json.loads(out(bootstrap, "docker network inspect %s", name))[0],
+            lambda net: bool(net.get("Driver")),
+        )
         assert (net["Driver"], net["Scope"]) == ("overlay", "swarm")
     finally:
         removed = sh(bootstrap, "docker network rm %s", name)
