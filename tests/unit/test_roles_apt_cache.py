@@ -7,8 +7,9 @@ This broke the container_runtime Molecule scenario whenever the node image was l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -48,7 +49,9 @@ def test_no_apt_refresh_is_skipped_by_cache_valid_time() -> None:
 
 
 # Installs whose lists are refreshed by a handler flushed just before them (the repository was added).
-REFRESHED_BY_HANDLER = {"roles/kube_packages/tasks/0020-upstream-Debian.yml: Upstream | Install the pinned Kubernetes packages"}
+REFRESHED_BY_HANDLER = {
+    "roles/kube_packages/tasks/0020-upstream-Debian.yml: Upstream | Install the pinned Kubernetes packages"
+}
 
 
 def test_apt_installs_refresh_their_lists() -> None:
