@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-apply every stage even when nothing changed since the last converge (by default such a "
         "rerun only verifies the nodes, and converges when verify finds drift)",
     )
+    up.add_argument(
+        "--shrink",
+        action="store_true",
+        help="when the spec has fewer workers than the cluster: drain them, take them out of the cluster and "
+        "destroy their machines without asking",
+    )
     up.add_argument("--stack", help="compose file to deploy with `docker stack deploy` after verify (swarm)")
 
     pl = sub.add_parser("plan", help="print the resolved spec and network plan; create nothing")
@@ -187,6 +193,7 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
             verify=not getattr(args, "no_verify", False),
             prefer_speed=args.fast,
             converge=getattr(args, "converge", False),
+            shrink=getattr(args, "shrink", False),
         )
         return cluster.up(ws, opts) if cmd == "up" else cluster.plan(ws, opts)
     if cmd == "status":

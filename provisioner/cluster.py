@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from provisioner import box, hostnet, image, inventory, libvirt, machines, providers, stages, verify
+from provisioner import box, hostnet, identity, image, inventory, libvirt, machines, providers, stages, verify
 from provisioner.ansible import StageRun, forget_facts, run_playbook
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
@@ -67,6 +67,12 @@ class Workspace:
             raise ProvisionError(f"{self.spec_file} is unreadable ({exc}); run `destroy -f` and `up` again") from exc
         return data
 
+    def cluster_id(self) -> str:
+        """The identity made when this cluster was first created ("" before that, or for a cluster
+        made before identities existed)."""
+        saved = self.load_saved()
+        return str(saved.get("cluster_id", "")) if saved else ""
+
     def saved_spec(self) -> ClusterSpec:
         data = self.load_saved()
         if data is None:
@@ -91,6 +97,7 @@ class UpOptions:
     stack: str | None = None
     prefer_speed: bool = False  # provider auto: the fastest provider (container nodes) over VMs
     converge: bool = False  # re-apply every stage even when nothing changed since the last converge
+    shrink: bool = False  # remove the workers the spec no longer has, without asking
 
 
 def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
@@ -124,6 +131,9 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     if (choice.provider if choice else spec.provider) == "libvirt":
         kind, why = libvirt.domain_type()
         provider += f"; domain type {kind}: {why}"
+    chosen = choice.provider if choice else spec.provider
+    # The same refusal as `up`: a name, machine name or node network another cluster holds.
+    machines.for_name(chosen).check_clear(spec.with_provider(chosen), ws.root, ws.cluster_id())
     out.write(f"cluster      {spec.name}\n")
     out.write(f"engine       {spec.engine}\n")
     out.write(f"provider     {provider}\n")
@@ -136,8 +146,13 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     for n in spec.nodes:
         out.write(f"{n.name:<14}{n.role:<15}{group_of(spec.engine, n.role):<20}{n.ip}\n")
     eng = [s.name for s in stages.stages_for(spec.engine)]
+    saved = ws.load_saved()
+    if saved is not None:
+        keep = {n.name for n in spec.nodes}
+        leaving = [n["name"] for n in saved["spec"]["nodes"] if n["name"] not in keep]
+        if leaving:
+            out.write(f"\nshrinking    {', '.join(leaving)} leave the cluster and their machines go (up --shrink)\n")
     out.write(f"\nstages       machines, {', '.join(eng)}, verify\n")
-    chosen = choice.provider if choice else spec.provider
     if spec.engine == "kubernetes":
         from provisioner import kubenode
 
@@ -151,7 +166,7 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
+def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = sys.stdin) -> int:
     """The pipeline of DESIGN.md: spec, host (images or boxes), bundle, machines, inventory, stages,
     verify."""
     started = time.monotonic()
@@ -159,12 +174,17 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     timings: dict[str, float] = {}
     spec, inputs = _spec_for_up(ws, opts, out)
     provider = machines.for_name(spec.provider)
+    cluster_id = ws.cluster_id() or identity.new_id()
+    provider.check_clear(spec, ws.root, cluster_id)
+    leaving = _leaving_nodes(ws, spec, opts, out, inp)
     spec, vagrant_extra = provider.prepare_host(spec, inputs, progress, timings, out)
     spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
-    vagrant_extra |= provider.mount_bundle(kube_bundle)
+    vagrant_extra |= provider.mount_bundle(kube_bundle) | {"cluster_id": cluster_id, "state_dir": str(ws.root)}
 
     state = State.load(ws.state_file)
     previous_run = state.last_run
+    if leaving:
+        _remove_nodes(ws, leaving, progress, timings, opts.verbose, out)
     ws.save_spec(spec, inputs, vagrant_extra)
     vg = Vagrant(ws.root, spec.provider)
     new_nodes = _machines_stage(ws, spec, provider, vg, state, progress, timings, started)
@@ -225,6 +245,81 @@ def _check_bundle_versions(spec: ClusterSpec) -> None:
         ) from exc
 
 
+def _leaving_nodes(ws: Workspace, spec: ClusterSpec, opts: UpOptions, out: TextIO, inp: TextIO) -> list[str]:
+    """The saved cluster's nodes that the new spec no longer has (shrinking), confirmed: workers
+    only; asked in a terminal, else `--shrink` says yes. Refused before anything changes."""
+    saved = ws.load_saved()
+    if saved is None:
+        return []
+    old = ClusterSpec.from_dict(saved["spec"])
+    keep = {n.name for n in spec.nodes}
+    leaving = [n for n in old.nodes if n.name not in keep]
+    if not leaving:
+        return []
+    names = [n.name for n in leaving]
+    held = [n for n in leaving if group_of(old.engine, n.role) in ("kube_control_plane", "swarm_manager")]
+    if held:
+        what = "control-plane node" if old.engine == "kubernetes" else "manager"
+        raise ProvisionError(
+            f"the spec drops {', '.join(n.name for n in held)}, a {what} (it holds the cluster's "
+            f"{'etcd member' if old.engine == 'kubernetes' else 'Raft vote'}); only workers can be removed: keep "
+            f"{'the control plane' if old.engine == 'kubernetes' else '--managers'} as it is, or `destroy -f` and `up`",
+            exit_code=2,
+        )
+    what = (
+        "drained, deleted from Kubernetes and reset"
+        if old.engine == "kubernetes"
+        else "drained and removed from the swarm"
+    )
+    plan_line = (
+        f"{len(old.nodes)} -> {len(spec.nodes)} nodes: {', '.join(names)} will be {what}, and their machines destroyed"
+    )
+    if opts.shrink:
+        out.write(f"shrinking {plan_line}\n")
+        return names
+    if not inp.isatty():
+        raise ProvisionError(
+            f"shrinking {plan_line}; pass --shrink to confirm (or go back to {len(old.nodes)} nodes)",
+            exit_code=2,
+        )
+    out.write(f"Shrink the cluster {plan_line}? [y/N] ")
+    out.flush()
+    if inp.readline().strip().lower() not in ("y", "yes"):
+        raise ProvisionError(f"not shrinking; go back to {len(old.nodes)} nodes or confirm", exit_code=1)
+    return names
+
+
+def _remove_nodes(
+    ws: Workspace, names: list[str], progress: Progress, timings: dict[str, float], verbose: bool, out: TextIO
+) -> None:
+    """Take the leaving workers out of the engine (playbooks/remove_nodes.yml on the inventory that
+    still lists them), then destroy their machines. Runs while cluster.json still holds the old spec,
+    so an interrupted removal is done again by the next `up`."""
+    old = ws.saved_spec()
+    vg = Vagrant(ws.root, old.provider)
+    present = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
+    running = [n for n in names if present.get(n) == "running"]
+    t0 = time.monotonic()
+    if running and ws.inventory.exists():
+        run_playbook(
+            stages.PLAYBOOKS / "remove_nodes.yml",
+            ws.inventory,
+            ws.root,
+            ws.logs / "remove_nodes.log",
+            progress,
+            f"remove {', '.join(names)} from the {old.engine}",
+            extra_vars={"cluster_leave_nodes": names},
+            verbose=verbose,
+        )
+    made = [n for n in names if present.get(n, "not_created") != "not_created"]
+    if made:
+        progress.start(f"destroy the machines of {', '.join(made)}")
+        vg.destroy(ws.logs / "remove_machines.log", nodes=made)
+        progress.stop("done")
+    timings["shrink"] = time.monotonic() - t0
+    out.write(f"    removed {', '.join(names)}\n")
+
+
 def _machines_stage(
     ws: Workspace,
     spec: ClusterSpec,
@@ -237,13 +332,6 @@ def _machines_stage(
 ) -> list[str]:
     """`vagrant up` of the machines that are not running; returns their names."""
     before = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
-    extra = sorted(set(before) - {n.name for n in spec.nodes})
-    if extra and any(before[n] != "not_created" for n in extra):
-        raise ProvisionError(
-            f"machine {extra[0]} exists but is no longer in the spec; shrinking is not automatic: "
-            f"run `destroy -f` to start over, or go back to the previous node count",
-            exit_code=2,
-        )
     new_nodes = [n.name for n in spec.nodes if before.get(n.name) != "running"]
     provider.keys(ws.root, spec, before)
     progress.start(f"machines ({spec.provider}, {len(spec.nodes)} nodes)", _vagrant_detail_tracker(progress))
@@ -680,7 +768,7 @@ def destroy(ws: Workspace, force: bool, out: TextIO = sys.stdout, inp: TextIO = 
             progress.start(f"destroy {len(spec.nodes)} machines")
             Vagrant(ws.root, spec.provider).destroy(ws.logs / "destroy.log")
             progress.stop("done")
-        machines_of.clean_up(spec, out)
+        machines_of.clean_up(spec, str(saved.get("cluster_id", "")) if saved else "", out)
     shutil.rmtree(ws.root, ignore_errors=True)
     out.write(f"removed machines, inventory and state ({ws.root})\n")
     return 0

@@ -2,6 +2,8 @@
 interface, so that `up` reads as the pipeline spec -> bundle -> machines -> inventory -> stages ->
 verify and the provider specifics live here:
 
+- check_clear: refuse a cluster name, machine name or node network that another cluster holds
+  (see identity.py), before anything is made;
 - prepare_host: what the host needs before machines (docker: the node network free and the node
   image; libvirt: the daemons, the domain type and the box);
 - mount_bundle: how the nodes see the Kubernetes bundle (docker: a read-only mount);
@@ -18,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, TextIO
 
-from provisioner import box, image, libvirt, providers
+from provisioner import box, identity, image, libvirt, providers
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec
 from provisioner.vagrant import ensure_cluster_key
@@ -28,6 +30,9 @@ class Provider:
     """The default: nothing to do around Vagrant (VirtualBox)."""
 
     name = "virtualbox"
+
+    def check_clear(self, spec: ClusterSpec, root: Path, cluster_id: str) -> None:
+        """Refuse what another cluster on this host holds of this one's names or node network."""
 
     def prepare_host(
         self, spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
@@ -46,17 +51,19 @@ class Provider:
     def before_destroy(self) -> None:
         """What must run for `vagrant destroy` to work."""
 
-    def clean_up(self, spec: ClusterSpec, out: TextIO) -> None:
-        """Remove what `vagrant destroy` leaves behind of this cluster."""
+    def clean_up(self, spec: ClusterSpec, cluster_id: str, out: TextIO) -> None:
+        """Remove what `vagrant destroy` leaves behind of this cluster (and of no other)."""
 
 
 class Docker(Provider):
     name = "docker"
 
+    def check_clear(self, spec: ClusterSpec, root: Path, cluster_id: str) -> None:
+        providers.check_docker_clear(spec, root, cluster_id)
+
     def prepare_host(
         self, spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
     ) -> tuple[ClusterSpec, dict[str, Any]]:
-        providers.check_docker_network_free(spec.network, spec.name)
         # The toolkit's own images (plain, or with the runtime baked in) are built here from Debian
         # packages when missing, cached by recipe hash; any other image is the user's business.
         own = image.own_image(spec.image)
@@ -82,20 +89,21 @@ class Docker(Provider):
     def keys(self, root: Path, spec: ClusterSpec, machine_states: dict[str, str]) -> None:
         ensure_cluster_key(root, spec.name, create=all(s == "not_created" for s in machine_states.values()))
 
-    def clean_up(self, spec: ClusterSpec, out: TextIO) -> None:
-        """Containers of this cluster that Vagrant no longer knows about (its state was lost), and the
-        node network once nothing uses it."""
+    def clean_up(self, spec: ClusterSpec, cluster_id: str, out: TextIO) -> None:
+        """Containers of this cluster that Vagrant no longer knows about (its state was lost), found by
+        the cluster's id (a cluster made before identities existed: by its name, among containers
+        that carry no id), and the node network once nothing uses it."""
         if shutil.which("docker") is None:
             return
-        names = subprocess.run(
-            ["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label=org.provisioner.cluster={spec.name}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
+        label = f"{identity.LABEL_ID}={cluster_id}" if cluster_id else f"{identity.LABEL_NAME}={spec.name}"
+        names = [
+            m.name
+            for m in providers.docker_machines()
+            if (m.cluster_id == cluster_id if cluster_id else (m.cluster == spec.name and not m.cluster_id))
+        ]
         if names:
             subprocess.run(["docker", "rm", "-f", "-v", *names], capture_output=True, check=False)
-            out.write(f"removed containers Vagrant no longer knew of: {', '.join(names)}\n")
+            out.write(f"removed containers Vagrant no longer knew of ({label}): {', '.join(names)}\n")
         if not providers.docker_network_users(spec.network):
             subprocess.run(
                 ["docker", "network", "rm", f"vagrant_network_{spec.network}"], capture_output=True, check=False
@@ -104,6 +112,27 @@ class Docker(Provider):
 
 class Libvirt(Provider):
     name = "libvirt"
+
+    def check_clear(self, spec: ClusterSpec, root: Path, cluster_id: str) -> None:
+        """Domains named as this cluster's machines that its Vagrant directory does not record."""
+        if shutil.which("virsh") is None or not libvirt.answers():
+            return
+        wanted = [f"{spec.name}-{n.name}" for n in spec.nodes]
+        found = [
+            identity.Machine(ident=libvirt.virsh("domuuid", d, check=False).stdout.strip(), name=d)
+            for d in libvirt.parse_name_list(libvirt.virsh("list", "--all", "--name").stdout)
+            if d in wanted
+        ]
+        identity.refuse_conflict(
+            identity.conflict(
+                found,
+                name=spec.name,
+                network=spec.network,
+                node_names=wanted,
+                cluster_id=cluster_id,
+                vagrant_ids=identity.vagrant_machine_ids(root, "libvirt"),
+            )
+        )
 
     def prepare_host(
         self, spec: ClusterSpec, inputs: dict[str, Any], progress: Progress, timings: dict[str, float], out: TextIO
@@ -135,7 +164,7 @@ class Libvirt(Provider):
     def before_destroy(self) -> None:
         libvirt.ensure_host()  # vagrant-libvirt needs libvirtd to destroy anything
 
-    def clean_up(self, spec: ClusterSpec, out: TextIO) -> None:
+    def clean_up(self, spec: ClusterSpec, cluster_id: str, out: TextIO) -> None:
         """Domains, volumes and networks of this cluster that Vagrant no longer knows about; then, when
         no machine of any cluster is left, the box volumes, the pool, the daemons the toolkit started
         and the LIBVIRT_* iptables chains."""

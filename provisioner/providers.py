@@ -8,8 +8,12 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from provisioner import identity
 from provisioner.errors import ProvisionError, ToolMissing
+from provisioner.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -128,43 +132,66 @@ def choose(requested: str, prefer_speed: bool = False) -> Choice:
 
 def docker_network_users(subnet: str) -> dict[str, str]:
     """Containers (name -> cluster label) attached to the docker network that has `subnet`."""
-    nets = subprocess.run(["docker", "network", "ls", "-q"], capture_output=True, text=True, check=False)
-    ids = nets.stdout.split()
-    if not ids:
-        return {}
-    inspect = subprocess.run(["docker", "network", "inspect", *ids], capture_output=True, text=True, check=False)
-    if inspect.returncode != 0:
-        return {}
-    users: dict[str, str] = {}
-    for net in json.loads(inspect.stdout or "[]"):
-        subnets = [c.get("Subnet") for c in (net.get("IPAM", {}).get("Config") or [])]
-        if subnet not in subnets:
-            continue
-        for cid, info in (net.get("Containers") or {}).items():
-            users[info.get("Name", cid)] = _container_cluster(cid)
-    return users
+    return {m.name: m.cluster for m in docker_machines() if subnet in m.subnets}
 
 
-def _container_cluster(cid: str) -> str:
-    out = subprocess.run(
-        ["docker", "inspect", "-f", '{{ index .Config.Labels "org.provisioner.cluster" }}', cid],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return out.stdout.strip()
+def docker_machines() -> list[identity.Machine]:
+    """Every container on this host, with the toolkit's labels and the subnets it is attached to."""
+    ids = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True, check=False).stdout.split()
+    nets = subprocess.run(["docker", "network", "ls", "-q"], capture_output=True, text=True, check=False).stdout.split()
+    containers = _docker_inspect(["docker", "inspect", *ids]) if ids else []
+    networks = _docker_inspect(["docker", "network", "inspect", *nets]) if nets else []
+    return parse_docker_machines(containers, networks)
 
 
-def check_docker_network_free(subnet: str, cluster: str) -> None:
-    others = {name: owner for name, owner in docker_network_users(subnet).items() if owner != cluster}
-    if others:
-        name, owner = next(iter(others.items()))
-        who = f"cluster '{owner}'" if owner else "a container outside this toolkit"
-        raise ProvisionError(
-            f"network {subnet} is already used by {who} (container {name}); "
-            f"pick another --network or destroy that cluster first",
-            exit_code=2,
+def _docker_inspect(cmd: list[str]) -> list[dict[str, Any]]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        data = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        return []
+    return data if isinstance(data, list) else []
+
+
+def parse_docker_machines(containers: list[dict[str, Any]], networks: list[dict[str, Any]]) -> list[identity.Machine]:
+    """`docker inspect` of containers and of networks -> Machines (pure, for the unit tests)."""
+    subnets: dict[str, list[str]] = {}
+    for net in networks:
+        nets = [c.get("Subnet", "") for c in (net.get("IPAM", {}).get("Config") or [])]
+        for cid in net.get("Containers") or {}:
+            subnets.setdefault(cid, []).extend(s for s in nets if s)
+    found = []
+    for c in containers:
+        labels = (c.get("Config") or {}).get("Labels") or {}
+        cid = str(c.get("Id", ""))
+        found.append(
+            identity.Machine(
+                ident=cid,
+                name=str(c.get("Name", "")).lstrip("/"),
+                cluster=labels.get(identity.LABEL_NAME, ""),
+                cluster_id=labels.get(identity.LABEL_ID, ""),
+                state_dir=labels.get(identity.LABEL_DIR, ""),
+                subnets=tuple(subnets.get(cid, [])),
+            )
         )
+    return found
+
+
+def check_docker_clear(spec: ClusterSpec, root: Path, cluster_id: str) -> None:
+    """Refuse, before anything is made, a cluster name, machine name or node network that another
+    cluster (or a container outside the toolkit) holds on this host."""
+    if shutil.which("docker") is None:
+        return
+    identity.refuse_conflict(
+        identity.conflict(
+            docker_machines(),
+            name=spec.name,
+            network=spec.network,
+            node_names=[f"{spec.name}-{n.name}" for n in spec.nodes],
+            cluster_id=cluster_id,
+            vagrant_ids=identity.vagrant_machine_ids(root, "docker"),
+        )
+    )
 
 
 PKGS_K8S_IO = "https://pkgs.k8s.io/core:/stable:/"

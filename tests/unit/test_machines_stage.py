@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import cluster, machines
+from provisioner import cluster, identity, machines
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 from provisioner.spec import build_spec
@@ -71,23 +71,47 @@ def test_a_missing_tool_keeps_its_own_exit_code(tmp_path: Path) -> None:
     assert info.value.exit_code == 3
 
 
-def test_destroy_says_when_it_removes_orphaned_containers(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_docker(monkeypatch: pytest.MonkeyPatch, found: list[identity.Machine]) -> list[list[str]]:
     import subprocess
 
     calls: list[list[str]] = []
 
     def fake_run(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         calls.append(cmd)
-        listing = "lab-worker9\n" if cmd[:3] == ["docker", "ps", "-a"] else ""
-        return subprocess.CompletedProcess(cmd, 0, listing, "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr("provisioner.machines.shutil.which", lambda _: "/usr/bin/docker")
     monkeypatch.setattr("provisioner.machines.subprocess.run", fake_run)
+    monkeypatch.setattr("provisioner.machines.providers.docker_machines", lambda: found)
     monkeypatch.setattr("provisioner.machines.providers.docker_network_users", lambda _: {})
+    return calls
+
+
+def test_destroy_removes_only_containers_with_its_own_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two clusters named lab: destroying one (id aaa) removed the other's containers too (issue 14.1)."""
+    found = [
+        identity.Machine("1", "lab-worker9", cluster="lab", cluster_id="aaa"),
+        identity.Machine("2", "lab-cp1", cluster="lab", cluster_id="bbb"),
+        identity.Machine("3", "lab-cp2", cluster="lab"),
+    ]
+    calls = _fake_docker(monkeypatch, found)
     out = io.StringIO()
-    machines.Docker().clean_up(build_spec({"nodes": 1, "provider": "docker"}), out)
-    assert ["docker", "rm", "-f", "-v", "lab-worker9"] in calls
-    assert "removed containers Vagrant no longer knew of: lab-worker9" in out.getvalue()
+    machines.Docker().clean_up(build_spec({"nodes": 1, "provider": "docker"}), "aaa", out)
+    removals = [c for c in calls if c[:2] == ["docker", "rm"]]
+    assert removals == [["docker", "rm", "-f", "-v", "lab-worker9"]]
+    assert (
+        "removed containers Vagrant no longer knew of (org.provisioner.cluster-id=aaa): lab-worker9" in out.getvalue()
+    )
+
+
+def test_destroy_of_a_cluster_without_identity_leaves_identified_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = [
+        identity.Machine("2", "lab-cp1", cluster="lab", cluster_id="bbb"),
+        identity.Machine("3", "lab-cp2", cluster="lab"),
+    ]
+    calls = _fake_docker(monkeypatch, found)
+    machines.Docker().clean_up(build_spec({"nodes": 1, "provider": "docker"}), "", io.StringIO())
+    assert [c for c in calls if c[:2] == ["docker", "rm"]] == [["docker", "rm", "-f", "-v", "lab-cp2"]]
 
 
 def test_a_blocked_release_says_its_reason_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

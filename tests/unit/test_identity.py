@@ -1,0 +1,115 @@
+"""Cluster identity: which machines are a cluster's own, and what another cluster holds (issue 14.1, 14.2)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from provisioner import cluster, identity, providers
+from provisioner.errors import ProvisionError
+
+
+def _conflict(machines: list[identity.Machine], cluster_id: str = "new", vagrant_ids: set[str] | None = None) -> str:
+    return identity.conflict(
+        machines,
+        name="lab",
+        network="192.168.56.0/24",
+        node_names=["lab-cp1", "lab-worker1"],
+        cluster_id=cluster_id,
+        vagrant_ids=vagrant_ids or set(),
+    )
+
+
+def test_a_second_cluster_with_the_same_name_is_refused_naming_the_other() -> None:
+    other = identity.Machine("c1", "lab-cp1", "lab", "old", "/root/.provision", ("192.168.56.0/24",))
+    msg = _conflict([other])
+    assert "cluster name 'lab' is taken by another cluster" in msg
+    assert "/root/.provision" in msg and "--name" in msg
+
+
+def test_a_second_cluster_on_a_used_network_is_refused() -> None:
+    other = identity.Machine("c1", "web-cp1", "web", "old", "/srv/web", ("192.168.56.0/24",))
+    msg = _conflict([other])
+    assert msg.startswith("the node network 192.168.56.0/24 is used by cluster 'web'")
+    assert "--network" in msg
+
+
+def test_a_foreign_container_with_a_node_name_is_refused() -> None:
+    msg = _conflict([identity.Machine("c9", "lab-worker1")])
+    assert "machine name lab-worker1 is taken (machines outside this toolkit: lab-worker1)" in msg
+
+
+def test_own_machines_by_id_or_by_vagrant_record_are_clear() -> None:
+    labelled = identity.Machine("c1", "lab-cp1", "lab", "mine", "", ("192.168.56.0/24",))
+    legacy = identity.Machine("0123456789ab", "lab-worker1", "lab", "", "", ("192.168.56.0/24",))
+    assert _conflict([labelled, legacy], cluster_id="mine", vagrant_ids={"0123456789ab" + "cd" * 26}) == ""
+
+
+def test_a_legacy_container_of_another_state_dir_is_not_ours() -> None:
+    legacy = identity.Machine("0123456789ab", "lab-worker1", "lab")
+    assert "is taken by another cluster" in _conflict([legacy], cluster_id="mine", vagrant_ids={"ffff"})
+
+
+def test_vagrant_machine_ids_are_read_from_the_state_dir(tmp_path: Path) -> None:
+    for node, ident in (("cp1", "abc\n"), ("worker1", "")):
+        path = tmp_path / "vagrant" / "machines" / node / "docker" / "id"
+        path.parent.mkdir(parents=True)
+        path.write_text(ident)
+    assert identity.vagrant_machine_ids(tmp_path, "docker") == {"abc"}
+    assert identity.vagrant_machine_ids(tmp_path / "none", "docker") == set()
+
+
+def test_docker_inspect_is_parsed_into_machines_with_their_subnets() -> None:
+    containers = [
+        {
+            "Id": "c1",
+            "Name": "/lab-cp1",
+            "Config": {"Labels": {identity.LABEL_NAME: "lab", identity.LABEL_ID: "x1", identity.LABEL_DIR: "/d"}},
+        },
+        {"Id": "c2", "Name": "/other", "Config": {"Labels": None}},
+    ]
+    networks = [
+        {"IPAM": {"Config": [{"Subnet": "192.168.56.0/24"}]}, "Containers": {"c1": {"Name": "lab-cp1"}}},
+        {"IPAM": {"Config": None}, "Containers": {"c2": {}}},
+    ]
+    parsed = providers.parse_docker_machines(containers, networks)
+    assert parsed == [
+        identity.Machine("c1", "lab-cp1", "lab", "x1", "/d", ("192.168.56.0/24",)),
+        identity.Machine("c2", "other"),
+    ]
+
+
+def test_plan_says_what_up_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plan` reported the network as clear while `up` failed later on a docker name clash."""
+    other = identity.Machine("c1", "lab-cp1", "lab", "old", "/root/.provision", ("192.168.56.0/24",))
+    monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
+    monkeypatch.setattr(providers, "docker_machines", lambda: [other])
+    monkeypatch.setattr(cluster, "check_networks", lambda spec: None)
+    ws = cluster.Workspace(tmp_path / "second")
+    opts = cluster.UpOptions(overrides={"provider": "docker", "nodes": "1"})
+    with pytest.raises(ProvisionError) as info:
+        cluster.plan(ws, opts, io.StringIO())
+    assert info.value.exit_code == 2
+    assert "cluster name 'lab' is taken" in info.value.message
+    assert not ws.root.exists()
+
+
+def test_up_refuses_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = identity.Machine("c1", "web-cp1", "web", "old", "/srv/web", ("192.168.56.0/24",))
+    monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
+    monkeypatch.setattr(providers, "docker_machines", lambda: [other])
+    monkeypatch.setattr(cluster, "check_networks", lambda spec: None)
+    monkeypatch.setattr("provisioner.cluster.providers.choose", lambda *a, **k: providers.Choice("docker", "test"))
+    ws = cluster.Workspace(tmp_path / "second")
+    opts = cluster.UpOptions(overrides={"provider": "docker", "nodes": "1", "engine": "swarm"})
+    with pytest.raises(ProvisionError) as info:
+        cluster.up(ws, opts, io.StringIO())
+    assert "node network 192.168.56.0/24 is used by cluster 'web'" in info.value.message
+    assert not ws.root.exists()
+
+
+def test_new_ids_differ() -> None:
+    assert identity.new_id() != identity.new_id()
+    assert len(identity.new_id()) == 12
