@@ -58,6 +58,8 @@ class FilterModule:
             "kube_node_problems": kubeconf.node_problems,
             "kube_control_plane_taint_targets": kubeconf.control_plane_taint_targets,
             "kube_interface_names": kubeconf.interface_names,
+            "kube_interface_for_ip": kubeconf.interface_for_ip,
+            "kube_api_endpoint_plan": kubeconf.api_endpoint_plan,
             "calico_manifest_url": kubeconf.calico_manifest_url,
             "calico_manifest_documents": kubeconf.calico_manifest_documents,
             "calico_node_problems": kubeconf.calico_node_problems,

@@ -26,6 +26,14 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus", help="CPUs per node (VM providers)")
     g.add_argument("--memory", help="MiB per node (VM providers)")
     g.add_argument("--managers", help="swarm managers, an odd number (default 1)")
+    g.add_argument(
+        "--control-planes",
+        dest="control_planes",
+        help="Kubernetes control planes, 1, 3 or 5 (default 1); more than one: stacked etcd behind a virtual IP",
+    )
+    g.add_argument(
+        "--api-vip", dest="api_vip", help="the API server's virtual IP with several control planes (default .9)"
+    )
     g.add_argument("--box", help="Vagrant box for VM providers")
     g.add_argument(
         "--image",
@@ -145,6 +153,8 @@ SPEC_KEYS = (
     "cpus",
     "memory",
     "managers",
+    "control_planes",
+    "api_vip",
     "box",
     "image",
     "runtime",

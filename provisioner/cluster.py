@@ -141,6 +141,11 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     out.write(f"runtime      {spec.runtime} (source: {spec.runtime_source})\n")
     out.write(f"versions     kubernetes {spec.versions['kubernetes']}, calico {spec.versions['calico']}\n")
     out.write(f"node network {spec.network}\npod CIDR     {spec.pod_cidr}\nservice CIDR {spec.service_cidr}\n")
+    if spec.api_vip:
+        out.write(
+            f"API endpoint {spec.api_vip}:8443 (virtual IP held by one of {spec.control_planes} control planes, "
+            f"keepalived + HAProxy; reserved on the node network)\n"
+        )
     out.write("checks       CIDRs pairwise disjoint and clear of the host's networks\n\n")
     out.write(f"{'node':<14}{'role':<15}{'group':<20}ip\n")
     for n in spec.nodes:
@@ -543,6 +548,16 @@ def deploy_stack(ws: Workspace, spec: ClusterSpec, progress: Progress, verbose: 
 
 
 def _refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
+    if (old.control_planes, old.api_vip) != (new.control_planes, new.api_vip):
+        raise ProvisionError(
+            f"this cluster was made with {old.control_planes} control plane(s)"
+            + (f" behind {old.api_vip}" if old.api_vip else "")
+            + f", the spec now says {new.control_planes}"
+            + (f" behind {new.api_vip}" if new.api_vip else "")
+            + "; the control planes and their endpoint are fixed when the cluster is made (kubeadm's "
+            "controlPlaneEndpoint, the certificates, the node addresses): `destroy -f` and `up` with the new count",
+            exit_code=2,
+        )
     for attr in ("name", "engine", "network"):
         if getattr(old, attr) != getattr(new, attr):
             raise ProvisionError(

@@ -51,6 +51,7 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
         "kube_version": spec.versions["kubernetes"],
         "kube_pods_subnet": spec.pod_cidr,
         "kube_service_addresses": spec.service_cidr,
+        "kube_api_vip": spec.api_vip,
         "calico_version": spec.versions["calico"],
         "container_runtime": spec.runtime,
         "container_runtime_source": spec.effective_runtime_source,

@@ -686,8 +686,13 @@ def kubeadm_init_documents(values: Mapping[str, Any] | InitSpec) -> list[dict[st
     return docs
 
 
+_CERT_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
 def kubeadm_join_documents(values: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A JoinConfiguration for a worker: bootstrap-token discovery pinned to the CA hash, node-ip set.
+    """A JoinConfiguration: bootstrap-token discovery pinned to the CA hash, node-ip set; with
+    `control_plane` (certificate_key, bind_port), a control-plane join that fetches the uploaded
+    certificates and adds a stacked etcd member.
 
     Error messages never repeat the token.
     """
@@ -712,14 +717,66 @@ def kubeadm_join_documents(values: Mapping[str, Any]) -> list[dict[str, Any]]:
         _preflight(values.get("ignore_preflight_errors"), "ignore_preflight_errors"),
         _pairs(values.get("kubelet_extra_args"), "kubelet_extra_args"),
     )
-    return [
-        {
-            "apiVersion": KUBEADM_API,
-            "kind": "JoinConfiguration",
-            "discovery": {"bootstrapToken": {"token": token, "apiServerEndpoint": endpoint, "caCertHashes": hashes}},
-            "nodeRegistration": registration,
+    join: dict[str, Any] = {
+        "apiVersion": KUBEADM_API,
+        "kind": "JoinConfiguration",
+        "discovery": {"bootstrapToken": {"token": token, "apiServerEndpoint": endpoint, "caCertHashes": hashes}},
+        "nodeRegistration": registration,
+    }
+    control_plane = values.get("control_plane")
+    if control_plane:
+        if not isinstance(control_plane, Mapping):
+            raise KubeConfigError("control_plane must be a mapping with certificate_key (and bind_port)")
+        key = str(control_plane.get("certificate_key") or "").strip()
+        if not _CERT_KEY_RE.match(key):
+            raise KubeConfigError("the certificate key is missing or malformed (expected 64 hex digits)")
+        port = control_plane.get("bind_port", 6443)
+        if isinstance(port, bool) or not str(port).isdigit() or not 0 < int(str(port)) < 65536:
+            raise KubeConfigError(f'control_plane bind_port "{port}" is not a TCP port')
+        join["controlPlane"] = {
+            "localAPIEndpoint": {"advertiseAddress": node_ip, "bindPort": int(str(port))},
+            "certificateKey": key,
         }
-    ]
+    return [join]
+
+
+def api_endpoint_plan(
+    facts: Mapping[str, Any], vip: object, network_cidr: object, node_ip: str, peers: Sequence[str], port: object = 8443
+) -> dict[str, Any]:
+    """What keepalived and HAProxy need on one control plane: the interface holding its node address
+    (where the virtual IP goes), the VIP's prefix, the other control planes' addresses (unicast VRRP
+    peers) and this node's VRRP priority (the first control plane highest, so it holds the VIP when
+    `kubeadm init` runs there)."""
+    network = _network(network_cidr, "node_network_cidr")
+    try:
+        address = ipaddress.IPv4Address(str(vip).strip())
+    except ValueError:
+        raise KubeConfigError(f'kube_api_vip "{vip}" is not an IPv4 address') from None
+    if address not in network or address in (network.network_address, network.broadcast_address):
+        raise KubeConfigError(f"kube_api_vip {address} is not a host address of the node network {network}")
+    addresses = [node_ip, *peers]
+    if str(address) in addresses:
+        raise KubeConfigError(f"kube_api_vip {address} is a control plane's own address; pick a free one")
+    if not str(port).isdigit() or not 0 < int(str(port)) < 65536 or int(str(port)) == 6443:
+        raise KubeConfigError(f"kube_api_vip_port {port} must be a TCP port other than the API servers' 6443")
+    return {
+        "interface": interface_for_ip(facts, node_ip),
+        "vip": str(address),
+        "peers": [p for p in peers if p != node_ip],
+        "port": int(str(port)),
+    }
+
+
+def interface_for_ip(facts: Mapping[str, Any], ip: object) -> str:
+    """The name of the interface that holds `ip` as its primary or a secondary IPv4 address (from
+    Ansible's facts); keepalived puts the API server's virtual IP on it."""
+    wanted = str(ip).strip()
+    for name in facts.get("interfaces") or []:
+        entry = facts.get(str(name).replace("-", "_")) or {}
+        addresses = [entry.get("ipv4") or {}, *(entry.get("ipv4_secondaries") or [])]
+        if any(isinstance(a, Mapping) and a.get("address") == wanted for a in addresses):
+            return str(name)
+    raise KubeConfigError(f"no interface holds {wanted}; is the node on the node network?")
 
 
 def api_server_endpoint(server_url: object) -> str:

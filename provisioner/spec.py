@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "service_cidr": "10.96.0.0/12",
     "engine": "kubernetes",
     "managers": 1,
+    "control_planes": 1,
+    "api_vip": "",
     "runtime": "docker",
     "runtime_source": "auto",
     "offline_dir": "",
@@ -92,6 +94,10 @@ class ClusterSpec:
     stack: str = ""
     package_proxy: str = ""  # "" = none; else http(s)://HOST[:PORT] for apt/dnf on the nodes
     kube_source: str = "auto"  # auto | upstream | bundle
+    # Kubernetes control planes (1, 3 or 5); with more than one, the API server's stable address on the
+    # node network (a virtual IP that keepalived moves, HAProxy on every control plane behind it).
+    control_planes: int = 1
+    api_vip: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -178,7 +184,11 @@ def build_spec(file_data: dict[str, Any] | None = None, overrides: dict[str, Any
 
 def check_engine_fields(engine: str, given: set[str]) -> None:
     """Refuse fields that this run gave (its config file and flags) but the engine ignores."""
-    ignored = sorted(given & {"pod_cidr", "service_cidr"}) if engine == "swarm" else []
+    ignored = sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip"}) if engine == "swarm" else []
+    if "control_planes" in ignored:
+        raise SpecError(
+            "control_planes is a Kubernetes setting; a swarm's control plane is its managers: use --managers 3"
+        )
     if ignored:
         field = ignored[0]
         raise SpecError(
@@ -266,6 +276,12 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
     managers = _int(raw, "managers", 1, 7)
     if managers % 2 == 0:
         raise SpecError(f"managers must be an odd number (1, 3, 5) to keep a Raft quorum, not {managers}")
+    control_planes = _int(raw, "control_planes", 1, 7)
+    if control_planes % 2 == 0:
+        raise SpecError(
+            f"control_planes must be an odd number (1, 3, 5) to keep etcd's quorum, not {control_planes}: "
+            f"with {control_planes} members etcd survives no more failures than with {control_planes - 1}"
+        )
 
     network = _network(raw, "network")
     pod = _network(raw, "pod_cidr")
@@ -282,7 +298,12 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
     if network.prefixlen > 28:
         raise SpecError(f"network {network} is too small; use a /24 such as 192.168.56.0/24")
 
-    nodes = _plan_nodes(raw["nodes"], engine, managers, network, raw.get("labels") or {})
+    leads = managers if engine == "swarm" else control_planes
+    nodes = _plan_nodes(raw["nodes"], engine, leads, network, raw.get("labels") or {})
+    cps = sum(n.role == "control_plane" for n in nodes)
+    if engine == "kubernetes" and cps % 2 == 0:
+        raise SpecError(f"nodes lists {cps} control planes; etcd needs an odd number (1, 3, 5) to keep its quorum")
+    api_vip = _api_vip(raw.get("api_vip"), engine, nodes, network)
     versions = {k: str(v) for k, v in raw["versions"].items()}
     if not re.match(r"^1\.\d+(\.\d+)?$", versions["kubernetes"]):
         raise SpecError(
@@ -308,11 +329,35 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
         stack=str(raw["stack"] or ""),
         package_proxy=package_proxy,
         kube_source=kube_source,
+        control_planes=len([n for n in nodes if n.role == "control_plane"]) if engine == "kubernetes" else 1,
+        api_vip=api_vip,
     )
 
 
+def _api_vip(value: Any, engine: str, nodes: tuple[Node, ...], network: ipaddress.IPv4Network) -> str:
+    """The API server's virtual IP: only with several control planes; by default the node network's
+    address just below the first node (.9 of a /24), which no node takes."""
+    several = engine == "kubernetes" and sum(n.role == "control_plane" for n in nodes) > 1
+    if not several:
+        if value:
+            raise SpecError("api_vip is the address of several control planes; drop it, or set control_planes: 3")
+        return ""
+    if not value:
+        return str(list(network.hosts())[FIRST_HOST_OFFSET - 2])
+    try:
+        vip = ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise SpecError(f"api_vip '{value}' is not an IPv4 address; give a free address of the node network") from None
+    if vip not in network or vip in (network.network_address, network.broadcast_address):
+        raise SpecError(f"api_vip {vip} is not a host address of the node network {network}; pick one inside it")
+    taken = [n.name for n in nodes if n.ip == str(vip)]
+    if taken:
+        raise SpecError(f"api_vip {vip} is node {taken[0]}'s address; pick a free address of {network}")
+    return str(vip)
+
+
 def _plan_nodes(
-    nodes: Any, engine: str, managers: int, network: ipaddress.IPv4Network, labels: Any
+    nodes: Any, engine: str, leads_wanted: int, network: ipaddress.IPv4Network, labels: Any
 ) -> tuple[Node, ...]:
     if not isinstance(labels, dict):
         raise SpecError("labels must map node names to {key: value} mappings")
@@ -348,9 +393,12 @@ def _plan_nodes(
             )
         if count > MAX_NODES:
             raise SpecError(f"nodes must be at most {MAX_NODES} (got {count})")
-        leads = 1 if engine == "kubernetes" else min(managers, count)
-        if engine == "swarm" and managers > count:
-            raise SpecError(f"managers ({managers}) cannot exceed nodes ({count}); lower --managers or add nodes")
+        if leads_wanted > count:
+            what = "managers" if engine == "swarm" else "control_planes"
+            raise SpecError(
+                f"{what} ({leads_wanted}) cannot exceed nodes ({count}); lower --{what.replace('_', '-')} or add nodes"
+            )
+        leads = leads_wanted
         entries = [(f"{lead_prefix}{i + 1}", lead_role) for i in range(leads)]
         entries += [(f"worker{i + 1}", "worker") for i in range(count - leads)]
     # Control plane / managers first so that they take .10, .11 ...

@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,36 @@ def test_kubeconfig_on_the_host_shows_three_ready_nodes_on_the_node_network(clus
     assert node_table(cluster) == {name: ("True", ip) for name, ip in IPS.items()}
 
 
+def test_a_second_cluster_with_the_same_name_or_network_is_refused_and_its_destroy_spares_this_one(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Issue 14.1-2: a second state directory took the running cluster's name, failed on a docker name
+    clash, and its `destroy` removed the first cluster's machines and network."""
+    before = cluster.containers()
+    second = Cluster(tmp_path / "second", NAME, "192.168.158.0/24")
+    for cmd in ("plan", "up"):
+        proc = second.run(
+            cmd, "--nodes", "1", "--provider", "docker", "--name", NAME, "--network", "192.168.158.0/24", check=False
+        )
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+        assert f"the cluster name '{NAME}' is taken by another cluster" in proc.stderr, proc.stderr
+        assert str(cluster.root) in proc.stderr, proc.stderr
+    other_name = Cluster(tmp_path / "third", "it-k8s-b", NETWORK)
+    proc = other_name.run(
+        "up", "--nodes", "1", "--provider", "docker", "--name", "it-k8s-b", "--network", NETWORK, check=False
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert f"the node network {NETWORK} is used by cluster '{NAME}'" in proc.stderr, proc.stderr
+    assert not second.root.exists() and not other_name.root.exists(), "a refused up left a state directory"
+    # A state directory that names this cluster but did not make it: its destroy removes nothing of ours.
+    second.root.mkdir(parents=True)
+    saved = json.loads((cluster.root / "cluster.json").read_text())
+    (second.root / "cluster.json").write_text(json.dumps(saved | {"cluster_id": "0123456789ab"}))
+    second.run("destroy", "-f", timeout=300)
+    assert cluster.containers() == before
+    assert cluster.docker_network_exists()
+
+
 def test_rerun_converges_with_no_change_in_any_stage(cluster: Cluster) -> None:
     cluster.run("up", "--converge", timeout=1800)
     changed = cluster.timings()["changed"]
@@ -99,6 +130,23 @@ def test_adding_a_node_joins_only_that_worker(cluster: Cluster) -> None:
     assert re.search(r"^changed: \[worker3\]", log, re.M), log[-3000:]
     touched = set(re.findall(r"^changed: \[(cp1|worker1|worker2)\]", log, re.M))
     assert not touched, f"the join stage changed {sorted(touched)} as well as worker3"
+
+
+def test_shrinking_drains_and_removes_only_the_dropped_worker(cluster: Cluster) -> None:
+    """Issue 14.3: `up --nodes 3` after 4 left worker3 running and unseen."""
+    refused = cluster.run("up", "--nodes", "3", check=False)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr
+    assert "4 -> 3 nodes: worker3 will be drained, deleted from Kubernetes and reset" in refused.stderr
+    assert f"{NAME}-worker3" in cluster.containers()
+    proc = cluster.run("up", "--nodes", "3", "--shrink", timeout=1800)
+    assert "removed worker3" in proc.stdout, proc.stdout[-3000:]
+    assert "all checks passed" in proc.stdout, proc.stdout[-4000:]
+    assert set(node_table(cluster)) == {"cp1", "worker1", "worker2"}
+    assert f"{NAME}-worker3" not in cluster.containers()
+    log = (cluster.root / "logs" / "remove_nodes.log").read_text()
+    assert re.search(r"^changed: \[cp1\] => \(item=worker3\)", log, re.M), log[-3000:]
+    status = cluster.run("status")
+    assert "worker3" not in status.stdout
 
 
 def test_reset_then_up_with_a_worker_stopped_during_join_forms_the_cluster_again(cluster: Cluster) -> None:

@@ -159,6 +159,21 @@ def test_adding_nodes_leaves_the_others_alone(cluster: Cluster) -> None:
     assert rows["worker3"] == ("192.168.157.13", "running")
 
 
+def test_shrinking_removes_the_dropped_worker_from_the_swarm(cluster: Cluster) -> None:
+    proc = cluster.run("up", "--nodes", "3", "--shrink")
+    assert "removed worker3" in proc.stdout, proc.stdout[-3000:]
+    assert "all checks passed" in proc.stdout, proc.stdout[-3000:]
+    assert f"{NAME}-worker3" not in cluster.containers()
+    hosts = subprocess.run(
+        ["docker", "exec", f"{NAME}-manager1", "docker", "node", "ls", "--format", "{{.Hostname}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(hosts) == ["manager1", "worker1", "worker2"]
+    assert "worker3" not in _status_rows(cluster.run("status").stdout)
+
+
 def test_destroy_leaves_nothing_behind(cluster: Cluster) -> None:
     cluster.run("destroy", "-f")
     assert cluster.containers() == []

@@ -91,3 +91,54 @@ def test_bad_explicit_node_ip(node_ip: str, message: str) -> None:
 def test_bad_cidr() -> None:
     with pytest.raises(KubeConfigError, match="node_network_cidr"):
         kubeconf.select_node_ip(VAGRANT_VM, "192.168.56.0/33")
+
+
+# The API endpoint of several control planes (role kube_api_endpoint)
+
+HA_FACTS = {
+    "interfaces": ["lo", "eth0", "eth1"],
+    "lo": {"ipv4": {"address": "127.0.0.1"}},
+    "eth0": {"ipv4": {"address": "172.17.0.3"}},
+    "eth1": {"ipv4": {"address": "192.168.56.11"}, "ipv4_secondaries": [{"address": "192.168.56.9"}]},
+}
+
+
+def test_api_endpoint_plan_puts_the_vip_on_the_node_network_interface() -> None:
+    from provisioner import kubeconf
+
+    plan = kubeconf.api_endpoint_plan(
+        HA_FACTS,
+        "192.168.56.9",
+        "192.168.56.0/24",
+        "192.168.56.11",
+        ["192.168.56.10", "192.168.56.11", "192.168.56.12"],
+    )
+    assert plan == {
+        "interface": "eth1",
+        "vip": "192.168.56.9",
+        "peers": ["192.168.56.10", "192.168.56.12"],
+        "port": 8443,
+    }
+
+
+@pytest.mark.parametrize(
+    ("vip", "port", "message"),
+    [
+        ("192.168.57.9", 8443, "not a host address of the node network"),
+        ("192.168.56.10", 8443, "a control plane's own address"),
+        ("nine", 8443, "not an IPv4 address"),
+        ("192.168.56.9", 6443, "other than the API servers' 6443"),
+    ],
+)
+def test_api_endpoint_plan_refuses(vip: str, port: int, message: str) -> None:
+    from provisioner import kubeconf
+
+    with pytest.raises(kubeconf.KubeConfigError, match=message):
+        kubeconf.api_endpoint_plan(HA_FACTS, vip, "192.168.56.0/24", "192.168.56.11", ["192.168.56.10"], port)
+
+
+def test_interface_for_ip_names_a_missing_address() -> None:
+    from provisioner import kubeconf
+
+    with pytest.raises(kubeconf.KubeConfigError, match="no interface holds 192.168.56.99"):
+        kubeconf.interface_for_ip(HA_FACTS, "192.168.56.99")

@@ -236,9 +236,39 @@ def join_vars(**overrides: Any) -> dict[str, Any]:
         "kube_join_ignore_preflight_errors": [],
         "kube_join_kubelet_extra_args": {},
         "kube_join_cgroup_v1": {"kubelet_config": {}, "ignore_preflight_errors": [], "warning": ""},
+        "kube_join_as_control_plane": False,
+        "kube_join_certificate_key": "",
+        "kube_join_bind_port": 6443,
     }
     values.update(overrides)
     return values
+
+
+CERT_KEY = "0123456789abcdef" * 4
+
+
+def test_control_plane_join_configuration() -> None:
+    """A further control plane: the uploaded certificates under the run's key, its own API endpoint."""
+    docs = render(
+        JOIN_TEMPLATE,
+        join_vars(
+            kube_join_as_control_plane=True,
+            kube_join_certificate_key=CERT_KEY,
+            kube_join_endpoint_resolved="192.168.56.9:8443",
+            kube_join_node_ip_resolved="192.168.56.12",
+        ),
+    )
+    assert docs[0]["controlPlane"] == {
+        "localAPIEndpoint": {"advertiseAddress": "192.168.56.12", "bindPort": 6443},
+        "certificateKey": CERT_KEY,
+    }
+    assert docs[0]["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "192.168.56.9:8443"
+
+
+def test_control_plane_join_refuses_a_bad_key_without_echoing_it() -> None:
+    with pytest.raises(RENDER_ERRORS, match="certificate key is missing or malformed") as info:
+        render(JOIN_TEMPLATE, join_vars(kube_join_as_control_plane=True, kube_join_certificate_key="nothex" * 9))
+    assert "nothex" not in str(info.value)
 
 
 def test_join_configuration() -> None:

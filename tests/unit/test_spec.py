@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from provisioner.errors import SpecError
-from provisioner.spec import ClusterSpec, build_spec, load_file
+from provisioner.spec import ClusterSpec, build_spec, check_engine_fields, load_file
 
 
 def test_defaults_plan_classic_lab() -> None:
@@ -171,3 +172,42 @@ def test_pod_cidr_with_swarm_is_refused_by_plan_before_anything_is_made(tmp_path
 
     code = main(["--dir", str(tmp_path / "ws"), "plan", "--engine", "swarm", "--pod-cidr", "10.50.0.0/16"])
     assert code == 2 and not (tmp_path / "ws").exists()
+
+
+# Several control planes (issue 15)
+
+
+def test_three_control_planes_come_first_with_a_vip_below_them() -> None:
+    spec = build_spec({"nodes": 4, "control_planes": 3})
+    assert [(n.name, n.role, n.ip) for n in spec.nodes] == [
+        ("cp1", "control_plane", "192.168.56.10"),
+        ("cp2", "control_plane", "192.168.56.11"),
+        ("cp3", "control_plane", "192.168.56.12"),
+        ("worker1", "worker", "192.168.56.13"),
+    ]
+    assert (spec.control_planes, spec.api_vip) == (3, "192.168.56.9")
+    assert build_spec({"nodes": 3}).api_vip == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nodes": 4, "control_planes": 2}, "control_planes must be an odd number"),
+        ({"nodes": 2, "control_planes": 3}, r"control_planes \(3\) cannot exceed nodes \(2\)"),
+        ({"nodes": 4, "control_planes": 3, "api_vip": "192.168.56.11"}, "is node cp2's address"),
+        ({"nodes": 4, "control_planes": 3, "api_vip": "10.1.1.1"}, "not a host address of the node network"),
+        ({"nodes": 3, "api_vip": "192.168.56.9"}, "drop it, or set control_planes: 3"),
+        (
+            {"nodes": [{"name": "a", "role": "control_plane"}, {"name": "b", "role": "control_plane"}]},
+            "lists 2 control planes",
+        ),
+    ],
+)
+def test_control_plane_counts_and_vips_are_checked(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        build_spec(data)
+
+
+def test_control_planes_with_swarm_points_to_managers() -> None:
+    with pytest.raises(SpecError, match="use --managers 3"):
+        check_engine_fields("swarm", {"control_planes"})
