@@ -140,5 +140,5 @@ def test_api_endpoint_plan_refuses(vip: str, port: int, message: str) -> None:
 def test_interface_for_ip_names_a_missing_address() -> None:
     from provisioner import kubeconf
 
-    with pytest.raises(kubeconf.KubeConfigError, match="no interface holds 192.168.56.99"):
+    with pytest.raises(kubeconf.KubeConfigError, match=r"no interface holds 192\.168\.56\.99"):
         kubeconf.interface_for_ip(HA_FACTS, "192.168.56.99")
