@@ -15,6 +15,15 @@ from provisioner.vagrant import SshInfo
 # Where the docker provider mounts the directory of bundles (read-only) in its container nodes (Vagrantfile).
 BUNDLES_NODE_DIR = "/opt/provisioner/bundles"
 ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker")
+# SSH host keys of the toolkit's own nodes are not checked: every node is made anew (and gets new
+# host keys) on each recreate, at an address (a loopback port, a private IP) that the next cluster
+# reuses. These go on each generated host, never in ansible.cfg, so that a hand-written inventory of
+# real servers keeps Ansible's host key checking. testinfra (verify) reads ansible_ssh_common_args too.
+NODE_SSH_COMMON_ARGS = "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
+NODE_SSH_VARS: dict[str, Any] = {
+    "ansible_ssh_common_args": NODE_SSH_COMMON_ARGS,
+    "ansible_host_key_checking": False,
+}
 
 
 def bundle_smoke_image(path: Path) -> str:
@@ -77,6 +86,7 @@ def build_inventory(
             "ansible_port": info.port,
             "ansible_user": info.user,
             "ansible_ssh_private_key_file": info.identity_file,
+            **NODE_SSH_VARS,
             "node_ip": node.ip,
         }
         if node.labels:
