@@ -9,7 +9,7 @@ import yaml
 
 from provisioner import hostnet
 from provisioner.errors import ProvisionError
-from provisioner.spec import ClusterSpec, group_of
+from provisioner.spec import DEFAULT_SWARM_POOL, ClusterSpec, group_of
 from provisioner.vagrant import SshInfo
 
 # Where the docker provider mounts the directory of bundles (read-only) in its container nodes (Vagrantfile).
@@ -48,6 +48,9 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
             extra["kube_smoke_image"] = smoke
         if spec.provider == "docker":
             extra["kube_bundle_node_dir"] = f"{BUNDLES_NODE_DIR}/{bundle.name}"
+    if spec.engine == "swarm" and spec.swarm_address_pool != DEFAULT_SWARM_POOL:
+        # [] (the role's default) leaves Docker's own pool, so an unchanged spec adds nothing here.
+        extra["swarm_default_addr_pool"] = [spec.swarm_address_pool]
     if spec.provider == "docker" and spec.engine == "kubernetes":
         servers = hostnet.upstream_nameservers()
         if servers:
