@@ -104,7 +104,14 @@ WantedBy=multi-user.target
 UNIT
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
-echo 'UseDNS no' > "$root/etc/ssh/sshd_config.d/10-provisioner.conf"
+# sshd takes keys only: every account is locked, the vagrant user logs in with its key and uses
+# sudo, and nobody logs in as root.
+cat > "$root/etc/ssh/sshd_config.d/10-provisioner.conf" <<'SSHD'
+UseDNS no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+SSHD
 
 # The root file system, by the UUID the builder gives it.
 printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$ROOT_UUID" > "$root/etc/fstab"

@@ -23,6 +23,12 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--network", help="node network (default 192.168.56.0/24; control plane at .10)")
     g.add_argument("--pod-cidr", dest="pod_cidr", help="pod network (default 10.244.0.0/16)")
     g.add_argument("--service-cidr", dest="service_cidr", help="service network (default 10.96.0.0/12)")
+    g.add_argument(
+        "--swarm-address-pool",
+        dest="swarm_address_pool",
+        metavar="CIDR",
+        help="swarm only: the range overlay networks take /24s from (default Docker's 10.0.0.0/8)",
+    )
     g.add_argument("--cpus", help="CPUs per node (VM providers)")
     g.add_argument("--memory", help="MiB per node (VM providers)")
     g.add_argument("--managers", help="swarm managers, an odd number (default 1)")
@@ -150,6 +156,7 @@ SPEC_KEYS = (
     "network",
     "pod_cidr",
     "service_cidr",
+    "swarm_address_pool",
     "cpus",
     "memory",
     "managers",

@@ -19,7 +19,7 @@ from provisioner import box, hostnet, identity, image, inventory, libvirt, machi
 from provisioner.ansible import StageRun, forget_facts, run_playbook
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
-from provisioner.spec import ClusterSpec, build_spec, group_of
+from provisioner.spec import DEFAULT_SWARM_POOL, SWARM_POOL_MASK, ClusterSpec, build_spec, group_of
 from provisioner.state import State
 from provisioner.vagrant import Vagrant, parse_progress_line
 
@@ -115,17 +115,25 @@ def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) 
     return spec, inputs
 
 
-def check_networks(spec: ClusterSpec) -> None:
-    hostnet.check_against_host(
-        {"network": spec.network, "pod_cidr": spec.pod_cidr, "service_cidr": spec.service_cidr},
-        hostnet.host_networks(),
-        own_node_network=spec.network,
-    )
+def check_networks(spec: ClusterSpec) -> list[str]:
+    """Refuse the spec's ranges that overlap the host's networks: the node network, and the ranges of
+    the engine (pod and service CIDRs for kubernetes, the overlay address pool for swarm). Returns
+    notes to print: Docker's default swarm pool overlapping a host network is only warned about."""
+    host = hostnet.host_networks()
+    named = {"network": spec.network}
+    if spec.engine == "kubernetes":
+        named |= {"pod_cidr": spec.pod_cidr, "service_cidr": spec.service_cidr}
+    hostnet.check_against_host(named, host, own_node_network=spec.network)
+    if spec.engine != "swarm":
+        return []
+    chosen = spec.swarm_address_pool != DEFAULT_SWARM_POOL
+    note = hostnet.check_swarm_pool(spec.swarm_address_pool, chosen, spec.network, host)
+    return [note] if note else []
 
 
 def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     spec, _ = resolve_spec(ws, opts.overrides, opts.config)
-    check_networks(spec)
+    notes = check_networks(spec)
     choice = providers.choose(spec.provider, opts.prefer_speed) if spec.provider == "auto" else None
     provider = f"{choice.provider} (auto: {choice.reason})" if choice else spec.provider
     if (choice.provider if choice else spec.provider) == "libvirt":
@@ -140,13 +148,21 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     out.write(f"resources    {spec.cpus} CPUs, {spec.memory} MiB per node\n")
     out.write(f"runtime      {spec.runtime} (source: {spec.runtime_source})\n")
     out.write(f"versions     kubernetes {spec.versions['kubernetes']}, calico {spec.versions['calico']}\n")
-    out.write(f"node network {spec.network}\npod CIDR     {spec.pod_cidr}\nservice CIDR {spec.service_cidr}\n")
+    out.write(f"node network {spec.network}\n")
+    if spec.engine == "swarm":
+        default = " (Docker's default)" if spec.swarm_address_pool == DEFAULT_SWARM_POOL else ""
+        out.write(f"swarm pool   {spec.swarm_address_pool}{default}, /{SWARM_POOL_MASK} overlay networks\n")
+    else:
+        out.write(f"pod CIDR     {spec.pod_cidr}\nservice CIDR {spec.service_cidr}\n")
     if spec.api_vip:
         out.write(
             f"API endpoint {spec.api_vip}:8443 (virtual IP held by one of {spec.control_planes} control planes, "
             f"keepalived + HAProxy; reserved on the node network)\n"
         )
-    out.write("checks       CIDRs pairwise disjoint and clear of the host's networks\n\n")
+    out.write("checks       CIDRs pairwise disjoint and clear of the host's networks\n")
+    for note in notes:
+        out.write(f"note         {note}\n")
+    out.write("\n")
     out.write(f"{'node':<14}{'role':<15}{'group':<20}ip\n")
     for n in spec.nodes:
         out.write(f"{n.name:<14}{n.role:<15}{group_of(spec.engine, n.role):<20}{n.ip}\n")
@@ -215,7 +231,8 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
 def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSpec, dict[str, Any]]:
     """The validated spec with its provider decided; refused before anything is created."""
     spec, inputs = resolve_spec(ws, opts.overrides, opts.config)
-    check_networks(spec)
+    for note in check_networks(spec):
+        out.write(f"note: {note}\n")
     check_stack(spec)
     saved = ws.load_saved()
     if saved is not None:
@@ -558,7 +575,8 @@ def _refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
             "controlPlaneEndpoint, the certificates, the node addresses): `destroy -f` and `up` with the new count",
             exit_code=2,
         )
-    for attr in ("name", "engine", "network"):
+    # The swarm reads its address pool once, at `docker swarm init`.
+    for attr in ("name", "engine", "network", *(("swarm_address_pool",) if old.engine == "swarm" else ())):
         if getattr(old, attr) != getattr(new, attr):
             raise ProvisionError(
                 f"this cluster exists with {attr} {getattr(old, attr)}, the spec now says {getattr(new, attr)}; "

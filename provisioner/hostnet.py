@@ -78,6 +78,54 @@ def check_against_host(named: dict[str, str], host: list[HostNet], own_node_netw
             )
 
 
+def overlapping(cidr: str, host: list[HostNet]) -> list[HostNet]:
+    """The host's networks that overlap `cidr`, each network on each device once."""
+    net = ipaddress.ip_network(cidr)
+    found: dict[tuple[ipaddress.IPv4Network, str], HostNet] = {}
+    for hn in host:
+        if net.overlaps(hn.network):
+            found.setdefault((hn.network, hn.device), hn)
+    return list(found.values())
+
+
+def clear_swarm_pool(avoid: list[ipaddress.IPv4Network]) -> str:
+    """The first /16 of 10.0.0.0/8 from 10.1.0.0/16 on that overlaps none of `avoid` ("" if none is
+    left). 10.0.0.0/16 is passed over: on VirtualBox VMs it holds the NAT network 10.0.2.0/24."""
+    for second in range(1, 256):
+        candidate = ipaddress.IPv4Network(f"10.{second}.0.0/16")
+        if not any(candidate.overlaps(net) for net in avoid):
+            return str(candidate)
+    return ""
+
+
+def check_swarm_pool(pool: str, chosen: bool, node_network: str, host: list[HostNet]) -> str:
+    """Check the swarm's overlay address pool against the host's networks before anything is made.
+
+    A pool the spec chose (`chosen`) that overlaps one of them is refused: a service on an overlay
+    network given those addresses could not reach that network. Docker's default pool (10.0.0.0/8,
+    when the spec names none) is only warned about, with the returned note ("" when clear): many
+    hosts route some 10.x network (a VPN, a libvirt network of another cluster), and Docker hands
+    out a pool's /24s from its start, so those rarely meet; refusing would stop every default
+    swarm there."""
+    clashes = overlapping(pool, host)
+    if not clashes:
+        return ""
+    noun, them = ("network", "it") if len(clashes) == 1 else ("networks", "them")
+    where = f"{noun} " + ", ".join(f"{hn.network} on {hn.device}" for hn in clashes)
+    avoid = [hn.network for hn in host] + [ipaddress.IPv4Network(node_network)]
+    suggestion = clear_swarm_pool(avoid)
+    fix = f"--swarm-address-pool {suggestion}" if suggestion else f"--swarm-address-pool with a range clear of {them}"
+    if chosen:
+        raise SpecError(
+            f"swarm_address_pool {pool} overlaps the host's {where}; choose a pool clear of {them}, "
+            f"e.g. {fix} (or swarm_address_pool in the spec file)"
+        )
+    return (
+        f"the swarm's overlay networks take addresses from Docker's default pool {pool}, which overlaps "
+        f"the host's {where}; to keep them apart, pass {fix}"
+    )
+
+
 def upstream_nameservers(
     paths: tuple[Path, ...] = (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf")),
 ) -> list[str]:

@@ -80,7 +80,14 @@ chroot "$root" systemctl enable ssh-hostkeys.service ssh.service
 chroot "$root" systemctl mask getty@tty1.service console-getty.service systemd-remount-fs.service \
     systemd-udevd.service sys-kernel-config.mount sys-kernel-debug.mount
 : > "$root/etc/machine-id"
-echo 'UseDNS no' > "$root/etc/ssh/sshd_config.d/10-provisioner.conf"
+# sshd takes keys only: every account is locked, the vagrant user logs in with its key and uses
+# sudo, and nobody logs in as root.
+cat > "$root/etc/ssh/sshd_config.d/10-provisioner.conf" <<'SSHD'
+UseDNS no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+SSHD
 printf 'node\n' > "$root/etc/hostname"
 # With the runtime baked in, its daemons stay off at boot: the runtime stage writes their
 # configuration and starts them once, instead of a start with the package defaults and a restart.

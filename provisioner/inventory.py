@@ -9,12 +9,21 @@ import yaml
 
 from provisioner import hostnet
 from provisioner.errors import ProvisionError
-from provisioner.spec import ClusterSpec, group_of
+from provisioner.spec import DEFAULT_SWARM_POOL, ClusterSpec, group_of
 from provisioner.vagrant import SshInfo
 
 # Where the docker provider mounts the directory of bundles (read-only) in its container nodes (Vagrantfile).
 BUNDLES_NODE_DIR = "/opt/provisioner/bundles"
 ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker")
+# SSH host keys of the toolkit's own nodes are not checked: every node is made anew (and gets new
+# host keys) on each recreate, at an address (a loopback port, a private IP) that the next cluster
+# reuses. These go on each generated host, never in ansible.cfg, so that a hand-written inventory of
+# real servers keeps Ansible's host key checking. testinfra (verify) reads ansible_ssh_common_args too.
+NODE_SSH_COMMON_ARGS = "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
+NODE_SSH_VARS: dict[str, Any] = {
+    "ansible_ssh_common_args": NODE_SSH_COMMON_ARGS,
+    "ansible_host_key_checking": False,
+}
 
 
 def bundle_smoke_image(path: Path) -> str:
@@ -39,6 +48,9 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
             extra["kube_smoke_image"] = smoke
         if spec.provider == "docker":
             extra["kube_bundle_node_dir"] = f"{BUNDLES_NODE_DIR}/{bundle.name}"
+    if spec.engine == "swarm" and spec.swarm_address_pool != DEFAULT_SWARM_POOL:
+        # [] (the role's default) leaves Docker's own pool, so an unchanged spec adds nothing here.
+        extra["swarm_default_addr_pool"] = [spec.swarm_address_pool]
     if spec.provider == "docker" and spec.engine == "kubernetes":
         servers = hostnet.upstream_nameservers()
         if servers:
@@ -78,6 +90,7 @@ def build_inventory(
             "ansible_port": info.port,
             "ansible_user": info.user,
             "ansible_ssh_private_key_file": info.identity_file,
+            **NODE_SSH_VARS,
             "node_ip": node.ip,
         }
         if node.labels:

@@ -36,6 +36,10 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 PROXY_RE = re.compile(
     rf"(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?/?"
 )
+# Docker's own pool for a swarm's overlay networks (docker swarm init without --default-addr-pool).
+DEFAULT_SWARM_POOL = "10.0.0.0/8"
+# The swarm role carves /24 overlay networks out of the pool (swarm_default_addr_pool_mask_length).
+SWARM_POOL_MASK = 24
 
 DEFAULTS: dict[str, Any] = {
     "name": "lab",
@@ -48,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "network": "192.168.56.0/24",
     "pod_cidr": "10.244.0.0/16",
     "service_cidr": "10.96.0.0/12",
+    "swarm_address_pool": DEFAULT_SWARM_POOL,
     "engine": "kubernetes",
     "managers": 1,
     "control_planes": 1,
@@ -98,6 +103,7 @@ class ClusterSpec:
     # node network (a virtual IP that keepalived moves, HAProxy on every control plane behind it).
     control_planes: int = 1
     api_vip: str = ""
+    swarm_address_pool: str = DEFAULT_SWARM_POOL  # the swarm's overlay networks; unused by kubernetes
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -193,8 +199,13 @@ def check_engine_fields(engine: str, given: set[str]) -> None:
         field = ignored[0]
         raise SpecError(
             f"{field} is a Kubernetes setting and does nothing with engine swarm (its overlay networks take "
-            f"addresses from Docker's own pool, 10.0.0.0/8 by default); drop --{field.replace('_', '-')} "
-            f"or use --engine kubernetes"
+            f"addresses from swarm_address_pool, Docker's {DEFAULT_SWARM_POOL} by default); drop "
+            f"--{field.replace('_', '-')} or use --engine kubernetes"
+        )
+    if engine == "kubernetes" and "swarm_address_pool" in given:
+        raise SpecError(
+            "swarm_address_pool is a Docker Swarm setting and does nothing with engine kubernetes (pods and "
+            "services take pod_cidr and service_cidr); drop --swarm-address-pool or use --engine swarm"
         )
 
 
@@ -286,14 +297,24 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
     network = _network(raw, "network")
     pod = _network(raw, "pod_cidr")
     service = _network(raw, "service_cidr")
-    named = {"network": network, "pod_cidr": pod, "service_cidr": service}
+    pool = _network(raw, "swarm_address_pool")
+    if pool.prefixlen > SWARM_POOL_MASK:
+        raise SpecError(
+            f"swarm_address_pool {pool} is smaller than the /{SWARM_POOL_MASK} overlay networks the swarm "
+            f"carves from it; use a /{SWARM_POOL_MASK} or larger range such as 10.10.0.0/16"
+        )
+    # The ranges the engine uses must be disjoint; the other engine's ranges are never used.
+    if engine == "kubernetes":
+        named = {"network": network, "pod_cidr": pod, "service_cidr": service}
+    else:
+        named = {"network": network, "swarm_address_pool": pool}
     keys = list(named)
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
             if named[a].overlaps(named[b]):
+                defaults = ", ".join(f"{k} {DEFAULTS[k]}" for k in keys)
                 raise SpecError(
-                    f"{a} {named[a]} overlaps {b} {named[b]}; choose non-overlapping ranges "
-                    f"(defaults: network 192.168.56.0/24, pod_cidr 10.244.0.0/16, service_cidr 10.96.0.0/12)"
+                    f"{a} {named[a]} overlaps {b} {named[b]}; choose non-overlapping ranges (defaults: {defaults})"
                 )
     if network.prefixlen > 28:
         raise SpecError(f"network {network} is too small; use a /24 such as 192.168.56.0/24")
@@ -331,6 +352,7 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
         kube_source=kube_source,
         control_planes=len([n for n in nodes if n.role == "control_plane"]) if engine == "kubernetes" else 1,
         api_vip=api_vip,
+        swarm_address_pool=str(pool),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from provisioner.ansible import ansible_env
 from provisioner.errors import ProvisionError
+from provisioner.inventory import NODE_SSH_COMMON_ARGS
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,21 @@ def parse_junit(path: Path, nodes: list[str]) -> Report:
 def testinfra_env(provision_dir: Path) -> dict[str, str]:
     """The environment of a testinfra run. testinfra's SSH backend opens a new connection for every
     command unless it is given a ControlPath (ansible.cfg turns ControlMaster on but leaves the path
-    to Ansible), so every check would pay a key exchange: give it one shared connection per node."""
+    to Ansible), so every check would pay a key exchange: give it one shared connection per node.
+
+    The path goes in ANSIBLE_SSH_EXTRA_ARGS: testinfra, unlike Ansible, lets ANSIBLE_SSH_COMMON_ARGS
+    replace the inventory's ansible_ssh_common_args, which turn host key checking off for the nodes.
+    When that variable is set anyway, the nodes' options are added to it."""
     env = ansible_env(provision_dir)
-    common = env.get("ANSIBLE_SSH_COMMON_ARGS", "")
-    if "controlpath" not in common.lower():
+    common = env.get("ANSIBLE_SSH_COMMON_ARGS")
+    if common is not None and NODE_SSH_COMMON_ARGS not in common:
+        env["ANSIBLE_SSH_COMMON_ARGS"] = f"{common} {NODE_SSH_COMMON_ARGS}".strip()
+    extra = env.get("ANSIBLE_SSH_EXTRA_ARGS", "")
+    if "controlpath" not in f"{common or ''} {extra}".lower():
         # A short directory: a socket path has at most 107 bytes.
         cp_dir = Path.home() / ".ansible" / "cp"
         cp_dir.mkdir(parents=True, exist_ok=True)
-        env["ANSIBLE_SSH_COMMON_ARGS"] = f"{common} -o ControlPath={cp_dir}/ti-%C".strip()
+        env["ANSIBLE_SSH_EXTRA_ARGS"] = f"{extra} -o ControlPath={cp_dir}/ti-%C".strip()
     return env
 
 

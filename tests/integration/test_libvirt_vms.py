@@ -64,7 +64,9 @@ RUNTIME_BOX = os.environ.get("PROVISION_VM_LANE_BOX", "runtime") != "plain"
 SLOW_TIMEOUT = {"ANSIBLE_TIMEOUT": "120"}
 # testinfra opens one SSH connection per check unless a ControlPath is set (ansible.cfg has
 # ControlMaster/ControlPersist but leaves the path to Ansible); a key exchange costs seconds on an
-# emulated CPU, so the lane shares one connection per VM (the fixture fills in the directory).
+# emulated CPU, so the lane shares one connection per VM (the fixture fills in the directory). It goes
+# in ANSIBLE_SSH_EXTRA_ARGS: in testinfra ANSIBLE_SSH_COMMON_ARGS would replace the inventory's
+# ansible_ssh_common_args, which turn host key checking off for the nodes.
 CONTROL_PATH_ARG = "-o ControlPath={}/%C"
 SWAP_ON = (
     "set -e; test -f /swapfile || { fallocate -l 64M /swapfile; chmod 600 /swapfile; mkswap -q /swapfile; }; "
@@ -147,7 +149,7 @@ class Lane:
     def hosts(self) -> dict[str, Any]:
         import testinfra
 
-        os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))  # no host key prompts
+        os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))  # its ssh_args (ControlMaster)
         inv = self.cluster.inventory
         return {n: testinfra.get_host(f"ansible://{n}?ansible_inventory={inv}") for n in IPS}
 
@@ -175,7 +177,7 @@ def lane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     # testinfra's ansible backend runs ansible-inventory from PATH: the one next to this Python.
     bindir = str(Path(sys.executable).parent)
     lane_env = SLOW_TIMEOUT | {
-        "ANSIBLE_SSH_COMMON_ARGS": CONTROL_PATH_ARG.format(control_dir),
+        "ANSIBLE_SSH_EXTRA_ARGS": CONTROL_PATH_ARG.format(control_dir),
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
     }
     saved_env = {k: os.environ.get(k) for k in lane_env}

@@ -86,7 +86,7 @@ def test_plan_says_what_up_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     other = identity.Machine("c1", "lab-cp1", "lab", "old", "/root/.provision", ("192.168.56.0/24",))
     monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
     monkeypatch.setattr(providers, "docker_machines", lambda: [other])
-    monkeypatch.setattr(cluster, "check_networks", lambda spec: None)
+    monkeypatch.setattr(cluster, "check_networks", lambda spec: [])
     ws = cluster.Workspace(tmp_path / "second")
     opts = cluster.UpOptions(overrides={"provider": "docker", "nodes": "1"})
     with pytest.raises(ProvisionError) as info:
@@ -100,7 +100,7 @@ def test_up_refuses_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.
     other = identity.Machine("c1", "web-cp1", "web", "old", "/srv/web", ("192.168.56.0/24",))
     monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
     monkeypatch.setattr(providers, "docker_machines", lambda: [other])
-    monkeypatch.setattr(cluster, "check_networks", lambda spec: None)
+    monkeypatch.setattr(cluster, "check_networks", lambda spec: [])
     monkeypatch.setattr("provisioner.cluster.providers.choose", lambda *a, **k: providers.Choice("docker", "test"))
     ws = cluster.Workspace(tmp_path / "second")
     opts = cluster.UpOptions(overrides={"provider": "docker", "nodes": "1", "engine": "swarm"})

@@ -211,3 +211,51 @@ def test_control_plane_counts_and_vips_are_checked(data: dict[str, Any], message
 def test_control_planes_with_swarm_points_to_managers() -> None:
     with pytest.raises(SpecError, match="use --managers 3"):
         check_engine_fields("swarm", {"control_planes"})
+
+
+def test_swarm_address_pool_defaults_to_dockers_own_pool_and_takes_a_cidr() -> None:
+    assert build_spec({"engine": "swarm"}).swarm_address_pool == "10.0.0.0/8"
+    assert (
+        build_spec({"engine": "swarm"}, {"swarm_address_pool": "172.30.0.0/16"}).swarm_address_pool == "172.30.0.0/16"
+    )
+    data = build_spec({"engine": "swarm"}).to_dict()
+    del data["swarm_address_pool"]  # cluster.json written before the field existed
+    assert ClusterSpec.from_dict(data).swarm_address_pool == "10.0.0.0/8"
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"swarm_address_pool": "10.0.0.0/33"}, "swarm_address_pool '10.0.0.0/33' is not a valid IPv4 network"),
+        ({"swarm_address_pool": "10.1.0.1/16"}, "is not a valid IPv4 network in CIDR form with its host bits clear"),
+        ({"swarm_address_pool": "10.9.9.0/25"}, "smaller than the /24 overlay networks"),
+        (
+            {"network": "10.20.0.0/24"},
+            "network 10.20.0.0/24 overlaps swarm_address_pool 10.0.0.0/8; choose non-overlapping ranges "
+            "(defaults: network 192.168.56.0/24, swarm_address_pool 10.0.0.0/8)",
+        ),
+        (
+            {"swarm_address_pool": "192.168.0.0/16"},
+            "network 192.168.56.0/24 overlaps swarm_address_pool 192.168.0.0/16",
+        ),
+    ],
+)
+def test_swarm_address_pool_is_validated_for_swarm(data: dict[str, object], fragment: str) -> None:
+    with pytest.raises(SpecError) as info:
+        build_spec({"engine": "swarm", **data})
+    assert fragment in info.value.message
+
+
+def test_each_engine_checks_only_its_own_ranges_against_the_node_network() -> None:
+    # The pod and service CIDRs mean nothing to a swarm, and the overlay pool nothing to kubernetes.
+    swarm = build_spec({"engine": "swarm", "network": "10.244.1.0/24", "swarm_address_pool": "172.30.0.0/16"})
+    assert swarm.network == "10.244.1.0/24"
+    assert build_spec({"network": "10.20.0.0/24"}).network == "10.20.0.0/24"
+
+
+def test_swarm_address_pool_with_kubernetes_is_refused_not_ignored() -> None:
+    from provisioner.spec import check_engine_fields
+
+    with pytest.raises(SpecError, match="swarm_address_pool is a Docker Swarm setting and does nothing with engine"):
+        check_engine_fields("kubernetes", {"swarm_address_pool"})
+    check_engine_fields("swarm", {"engine", "swarm_address_pool"})
