@@ -294,7 +294,7 @@ def _leaving_nodes(ws: Workspace, spec: ClusterSpec, opts: UpOptions, out: TextI
         else "drained and removed from the swarm"
     )
     plan_line = (
-        f"{len(old.nodes)} -> {len(spec.nodes)} nodes: {', '.join(names)} will be {what}, and their machines destroyed"
+        f"{len(old.nodes)} -> {len(spec.nodes)} nodes: {', '.join(names)} will be {what}, and the machines destroyed"
     )
     if opts.shrink:
         out.write(f"shrinking {plan_line}\n")
@@ -323,9 +323,16 @@ def _remove_nodes(
     running = [n for n in names if present.get(n) == "running"]
     t0 = time.monotonic()
     if running and ws.inventory.exists():
+        # The inventory of the cluster as it still is (every node, this toolkit's current connection
+        # settings), beside the stages' own, which the new spec rewrites next.
+        alive = [n.name for n in old.nodes if present.get(n.name) == "running"]
+        leaving_inventory = inventory.write_inventory(
+            inventory.build_inventory(old.with_nodes(alive), vg.ssh_config(alive), ws.root),
+            ws.inventory.with_name("leaving.yml"),
+        )
         run_playbook(
             stages.PLAYBOOKS / "remove_nodes.yml",
-            ws.inventory,
+            leaving_inventory,
             ws.root,
             ws.logs / "remove_nodes.log",
             progress,

@@ -118,6 +118,12 @@ class ClusterSpec:
         fields = {k: v for k, v in data.items() if k != "nodes"}
         return cls(nodes=nodes, **fields)
 
+    def with_nodes(self, names: list[str]) -> ClusterSpec:
+        """The same cluster with only the named nodes (their addresses and roles unchanged)."""
+        data = self.to_dict()
+        data["nodes"] = [n for n in data["nodes"] if n["name"] in names]
+        return ClusterSpec.from_dict(data)
+
     def with_provider(self, provider: str) -> ClusterSpec:
         data = self.to_dict()
         data["provider"] = provider

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from provisioner import cluster
 from provisioner.errors import ProvisionError
@@ -84,7 +85,7 @@ def test_removal_runs_on_the_old_inventory_before_the_new_spec_is_saved(
     """The playbook and `vagrant destroy` need the machines that the old spec still lists."""
     from provisioner.ansible import StageRun
     from provisioner.progress import Progress
-    from provisioner.vagrant import MachineStatus
+    from provisioner.vagrant import MachineStatus, SshInfo
 
     ws = _saved(tmp_path, nodes=4, provider="docker")
     (tmp_path / "vagrant").mkdir()
@@ -100,12 +101,19 @@ def test_removal_runs_on_the_old_inventory_before_the_new_spec_is_saved(
             names = [n.name for n in ws.saved_spec().nodes]
             return [MachineStatus(n, "running", "docker") for n in names]
 
+        def ssh_config(self, nodes: list[str]) -> dict[str, SshInfo]:
+            return {n: SshInfo(n, "127.0.0.1", 2200 + i, "vagrant", "/k") for i, n in enumerate(nodes)}
+
         def destroy(self, log: Path, nodes: list[str] | None = None) -> None:
             seen["destroyed"] = nodes
             seen["spec_nodes_at_destroy"] = len(ws.saved_spec().nodes)
 
-    def fake_playbook(path: Path, *a: Any, **k: Any) -> StageRun:
+    def fake_playbook(path: Path, inv: Path, *a: Any, **k: Any) -> StageRun:
         seen["playbook"] = path.name
+        # A fresh inventory of the cluster as it still is: every node, with the toolkit's SSH options.
+        hosts = yaml.safe_load(inv.read_text())["all"]["hosts"]
+        seen["hosts"] = sorted(hosts)
+        assert all("StrictHostKeyChecking=no" in h["ansible_ssh_common_args"] for h in hosts.values())
         seen["vars"] = k["extra_vars"]
         return StageRun()
 
@@ -116,6 +124,7 @@ def test_removal_runs_on_the_old_inventory_before_the_new_spec_is_saved(
     assert seen == {
         "playbook": "remove_nodes.yml",
         "vars": {"cluster_leave_nodes": ["worker3"]},
+        "hosts": ["cp1", "worker1", "worker2", "worker3"],
         "destroyed": ["worker3"],
         "spec_nodes_at_destroy": 4,
     }
