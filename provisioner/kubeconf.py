@@ -1132,3 +1132,28 @@ def smoke_manifest(namespace: str, image: str) -> str:
         },
     ]
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
+
+
+def etcd_problems(statuses: Mapping[str, Any], members: Mapping[str, Any], expected: int) -> list[str]:
+    """What is wrong with a stacked etcd, from each member's /v3/maintenance/status (by address; an
+    "error" entry where it did not answer) and /v3/cluster/member/list: every expected member
+    present and answering, all agreeing on one leader that is a member. [] when healthy."""
+    problems = []
+    listed = members.get("members") or []
+    ids = {str(m.get("ID", "")) for m in listed}
+    if len(listed) != expected:
+        names = ", ".join(sorted(str(m.get("name") or m.get("ID")) for m in listed))
+        problems.append(f"etcd has {len(listed)} members ({names}), expected {expected}")
+    leaders = set()
+    for address, status in sorted(statuses.items()):
+        if "error" in status:
+            problems.append(f"etcd on {address} does not answer: {status['error']}")
+            continue
+        if status.get("errors"):
+            problems.append(f"etcd on {address} reports errors: {'; '.join(map(str, status['errors']))}")
+        leaders.add(str(status.get("leader", "")))
+    if len(leaders) > 1:
+        problems.append(f"the members disagree on the leader ({', '.join(sorted(leaders))})")
+    elif leaders and (leaders == {""} or leaders == {"0"} or not leaders <= ids):
+        problems.append(f"the leader {next(iter(leaders)) or '(none)'} is not a member")
+    return problems

@@ -257,6 +257,92 @@ def test_nodeport_answers_from_the_host(host: Any, workload: dict[str, Any]) -> 
     retry(answers, f"{host.backend.get_pytest_id()} nodeport {url}")
 
 
+# Several control planes: every API server, the shared endpoint, stacked etcd.
+
+ETCD_PROBE = """
+import json, ssl, sys, urllib.request
+pki = "/etc/kubernetes/pki/"
+ctx = ssl.create_default_context(cafile=pki + "etcd/ca.crt")
+ctx.load_cert_chain(pki + "apiserver-etcd-client.crt", pki + "apiserver-etcd-client.key")
+def post(ip, path):
+    req = urllib.request.Request("https://%s:2379%s" % (ip, path), data=b"{}", method="POST")
+    with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+        return json.load(resp)
+statuses = {}
+for ip in sys.argv[1:]:
+    try:
+        statuses[ip] = post(ip, "/v3/maintenance/status")
+    except Exception as exc:
+        statuses[ip] = {"error": str(exc)}
+print(json.dumps({"statuses": statuses, "members": post(sys.argv[1], "/v3/cluster/member/list")}))
+"""
+
+
+def _https_status(url: str) -> tuple[int, str]:
+    """GET over TLS without verifying the serving certificate (only liveness is asked)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except OSError as exc:
+        raise AssertionError(f"GET {url} from the host: {exc}") from exc
+
+
+def _control_plane_hosts(inventory: str) -> list[Any]:
+    runner = AnsibleRunner(inventory)
+    return [
+        testinfra.get_host(f"ansible://{h}?ansible_inventory={inventory}")
+        for h in runner.get_hosts("kube_control_plane")
+    ]
+
+
+def test_api_server_answers_on_each_control_plane(host: Any, inventory: str) -> None:
+    if host.backend.get_pytest_id() not in AnsibleRunner(inventory).get_hosts("kube_control_plane"):
+        pytest.skip("a worker: no API server of its own")
+    url = f"https://{node_ip_of(host)}:6443/readyz"
+
+    def answers() -> None:
+        status, body = _https_status(url)
+        assert status == 200 and body.strip() == "ok", f"GET {url}: {status} {body[:200]!r}"
+
+    retry(answers, f"{host.backend.get_pytest_id()} API server {url}")
+
+
+def test_api_endpoint_answers(control_plane: Any) -> None:
+    vip = str(control_plane.ansible.get_variables().get("kube_api_vip") or "")
+    if not vip:
+        pytest.skip("one control plane: its own address is the endpoint (kube_api_vip empty)")
+    port = int(control_plane.ansible.get_variables().get("kube_api_vip_port") or 8443)
+    url = f"https://{vip}:{port}/readyz"
+
+    def answers() -> None:
+        status, body = _https_status(url)
+        assert status == 200 and body.strip() == "ok", f"GET {url}: {status} {body[:200]!r}"
+
+    retry(answers, f"API endpoint {url}")
+    server = kubectl(control_plane, "config view --raw -o jsonpath={.clusters[0].cluster.server}").strip()
+    assert server == f"https://{vip}:{port}", f"admin.conf points at {server}, not the endpoint {vip}:{port}"
+
+
+def test_etcd_members_healthy_with_one_leader(control_plane: Any, inventory: str) -> None:
+    planes = _control_plane_hosts(inventory)
+    ips = [node_ip_of(h) for h in planes]
+
+    def healthy() -> None:
+        with control_plane.sudo():
+            result = control_plane.run(f"python3 - {' '.join(ips)} <<'EOF'\n{ETCD_PROBE}\nEOF")
+        assert result.rc == 0, f"the etcd probe failed on the first control plane: {result.stderr.strip()[-500:]}"
+        data = json.loads(result.stdout)
+        problems = kubeconf.etcd_problems(data["statuses"], data["members"], len(ips))
+        assert not problems, "; ".join(problems)
+
+    retry(healthy, "etcd members")
+
+
 def test_user_kubeconfig_on_control_plane(control_plane: Any) -> None:
     result = control_plane.run("kubectl get nodes -o name")
     assert result.rc == 0 and "node/" in result.stdout, (

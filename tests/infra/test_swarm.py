@@ -218,6 +218,22 @@ def test_leader_is_planned_manager(manager: Host, request: pytest.FixtureRequest
     assert leaders[0] in planned, f"the leader {leaders[0]} is not a planned manager"
 
 
+def test_other_managers_reachable(manager: Host, request: pytest.FixtureRequest) -> None:
+    """Every manager but the leader is Reachable: the Raft quorum survives the loss of any one of three."""
+    planned = {node_id(h): h.backend.get_hostname() for h in _hosts(request.config, MANAGERS)}
+
+    def unreachable(rows: list[dict[str, Any]]) -> list[str]:
+        status = {r["ID"]: r["ManagerStatus"] for r in rows}
+        return [
+            f"{name}: {status.get(i) or 'not a manager'}"
+            for i, name in planned.items()
+            if status.get(i) not in ("Leader", "Reachable")
+        ]
+
+    rows = wait_for(lambda: node_table(manager), lambda r: not unreachable(r))
+    assert not unreachable(rows), "managers not reachable: " + "; ".join(unreachable(rows))
+
+
 # --- overlay network and smoke service, on the first manager ----------------------------------
 
 

@@ -142,3 +142,26 @@ def test_interface_for_ip_names_a_missing_address() -> None:
 
     with pytest.raises(kubeconf.KubeConfigError, match=r"no interface holds 192\.168\.56\.99"):
         kubeconf.interface_for_ip(HA_FACTS, "192.168.56.99")
+
+
+def _status(leader: str) -> dict[str, Any]:
+    return {"header": {"member_id": "1"}, "leader": leader}
+
+
+MEMBERS = {"members": [{"ID": "1", "name": "cp1"}, {"ID": "2", "name": "cp2"}, {"ID": "3", "name": "cp3"}]}
+
+
+def test_etcd_healthy_with_one_leader() -> None:
+    statuses = {ip: _status("2") for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3")}
+    assert kubeconf.etcd_problems(statuses, MEMBERS, 3) == []
+
+
+def test_etcd_problems_are_named() -> None:
+    statuses = {"10.0.0.1": _status("2"), "10.0.0.2": _status("3"), "10.0.0.3": {"error": "timed out"}}
+    problems = kubeconf.etcd_problems(statuses, {"members": MEMBERS["members"][:2]}, 3)
+    assert problems == [
+        "etcd has 2 members (cp1, cp2), expected 3",
+        "etcd on 10.0.0.3 does not answer: timed out",
+        "the members disagree on the leader (2, 3)",
+    ]
+    assert kubeconf.etcd_problems({"a": _status("0")}, MEMBERS, 3) == ["the leader 0 is not a member"]

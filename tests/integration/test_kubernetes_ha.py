@@ -1,0 +1,171 @@
+"""A highly available control plane on container nodes (issue 15): three control planes and one
+worker from the bundle, behind the virtual IP that keepalived moves and HAProxy serves on every
+control plane. Then the failure test: the node that holds the virtual IP is stopped; the endpoint
+answers from another control plane within a bounded time, kubectl works through it and a new pod
+runs; the node comes back, etcd has three healthy members again and verify is green; a rerun
+changes nothing; destroy.
+
+The tests run in file order against one cluster. Traffic goes only to the nodes this test creates
+(their loopback-forwarded SSH ports, their node-network addresses and the virtual IP among them).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from provisioner import bundle
+from tests.integration.conftest import Cluster, make_cluster
+
+pytestmark = pytest.mark.integration
+
+NAME = "it-ha"
+NETWORK = "192.168.161.0/24"
+VIP = "192.168.161.9"
+ENDPOINT = f"https://{VIP}:8443"
+CONTROL_PLANES = ("cp1", "cp2", "cp3")
+FAILOVER_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    yield from make_cluster(tmp_path_factory, NAME, NETWORK)
+
+
+def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The bundle's kubectl on this host with the fetched kubeconfig (it points at the endpoint)."""
+    found = bundle.find(bundle.resolve_versions(None, None))
+    assert found is not None, "the bundle is gone"
+    proc = subprocess.run(
+        [
+            str(found.path / "bin" / "kubectl"),
+            "--kubeconfig",
+            str(cluster.root / "kubeconfig"),
+            "--request-timeout=20s",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr[-1000:]}"
+    return proc
+
+
+def endpoint_ready() -> str:
+    """ "" when the endpoint's /readyz answers ok from this host, else why not."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"{ENDPOINT}/readyz", timeout=3, context=ctx) as resp:
+            body = resp.read().decode(errors="replace").strip()
+            return "" if resp.status == 200 and body == "ok" else f"{resp.status} {body[:100]}"
+    except OSError as exc:
+        return str(exc)
+
+
+def vip_holders() -> list[str]:
+    holders = []
+    for cp in CONTROL_PLANES:
+        out = subprocess.run(
+            ["docker", "exec", f"{NAME}-{cp}", "ip", "-4", "-o", "addr", "show"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if f" {VIP}/32 " in out.stdout:
+            holders.append(cp)
+    return holders
+
+
+def test_up_forms_three_control_planes_behind_the_endpoint(cluster: Cluster) -> None:
+    t0 = time.monotonic()
+    proc = cluster.run(
+        "up",
+        "--nodes",
+        "4",
+        "--control-planes",
+        "3",
+        "--provider",
+        "docker",
+        "--name",
+        NAME,
+        "--network",
+        NETWORK,
+        timeout=3600,
+    )
+    print(f"up --nodes 4 --control-planes 3: {time.monotonic() - t0:.0f} s")
+    assert "all checks passed" in proc.stdout, proc.stdout[-4000:]
+    for check in (
+        "etcd_members_healthy_with_one_leader",
+        "api_endpoint_answers",
+        "api_server_answers_on_each_control_plane",
+    ):
+        assert check in proc.stdout, f"verify did not run {check}"
+    assert f"API endpoint {VIP}:8443" in cluster.run("plan").stdout
+    assert vip_holders() == ["cp1"], vip_holders()
+    assert (
+        json.loads(kubectl(cluster, "config", "view", "-o", "json").stdout)["clusters"][0]["cluster"]["server"]
+        == ENDPOINT
+    )
+    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
+    roles = {n["metadata"]["name"]: "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"] for n in nodes}
+    assert roles == {"cp1": True, "cp2": True, "cp3": True, "worker1": False}
+    # The certificates uploaded for the control-plane joins are gone again.
+    secret = kubectl(cluster, "-n", "kube-system", "get", "secret", "kubeadm-certs", check=False)
+    assert secret.returncode != 0 and "NotFound" in secret.stderr, secret.stdout + secret.stderr
+
+
+def test_the_endpoint_survives_the_loss_of_the_node_holding_the_vip(cluster: Cluster) -> None:
+    holder = vip_holders()[0]
+    subprocess.run(["docker", "stop", "-t", "2", f"{NAME}-{holder}"], capture_output=True, check=True)
+    t0 = time.monotonic()
+    why = endpoint_ready()
+    while why and time.monotonic() - t0 < FAILOVER_SECONDS:
+        time.sleep(1)
+        why = endpoint_ready()
+    took = time.monotonic() - t0
+    print(f"endpoint answered again {took:.1f} s after {holder} stopped")
+    assert not why, f"the endpoint did not answer within {FAILOVER_SECONDS} s of stopping {holder}: {why}"
+    now = vip_holders()
+    assert len(now) == 1 and now[0] != holder, now
+    assert "worker1" in kubectl(cluster, "get", "nodes", "-o", "name").stdout
+    smoke = bundle.smoke_image(bundle.find(bundle.resolve_versions(None, None)))  # type: ignore[arg-type]
+    kubectl(cluster, "run", "ha-probe", f"--image={smoke}", "--image-pull-policy=Never", "--restart=Never")
+    waited = kubectl(
+        cluster, "wait", "pod/ha-probe", "--for=jsonpath={.status.phase}=Running", "--timeout=180s", check=False
+    )
+    assert waited.returncode == 0, (
+        waited.stderr + kubectl(cluster, "describe", "pod", "ha-probe", check=False).stdout[-2000:]
+    )
+    kubectl(cluster, "delete", "pod", "ha-probe", "--wait=false")
+
+
+def test_the_node_comes_back_and_verify_is_green(cluster: Cluster) -> None:
+    subprocess.run(["docker", "start", f"{NAME}-cp1", f"{NAME}-cp2", f"{NAME}-cp3"], capture_output=True, check=True)
+    proc = cluster.run("verify", timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert len(vip_holders()) == 1
+
+
+def test_rerun_converges_with_no_change(cluster: Cluster) -> None:
+    cluster.run("up", "--converge", timeout=1800)
+    changed = cluster.timings()["changed"]
+    assert isinstance(changed, dict) and {"control_plane", "join"} <= set(changed), changed
+    assert all(v == 0 for v in changed.values()), changed
+
+
+def test_destroy_leaves_nothing(cluster: Cluster) -> None:
+    cluster.run("destroy", "-f", timeout=600)
+    assert cluster.containers() == []
+    assert not cluster.docker_network_exists()
+    assert endpoint_ready()
