@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ws = cluster.Workspace((args.dir or cluster.default_provision_dir()).resolve())
     try:
+        if args.command in ("up", "destroy", "provision", "reset"):
+            with ws.lock(args.command):
+                return dispatch(args, ws)
         return dispatch(args, ws)
     except ProvisionError as exc:
         if args.debug:

@@ -3,6 +3,8 @@ inventory, Ansible runner, verifier."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -10,7 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,6 +70,35 @@ class Workspace:
         except (OSError, json.JSONDecodeError) as exc:
             raise ProvisionError(f"{self.spec_file} is unreadable ({exc}); run `destroy -f` and `up` again") from exc
         return data
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """One changing command at a time per state directory: a second `up` while one runs would
+        overwrite the other's state. The lock file lives outside the state directory (a refused first
+        `up` leaves no directory behind), keyed by its path."""
+        locks = Path(tempfile.gettempdir()) / "provisioner-locks"
+        locks.mkdir(mode=0o700, exist_ok=True)
+        path = locks / (hashlib.sha256(str(self.root).encode()).hexdigest()[:16] + ".lock")
+        with open(path, "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another command"
+                raise ProvisionError(
+                    f"{holder} is already working on the cluster in {self.root}; wait for it to finish "
+                    f"(or stop it: a rerun resumes where it left off)",
+                    exit_code=2,
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"`provision.py {command}` (pid {os.getpid()})")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def cluster_id(self) -> str:
         """The identity made when this cluster was first created ("" before that, or for a cluster
@@ -320,9 +353,19 @@ def _remove_nodes(
     old = ws.saved_spec()
     vg = Vagrant(ws.root, old.provider)
     present = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
-    running = [n for n in names if present.get(n) == "running"]
+    lead = next(n.name for n in old.nodes if group_of(old.engine, n.role) in ("kube_control_plane", "swarm_manager"))
+    made = [n for n in names if present.get(n, "not_created") != "not_created"]
+    engine_formed = ws.inventory.exists() and present.get(lead, "not_created") != "not_created"
+    if engine_formed and present.get(lead) != "running":
+        # Without it nothing can drain the workers or take them out of the cluster, and destroying
+        # their machines would leave them behind as NotReady / Down nodes.
+        raise ProvisionError(
+            f"{lead} is {present.get(lead, 'not created').replace('_', ' ')}, and the cluster forgets leaving nodes "
+            f"through it; start it (`up` with the current node count) before shrinking",
+            exit_code=2,
+        )
     t0 = time.monotonic()
-    if running and ws.inventory.exists():
+    if engine_formed:
         # The inventory of the cluster as it still is (every node, this toolkit's current connection
         # settings), beside the stages' own, which the new spec rewrites next.
         alive = [n.name for n in old.nodes if present.get(n.name) == "running"]
@@ -340,7 +383,6 @@ def _remove_nodes(
             extra_vars={"cluster_leave_nodes": names},
             verbose=verbose,
         )
-    made = [n for n in names if present.get(n, "not_created") != "not_created"]
     if made:
         progress.start(f"destroy the machines of {', '.join(made)}")
         vg.destroy(ws.logs / "remove_machines.log", nodes=made)

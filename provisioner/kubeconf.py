@@ -745,8 +745,8 @@ def api_endpoint_plan(
 ) -> dict[str, Any]:
     """What keepalived and HAProxy need on one control plane: the interface holding its node address
     (where the virtual IP goes), the VIP's prefix, the other control planes' addresses (unicast VRRP
-    peers) and this node's VRRP priority (the first control plane highest, so it holds the VIP when
-    `kubeadm init` runs there)."""
+    peers). Whichever control plane holds the VIP, HAProxy there forwards to every API server that
+    answers, so `kubeadm init` on the first one reaches itself through the endpoint."""
     network = _network(network_cidr, "node_network_cidr")
     try:
         address = ipaddress.IPv4Address(str(vip).strip())

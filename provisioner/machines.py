@@ -169,7 +169,11 @@ class Libvirt(Provider):
         no machine of any cluster is left, the box volumes, the pool, the daemons the toolkit started
         and the LIBVIRT_* iptables chains."""
         node_net = libvirt.network_for_subnet(spec.network.rsplit(".", 1)[0] + ".")
-        left = libvirt.cleanup_cluster(f"{spec.name}-", [f"{spec.name}-mgmt", *([node_net] if node_net else [])])
+        # This cluster's domains by their exact names (a prefix would also match cluster lab-2's
+        # when destroying lab).
+        left = libvirt.cleanup_cluster(
+            [f"{spec.name}-{n.name}" for n in spec.nodes], [f"{spec.name}-mgmt", *([node_net] if node_net else [])]
+        )
         if not left.empty():
             out.write(f"removed leftovers: {', '.join(left.domains + left.volumes + left.networks)}\n")
         host = libvirt.teardown_host()

@@ -155,15 +155,24 @@ def _docker_inspect(cmd: list[str]) -> list[dict[str, Any]]:
 
 def parse_docker_machines(containers: list[dict[str, Any]], networks: list[dict[str, Any]]) -> list[identity.Machine]:
     """`docker inspect` of containers and of networks -> Machines (pure, for the unit tests)."""
+    # A stopped container is missing from its networks' Containers, but its own NetworkSettings still
+    # name the networks it is attached to (by id): a stopped cluster keeps its node network.
+    by_net: dict[str, list[str]] = {}
     subnets: dict[str, list[str]] = {}
     for net in networks:
-        nets = [c.get("Subnet", "") for c in (net.get("IPAM", {}).get("Config") or [])]
+        nets = [c.get("Subnet", "") for c in (net.get("IPAM", {}).get("Config") or []) if c.get("Subnet")]
+        by_net[str(net.get("Id", ""))] = nets
         for cid in net.get("Containers") or {}:
-            subnets.setdefault(cid, []).extend(s for s in nets if s)
+            subnets.setdefault(cid, []).extend(nets)
     found = []
     for c in containers:
         labels = (c.get("Config") or {}).get("Labels") or {}
         cid = str(c.get("Id", ""))
+        attached = ((c.get("NetworkSettings") or {}).get("Networks") or {}).values()
+        for entry in attached:
+            for subnet in by_net.get(str((entry or {}).get("NetworkID", "")), []):
+                if subnet not in subnets.setdefault(cid, []):
+                    subnets[cid].append(subnet)
         found.append(
             identity.Machine(
                 ident=cid,

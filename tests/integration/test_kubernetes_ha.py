@@ -112,7 +112,7 @@ def test_up_forms_three_control_planes_behind_the_endpoint(cluster: Cluster) -> 
     ):
         assert check in proc.stdout, f"verify did not run {check}"
     assert f"API endpoint {VIP}:8443" in cluster.run("plan").stdout
-    assert vip_holders() == ["cp1"], vip_holders()
+    assert len(vip_holders()) == 1, vip_holders()
     assert (
         json.loads(kubectl(cluster, "config", "view", "-o", "json").stdout)["clusters"][0]["cluster"]["server"]
         == ENDPOINT

@@ -81,6 +81,20 @@ def test_docker_inspect_is_parsed_into_machines_with_their_subnets() -> None:
     ]
 
 
+def test_a_stopped_container_keeps_its_network() -> None:
+    """`docker network inspect` lists running containers only; a stopped cluster still holds its network."""
+    containers = [
+        {
+            "Id": "c1",
+            "Name": "/lab-cp1",
+            "Config": {"Labels": {identity.LABEL_NAME: "lab"}},
+            "NetworkSettings": {"Networks": {"vagrant_network_192.168.56.0/24": {"NetworkID": "n1"}}},
+        }
+    ]
+    networks = [{"Id": "n1", "IPAM": {"Config": [{"Subnet": "192.168.56.0/24"}]}, "Containers": {}}]
+    assert providers.parse_docker_machines(containers, networks)[0].subnets == ("192.168.56.0/24",)
+
+
 def test_plan_says_what_up_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`plan` reported the network as clear while `up` failed later on a docker name clash."""
     other = identity.Machine("c1", "lab-cp1", "lab", "old", "/root/.provision", ("192.168.56.0/24",))

@@ -128,3 +128,48 @@ def test_removal_runs_on_the_old_inventory_before_the_new_spec_is_saved(
         "destroyed": ["worker3"],
         "spec_nodes_at_destroy": 4,
     }
+
+
+def test_a_second_changing_command_on_the_same_cluster_is_refused(tmp_path: Path) -> None:
+    """Two `up` runs on one state directory overwrote each other's state (a failed stage was lost)."""
+    ws = cluster.Workspace(tmp_path / "c")
+    with ws.lock("up"):
+        with pytest.raises(ProvisionError) as info, cluster.Workspace(tmp_path / "c").lock("up"):
+            pass
+        assert "`provision.py up` (pid " in info.value.message
+        with cluster.Workspace(tmp_path / "other").lock("up"):
+            pass
+    with ws.lock("destroy"):
+        pass
+    assert not ws.root.exists()
+
+
+def test_shrinking_with_the_first_control_plane_stopped_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Destroying the workers' machines then would leave them in Kubernetes as NotReady nodes."""
+    from provisioner.progress import Progress
+    from provisioner.vagrant import MachineStatus
+
+    ws = _saved(tmp_path, nodes=4, provider="docker")
+    (tmp_path / "vagrant").mkdir()
+    ws.inventory.parent.mkdir(parents=True)
+    ws.inventory.write_text("all: {}\n")
+
+    class FakeVagrant:
+        def __init__(self, root: Path, provider: str) -> None:
+            pass
+
+        def status(self) -> list[MachineStatus]:
+            return [
+                MachineStatus(n.name, "stopped" if n.name == "cp1" else "running", "docker")
+                for n in ws.saved_spec().nodes
+            ]
+
+        def destroy(self, log: Path, nodes: list[str] | None = None) -> None:
+            raise AssertionError("nothing may be destroyed")
+
+    monkeypatch.setattr(cluster, "Vagrant", FakeVagrant)
+    with pytest.raises(ProvisionError) as info:
+        cluster._remove_nodes(ws, ["worker3"], Progress(io.StringIO()), {}, False, io.StringIO())
+    assert info.value.message.startswith("cp1 is stopped, and the cluster forgets leaving nodes through it")
