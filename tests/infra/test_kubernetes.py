@@ -301,7 +301,7 @@ def _control_plane_hosts(inventory: str) -> list[Any]:
 
 
 def test_api_server_answers_on_each_control_plane(host: Any, inventory: str) -> None:
-    if host.backend.get_pytest_id() not in AnsibleRunner(inventory).get_hosts("kube_control_plane"):
+    if host.backend.get_hostname() not in AnsibleRunner(inventory).get_hosts("kube_control_plane"):
         pytest.skip("a worker: no API server of its own")
     url = f"https://{node_ip_of(host)}:6443/readyz"
 
