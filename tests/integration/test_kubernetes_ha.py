@@ -26,8 +26,8 @@ from tests.integration.conftest import Cluster, make_cluster
 pytestmark = pytest.mark.integration
 
 NAME = "it-ha"
-NETWORK = "192.168.161.0/24"
-VIP = "192.168.161.9"
+NETWORK = "192.168.163.0/24"
+VIP = "192.168.163.9"
 ENDPOINT = f"https://{VIP}:8443"
 CONTROL_PLANES = ("cp1", "cp2", "cp3")
 FAILOVER_SECONDS = 60
