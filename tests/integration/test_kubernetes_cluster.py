@@ -138,9 +138,9 @@ def test_shrinking_drains_and_removes_only_the_dropped_worker(cluster: Cluster) 
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr
     assert "4 -> 3 nodes: worker3 will be drained, deleted from Kubernetes and reset" in refused.stderr
     assert f"{NAME}-worker3" in cluster.containers()
-    proc = cluster.run("up", "--nodes", "3", "--shrink", timeout=1800)
+    # --no-verify: the next step's `up` verifies the three-node cluster (CI's time).
+    proc = cluster.run("up", "--nodes", "3", "--shrink", "--no-verify", timeout=1800)
     assert "removed worker3" in proc.stdout, proc.stdout[-3000:]
-    assert "all checks passed" in proc.stdout, proc.stdout[-4000:]
     assert set(node_table(cluster)) == {"cp1", "worker1", "worker2"}
     assert f"{NAME}-worker3" not in cluster.containers()
     log = (cluster.root / "logs" / "remove_nodes.log").read_text()
