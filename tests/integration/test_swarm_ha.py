@@ -75,7 +75,7 @@ def test_three_managers_one_leader_two_reachable(cluster: Cluster) -> None:
 
 def test_losing_the_leader_elects_another_and_services_keep_running(cluster: Cluster) -> None:
     image = docker_on(
-        "manager1", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "reference=*smoke*"
+        "manager1", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "reference=provisioner/smoke"
     ).split()
     assert image, "no smoke image on manager1"
     docker_on(
