@@ -124,6 +124,21 @@ def test_losing_the_leader_elects_another_and_services_keep_running(cluster: Clu
 
 
 def test_the_old_leader_comes_back_and_verify_is_green(cluster: Cluster) -> None:
+    # Its systemd brings Docker up a few seconds after the container starts: wait for that, bounded.
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = [
+            subprocess.run(
+                ["docker", "exec", f"{NAME}-{m}", "systemctl", "is-active", "docker"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            for m in MANAGERS
+        ]
+        if states == ["active"] * len(MANAGERS):
+            break
+        time.sleep(2)
     proc = cluster.run("verify", timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
