@@ -31,7 +31,7 @@ from pathlib import Path
 
 from provisioner import libvirt, proc
 from provisioner.errors import ProvisionError
-from provisioner.image import find_vagrant_pubkey, host_debian_mirror
+from provisioner.image import SSHD_KEYS_ONLY, find_vagrant_pubkey, host_debian_mirror
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ PACKAGES = (
 RUNTIME_PACKAGES = ("docker.io", "containerd", "runc", "busybox-static")
 
 # Run by mmdebstrap against the finished root file system ($1) before it is packed.
-CUSTOMIZE = r"""
+CUSTOMIZE = (
+    r"""
 set -eu
 root="$1"
 chroot "$root" useradd --create-home --shell /bin/bash --groups sudo vagrant
@@ -104,15 +105,9 @@ WantedBy=multi-user.target
 UNIT
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
-# sshd takes keys only: every account is locked, the vagrant user logs in with its key and uses
-# sudo, and nobody logs in as root.
-cat > "$root/etc/ssh/sshd_config.d/10-provisioner.conf" <<'SSHD'
-UseDNS no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin no
-SSHD
-
+"""
+    + SSHD_KEYS_ONLY
+    + r"""
 # The root file system, by the UUID the builder gives it.
 printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$ROOT_UUID" > "$root/etc/fstab"
 printf 'bookworm\n' > "$root/etc/hostname"
@@ -167,6 +162,7 @@ chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer
 # minutes to rebuild on an emulated CPU. Downloaded .debs go.
 rm -rf "$root"/var/cache/apt/archives/*.deb
 """
+)
 
 
 @dataclass(frozen=True)

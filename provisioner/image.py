@@ -51,8 +51,20 @@ VAGRANT_KEY_CANDIDATES = (
     "/opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub",
 )
 
+# sshd's drop-in on the node image and on the libvirt box (box.py): keys only.
+SSHD_KEYS_ONLY = r"""# sshd takes keys only: every account is locked, the vagrant user logs in with its key and uses
+# sudo, and nobody logs in as root.
+cat > "$root/etc/ssh/sshd_config.d/10-provisioner.conf" <<'SSHD'
+UseDNS no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+SSHD
+"""
+
 # Shell run against the unpacked root file system (argument $1) before it is imported.
-CUSTOMIZE = r"""
+CUSTOMIZE = (
+    r"""
 set -eu
 root="$1"
 chroot "$root" useradd --create-home --shell /bin/bash --groups sudo vagrant
@@ -80,15 +92,9 @@ chroot "$root" systemctl enable ssh-hostkeys.service ssh.service
 chroot "$root" systemctl mask getty@tty1.service console-getty.service systemd-remount-fs.service \
     systemd-udevd.service sys-kernel-config.mount sys-kernel-debug.mount
 : > "$root/etc/machine-id"
-# sshd takes keys only: every account is locked, the vagrant user logs in with its key and uses
-# sudo, and nobody logs in as root.
-cat > "$root/etc/ssh/sshd_config.d/10-provisioner.conf" <<'SSHD'
-UseDNS no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin no
-SSHD
-printf 'node\n' > "$root/etc/hostname"
+"""
+    + SSHD_KEYS_ONLY
+    + r"""printf 'node\n' > "$root/etc/hostname"
 # With the runtime baked in, its daemons stay off at boot: the runtime stage writes their
 # configuration and starts them once, instead of a start with the package defaults and a restart.
 if [ -e "$root/lib/systemd/system/containerd.service" ]; then
@@ -134,6 +140,7 @@ chmod 0755 "$root/usr/local/sbin/node-init"
 echo 'Acquire::Languages "none";' > "$root/etc/apt/apt.conf.d/90provisioner-no-translations"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
 """
+)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,15 @@ def _saved(tmp_path: Path, **spec: Any) -> cluster.Workspace:
     return ws
 
 
+def _made(tmp_path: Path) -> cluster.Workspace:
+    """A saved four-node cluster whose machines and inventory exist."""
+    ws = _saved(tmp_path, nodes=4, provider="docker")
+    (tmp_path / "vagrant").mkdir()
+    ws.inventory.parent.mkdir(parents=True)
+    ws.inventory.write_text("all: {}\n")
+    return ws
+
+
 def test_fewer_workers_without_confirmation_are_refused_naming_them(tmp_path: Path) -> None:
     ws = _saved(tmp_path, nodes=5, provider="docker")
     with pytest.raises(ProvisionError) as info:
@@ -87,10 +96,7 @@ def test_removal_runs_on_the_old_inventory_before_the_new_spec_is_saved(
     from provisioner.progress import Progress
     from provisioner.vagrant import MachineStatus, SshInfo
 
-    ws = _saved(tmp_path, nodes=4, provider="docker")
-    (tmp_path / "vagrant").mkdir()
-    ws.inventory.parent.mkdir(parents=True)
-    ws.inventory.write_text("all: {}\n")
+    ws = _made(tmp_path)
     seen: dict[str, Any] = {}
 
     class FakeVagrant:
@@ -151,10 +157,7 @@ def test_shrinking_with_the_first_control_plane_stopped_is_refused(
     from provisioner.progress import Progress
     from provisioner.vagrant import MachineStatus
 
-    ws = _saved(tmp_path, nodes=4, provider="docker")
-    (tmp_path / "vagrant").mkdir()
-    ws.inventory.parent.mkdir(parents=True)
-    ws.inventory.write_text("all: {}\n")
+    ws = _made(tmp_path)
 
     class FakeVagrant:
         def __init__(self, root: Path, provider: str) -> None:
