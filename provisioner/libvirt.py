@@ -13,6 +13,7 @@ Parsers of virsh and iptables-save output are pure functions that the unit tests
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,41 @@ INSTALL_FIX = "run scripts/setup-libvirt.sh (Debian packages libvirt-daemon-syst
 def parse_name_list(text: str) -> list[str]:
     """`virsh list --all --name`, `net-list --all --name`, `pool-list --all --name`: one name a line."""
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def parse_description(text: str) -> dict[str, str]:
+    """The `key=value` lines of a domain's description (`virsh desc DOMAIN`): the Vagrantfile writes
+    the cluster's identity there (org.provisioner.cluster=..., org.provisioner.cluster-id=...)."""
+    pairs = (line.strip().split("=", 1) for line in text.splitlines() if "=" in line)
+    return {k: v for k, v in pairs if k.startswith("org.provisioner.")}
+
+
+def parse_domiflist(text: str) -> list[str]:
+    """The networks a domain's interfaces are attached to, from `virsh domiflist DOMAIN` (a table:
+    Interface, Type, Source, Model, MAC; Source is the network's name for type network)."""
+    networks = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "network":
+            networks.append(parts[2])
+    return networks
+
+
+def parse_network_subnet(xml: str) -> str:
+    """The IPv4 subnet (a.b.c.d/n) of a libvirt network from `virsh net-dumpxml`; "" when it has none."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return ""
+    for ip in root.findall("ip"):
+        if ip.get("family", "ipv4") != "ipv4" or not ip.get("address"):
+            continue
+        mask = ip.get("prefix") or ip.get("netmask") or "24"
+        try:
+            return str(ipaddress.ip_network(f"{ip.get('address')}/{mask}", strict=False))
+        except ValueError:
+            return ""
+    return ""
 
 
 def parse_vol_list(text: str) -> list[str]:
@@ -357,6 +394,23 @@ def cluster_resources(match: str | Sequence[str], networks: Iterable[str] = ()) 
     volumes = [v for v in pool_volumes() if owned_volume(v, match)]
     existing = set(parse_name_list(virsh("net-list", "--all", "--name").stdout))
     return Resources(domains, volumes, [n for n in networks if n in existing])
+
+
+def domains() -> list[tuple[str, str, dict[str, str], list[str]]]:
+    """Every domain: (name, uuid, the identity words of its description, the subnets of the networks
+    its interfaces are attached to). Empty when libvirtd does not answer."""
+    if not answers():
+        return []
+    subnets: dict[str, str] = {}
+    for net in parse_name_list(virsh("net-list", "--all", "--name").stdout):
+        subnets[net] = parse_network_subnet(virsh("net-dumpxml", net, check=False).stdout)
+    found = []
+    for dom in parse_name_list(virsh("list", "--all", "--name").stdout):
+        uuid = virsh("domuuid", dom, check=False).stdout.strip()
+        desc = parse_description(virsh("desc", dom, check=False).stdout)
+        nets = [subnets.get(n, "") for n in parse_domiflist(virsh("domiflist", dom, check=False).stdout)]
+        found.append((dom, uuid, desc, [n for n in nets if n]))
+    return found
 
 
 def pool_volumes(pool: str = POOL_NAME) -> list[str]:

@@ -114,18 +114,25 @@ class Libvirt(Provider):
     name = "libvirt"
 
     def check_clear(self, spec: ClusterSpec, root: Path, cluster_id: str) -> None:
-        """Domains named as this cluster's machines that its Vagrant directory does not record."""
+        """Domains of another cluster (by the identity in their description), or domains named as this
+        cluster's machines that its Vagrant directory does not record, or any other domain on this
+        cluster's node network (vagrant-libvirt would put both clusters on one libvirt network)."""
         if shutil.which("virsh") is None or not libvirt.answers():
             return
         wanted = [f"{spec.name}-{n.name}" for n in spec.nodes]
-        found = [
-            identity.Machine(ident=libvirt.virsh("domuuid", d, check=False).stdout.strip(), name=d)
-            for d in libvirt.parse_name_list(libvirt.virsh("list", "--all", "--name").stdout)
-            if d in wanted
-        ]
         identity.refuse_conflict(
             identity.conflict(
-                found,
+                [
+                    identity.Machine(
+                        ident=uuid,
+                        name=name,
+                        cluster=desc.get(identity.LABEL_NAME, ""),
+                        cluster_id=desc.get(identity.LABEL_ID, ""),
+                        state_dir=desc.get(identity.LABEL_DIR, ""),
+                        subnets=tuple(subnets),
+                    )
+                    for name, uuid, desc, subnets in libvirt.domains()
+                ],
                 name=spec.name,
                 network=spec.network,
                 node_names=wanted,

@@ -30,14 +30,9 @@ $PY/python provision.py bundle build
 # emulation, bounded by PROVISION_VM_LANE_BUDGET. PROVISION_VM_LANE=0 switches it off.
 export PROVISION_VM_LANE="${PROVISION_VM_LANE:-1}"
 step "pytest: unit and integration"
-# Lanes marked outside_ci (the 3-manager swarm failure test, about 6 minutes) are deselected from
-# the default run, which must stay within CI's 90 minutes; naming a file runs it, e.g.
-# `scripts/test.sh tests/integration/test_swarm_ha.py`.
-select=()
-[ "$#" -gt 0 ] || select=(-m "not outside_ci")
 # -p no:cacheprovider keeps the clone clean; -ra lists every skip with its reason.
 set +e
-$PY/pytest -p no:cacheprovider -ra --durations=15 "${select[@]}" "$@"
+$PY/pytest -p no:cacheprovider -ra --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

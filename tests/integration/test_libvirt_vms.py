@@ -273,6 +273,15 @@ def test_status_shows_both_vms_running(lane: Lane) -> None:
         assert re.search(rf"^\s+{node}\s+\S+\s+{re.escape(ip)}\s+running", proc.stdout, re.M), proc.stdout
     domains = libvirt.cluster_resources(DOMAINS).domains
     assert sorted(domains) == [f"{NAME}-{n}" for n in sorted(IPS)]
+    # Each domain carries the cluster's identity (its description) and sits on the node network:
+    # what `up` of another cluster checks before it makes anything.
+    cluster_id = json.loads((lane.cluster.root / "cluster.json").read_text())["cluster_id"]
+    mine = {name: (desc, subnets) for name, _, desc, subnets in libvirt.domains() if name in domains}
+    for name in domains:
+        desc, subnets = mine[name]
+        assert desc.get("org.provisioner.cluster-id") == cluster_id, desc
+        assert desc.get("org.provisioner.cluster") == NAME, desc
+        assert NETWORK in subnets, subnets
 
 
 def test_vms_are_real_machines_on_the_node_network(lane: Lane) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import REPO, docker_ready
+from tests.integration.conftest import REPO, ensure_docker
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ SCENARIOS = {"node_prep": "192.168.160.0/24", "container_runtime": "192.168.161.
 
 @pytest.mark.parametrize("role", sorted(SCENARIOS))
 def test_molecule_scenario(role: str) -> None:
-    reason = docker_ready()
+    reason = ensure_docker()
     if reason:
         pytest.skip(reason)
     build = subprocess.run(

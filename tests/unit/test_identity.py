@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import cluster, identity, providers
+from provisioner import cluster, identity, libvirt, machines, providers
 from provisioner.errors import ProvisionError
+from provisioner.spec import build_spec
 
 
 def _conflict(machines: list[identity.Machine], cluster_id: str = "new", vagrant_ids: set[str] | None = None) -> str:
@@ -127,3 +128,74 @@ def test_up_refuses_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.
 def test_new_ids_differ() -> None:
     assert identity.new_id() != identity.new_id()
     assert len(identity.new_id()) == 12
+
+
+# ------------------------------------------------------------------ libvirt domains (identity in the description)
+
+DOMIFLIST = """ Interface   Type      Source        Model    MAC
+-----------------------------------------------------------------
+ vnet0       network   lab-mgmt      virtio   52:54:00:aa:bb:01
+ vnet1       network   lab0          virtio   52:54:00:aa:bb:02
+ vnet2       bridge    br0           virtio   52:54:00:aa:bb:03
+"""
+
+
+def test_domain_description_and_interfaces_are_parsed() -> None:
+    desc = "org.provisioner.cluster=lab\norg.provisioner.cluster-id=ab12\norg.provisioner.dir=/srv/a b\n"
+    assert libvirt.parse_description(desc) == {
+        identity.LABEL_NAME: "lab",
+        identity.LABEL_ID: "ab12",
+        identity.LABEL_DIR: "/srv/a b",
+    }
+    assert libvirt.parse_description("Source: /root/Vagrantfile") == {}
+    assert libvirt.parse_domiflist(DOMIFLIST) == ["lab-mgmt", "lab0"]
+
+
+@pytest.mark.parametrize(
+    ("xml", "subnet"),
+    [
+        ("<network><name>n</name><ip address='192.168.56.1' netmask='255.255.255.0'/></network>", "192.168.56.0/24"),
+        ("<network><ip family='ipv4' address='10.254.56.1' prefix='24'><dhcp/></ip></network>", "10.254.56.0/24"),
+        ("<network><ip family='ipv6' address='fd00::1' prefix='64'/></network>", ""),
+        ("<network><name>isolated</name></network>", ""),
+        ("not xml", ""),
+    ],
+)
+def test_network_subnets_are_read_from_the_network_xml(xml: str, subnet: str) -> None:
+    assert libvirt.parse_network_subnet(xml) == subnet
+
+
+def _libvirt_clear(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, found: list[tuple[str, str, dict[str, str], list[str]]]
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(libvirt, "answers", lambda: True)
+    monkeypatch.setattr(libvirt, "domains", lambda: found)
+    spec = build_spec(overrides={"name": "lab", "nodes": 2, "network": "192.168.56.0/24", "provider": "libvirt"})
+    machines.Libvirt().check_clear(spec, tmp_path, "mine")
+
+
+def test_libvirt_domain_of_another_cluster_on_the_node_network_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    other = {identity.LABEL_NAME: "web", identity.LABEL_ID: "theirs", identity.LABEL_DIR: "/srv/web"}
+    with pytest.raises(ProvisionError) as err:
+        _libvirt_clear(monkeypatch, tmp_path, [("web-cp1", "u1", other, ["192.168.56.0/24", "10.254.56.0/24"])])
+    assert "the node network 192.168.56.0/24 is used by cluster 'web' of /srv/web" in err.value.message
+    assert err.value.exit_code == 2
+
+
+def test_libvirt_foreign_domain_on_the_node_network_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError) as err:
+        _libvirt_clear(monkeypatch, tmp_path, [("build-vm", "u2", {}, ["192.168.56.0/24"])])
+    assert "machines outside this toolkit: build-vm" in err.value.message
+
+
+def test_libvirt_own_domains_and_other_networks_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    mine = {identity.LABEL_NAME: "lab", identity.LABEL_ID: "mine"}
+    other = {identity.LABEL_NAME: "web", identity.LABEL_ID: "theirs"}
+    _libvirt_clear(
+        monkeypatch,
+        tmp_path,
+        [("lab-cp1", "u1", mine, ["192.168.56.0/24"]), ("web-cp1", "u3", other, ["192.168.57.0/24"])],
+    )
