@@ -87,6 +87,27 @@ def all_hosts(request: pytest.FixtureRequest) -> list[Host]:
     return _hosts(request.config, MANAGERS) + _hosts(request.config, WORKERS)
 
 
+def _docker_down(hosts: list[Host]) -> list[str]:
+    """The hosts whose Docker daemon does not answer (or that cannot be reached at all)."""
+    down = []
+    for host in hosts:
+        try:
+            answers = sh(host, "docker info --format '{{.ServerVersion}}'").rc == 0
+        except Exception:  # an unreachable node: testinfra raises instead of returning a result
+            answers = False
+        if not answers:
+            down.append(host.backend.get_hostname())
+    return down
+
+
+@pytest.fixture(scope="module")
+def settle(all_hosts: list[Host]) -> float:
+    """How long the cluster-view checks wait for the swarm to settle (a node that has just joined or
+    restarted): WAIT_SECONDS, or nothing when a node's Docker is down, as then it cannot settle and
+    waiting only delays the report (test_docker_answers names the node)."""
+    return 0.0 if _docker_down(all_hosts) else WAIT_SECONDS
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 
@@ -153,11 +174,12 @@ def test_swarm_member(host: Host) -> None:
         assert info.get("NodeAddr") == expected, f"advertises {info.get('NodeAddr')}, node_ip is {expected}"
 
 
-def test_node_ready_active(host: Host, first_manager: Host) -> None:
+def test_node_ready_active(host: Host, first_manager: Host, settle: float) -> None:
     nid = node_id(host)
     node = wait_for(
         lambda: inspect_node(first_manager, nid),
         lambda n: n["Status"]["State"] == "ready" and n["Spec"]["Availability"] == "active",
+        timeout=settle,
     )
     assert (node["Status"]["State"], node["Spec"]["Availability"]) == ("ready", "active")
 
@@ -188,7 +210,7 @@ def test_smoke_image_present(host: Host) -> None:
 # --- cluster view, on every manager -----------------------------------------------------------
 
 
-def test_all_nodes_ready_active(manager: Host, all_hosts: list[Host]) -> None:
+def test_all_nodes_ready_active(manager: Host, all_hosts: list[Host], settle: float) -> None:
     planned = {node_id(h): h.backend.get_hostname() for h in all_hosts}
 
     def bad(rows: list[dict[str, Any]]) -> list[str]:
@@ -200,7 +222,7 @@ def test_all_nodes_ready_active(manager: Host, all_hosts: list[Host]) -> None:
         missing = sorted(set(planned) - {r["ID"] for r in rows})
         return problems + [f"{planned[m]} missing from docker node ls" for m in missing]
 
-    rows = wait_for(lambda: node_table(manager), lambda r: not bad(r))
+    rows = wait_for(lambda: node_table(manager), lambda r: not bad(r), timeout=settle)
     assert not bad(rows), "; ".join(bad(rows))
 
 
@@ -210,15 +232,19 @@ def test_managers_as_planned(manager: Host, request: pytest.FixtureRequest) -> N
     assert actual == planned, f"{len(actual)} managers in the swarm, {len(planned)} planned"
 
 
-def test_leader_is_planned_manager(manager: Host, request: pytest.FixtureRequest) -> None:
+def test_leader_is_planned_manager(manager: Host, request: pytest.FixtureRequest, settle: float) -> None:
     planned = {node_id(h): h.backend.get_hostname() for h in _hosts(request.config, MANAGERS)}
-    rows = wait_for(lambda: node_table(manager), lambda r: len([x for x in r if x["ManagerStatus"] == "Leader"]) == 1)
+    rows = wait_for(
+        lambda: node_table(manager),
+        lambda r: len([x for x in r if x["ManagerStatus"] == "Leader"]) == 1,
+        timeout=settle,
+    )
     leaders = [r["ID"] for r in rows if r["ManagerStatus"] == "Leader"]
     assert len(leaders) == 1, f"{len(leaders)} leaders"
     assert leaders[0] in planned, f"the leader {leaders[0]} is not a planned manager"
 
 
-def test_other_managers_reachable(manager: Host, request: pytest.FixtureRequest) -> None:
+def test_other_managers_reachable(manager: Host, request: pytest.FixtureRequest, settle: float) -> None:
     """Every manager but the leader is Reachable: the Raft quorum survives the loss of any one of three."""
     planned = {node_id(h): h.backend.get_hostname() for h in _hosts(request.config, MANAGERS)}
 
@@ -230,7 +256,7 @@ def test_other_managers_reachable(manager: Host, request: pytest.FixtureRequest)
             if status.get(i) not in ("Leader", "Reachable")
         ]
 
-    rows = wait_for(lambda: node_table(manager), lambda r: not unreachable(r))
+    rows = wait_for(lambda: node_table(manager), lambda r: not unreachable(r), timeout=settle)
     assert not unreachable(rows), "managers not reachable: " + "; ".join(unreachable(rows))
 
 
@@ -300,12 +326,12 @@ def running_tasks(manager: Host, service: str) -> list[tuple[str, str]]:
     return [(line.split("|")[0], line.split("|")[1]) for line in lines if "|" in line]
 
 
-def test_smoke_replicas_on_distinct_nodes(bootstrap: Host, smoke: dict[str, Any]) -> None:
+def test_smoke_replicas_on_distinct_nodes(bootstrap: Host, smoke: dict[str, Any], settle: float) -> None:
     def ok(tasks: list[tuple[str, str]]) -> bool:
         nodes = {n for n, state in tasks if state.startswith("Running")}
         return len(nodes) == int(smoke["replicas"])
 
-    tasks = wait_for(lambda: running_tasks(bootstrap, smoke["name"]), ok)
+    tasks = wait_for(lambda: running_tasks(bootstrap, smoke["name"]), ok, timeout=settle)
     running = sorted({n for n, state in tasks if state.startswith("Running")})
     assert len(running) == smoke["replicas"], (
         f"{len(running)} of {smoke['replicas']} replicas running on distinct nodes: {tasks}"
@@ -336,7 +362,7 @@ def _http_from_network(manager: Host, network: str, addresses: list[str]) -> dic
     return answers
 
 
-def test_smoke_overlay_data_path(bootstrap: Host, smoke: dict[str, Any]) -> None:
+def test_smoke_overlay_data_path(bootstrap: Host, smoke: dict[str, Any], settle: float) -> None:
     """Every replica answers, by its task address, from a container on the first manager: the
     replicas on the other nodes are reached through the overlay (VXLAN) network."""
 
@@ -345,7 +371,7 @@ def test_smoke_overlay_data_path(bootstrap: Host, smoke: dict[str, Any]) -> None
         tasks = (net.get("Services") or {}).get(smoke["name"], {}).get("Tasks") or []
         return sorted(t["EndpointIP"] for t in tasks if t.get("EndpointIP"))
 
-    ips = wait_for(task_ips, lambda x: len(x) == smoke["replicas"])
+    ips = wait_for(task_ips, lambda x: len(x) == smoke["replicas"], timeout=settle)
     assert len(ips) == smoke["replicas"], f"{len(ips)} task addresses on the overlay network: {ips}"
     answers = wait_for(
         lambda: _http_from_network(bootstrap, smoke["network"], ips),
