@@ -10,6 +10,7 @@ The conflict rules are pure functions over what the provider reports, for the un
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,13 +83,22 @@ def conflict(
             f"machine name {clash[0].name} is taken ({_where(clash)}); pass another --name, or remove "
             f"that machine first"
         )
-    on_net = [m for m in others if network in m.subnets]
+    on_net = [m for m in others if any(_overlap(network, s) for s in m.subnets)]
     if on_net:
         return (
             f"the node network {network} is used by {_where(on_net)}; pass another --network, or destroy "
             f"that cluster first"
         )
     return ""
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two networks share addresses (vagrant-libvirt takes an existing network by its address alone,
+    so 192.168.56.0/25 would land on another cluster's 192.168.56.0/24)."""
+    try:
+        return ipaddress.ip_network(a, strict=False).overlaps(ipaddress.ip_network(b, strict=False))
+    except ValueError:
+        return a == b
 
 
 def _where(machines: list[Machine]) -> str:

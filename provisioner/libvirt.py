@@ -413,6 +413,17 @@ def domains() -> list[tuple[str, str, dict[str, str], list[str]]]:
     return found
 
 
+def foreign_domains(
+    found: list[tuple[str, str, dict[str, str], list[str]]], names: Sequence[str], cluster_id: str
+) -> list[str]:
+    """Of `found` (see domains()), those named in `names` that carry another cluster's id: a clean-up
+    by name leaves them alone. A domain without an id (made before identities) is not foreign."""
+    other = [
+        d for d, _, desc, _ in found if d in names and desc.get("org.provisioner.cluster-id", cluster_id) != cluster_id
+    ]
+    return sorted(other)
+
+
 def pool_volumes(pool: str = POOL_NAME) -> list[str]:
     out = virsh("vol-list", pool, check=False)
     return parse_vol_list(out.stdout) if out.returncode == 0 else []

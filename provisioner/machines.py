@@ -177,10 +177,14 @@ class Libvirt(Provider):
         and the LIBVIRT_* iptables chains."""
         node_net = libvirt.network_for_subnet(spec.network.rsplit(".", 1)[0] + ".")
         # This cluster's domains by their exact names (a prefix would also match cluster lab-2's
-        # when destroying lab).
-        left = libvirt.cleanup_cluster(
-            [f"{spec.name}-{n.name}" for n in spec.nodes], [f"{spec.name}-mgmt", *([node_net] if node_net else [])]
-        )
+        # when destroying lab), sparing those that carry another cluster's id (a cluster of the same
+        # name in another state directory), and then its networks too, which that cluster shares.
+        names = [f"{spec.name}-{n.name}" for n in spec.nodes]
+        spared = libvirt.foreign_domains(libvirt.domains(), names, cluster_id)
+        networks = [] if spared else [f"{spec.name}-mgmt", *([node_net] if node_net else [])]
+        left = libvirt.cleanup_cluster([n for n in names if n not in spared], networks)
+        if spared:
+            out.write(f"left alone, another cluster's (its id differs): {', '.join(spared)}\n")
         if not left.empty():
             out.write(f"removed leftovers: {', '.join(left.domains + left.volumes + left.networks)}\n")
         host = libvirt.teardown_host()

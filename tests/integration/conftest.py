@@ -6,7 +6,9 @@ destroyed at the end even when a test fails. Traffic goes only to these nodes (v
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -89,15 +91,31 @@ class Cluster:
             subprocess.run(["docker", "rm", "-f", c], capture_output=True, check=False)
 
 
+@functools.cache
 def ensure_docker() -> str:
     """Empty when nodes can be made here. What is missing is installed and started by the project's
-    own scripts/setup.sh (idempotent) rather than skipped; the reason comes back only when that failed."""
-    if not docker_ready():
+    own scripts/setup.sh (idempotent; as root, or where sudo needs no password) rather than skipped;
+    the reason comes back only when that is not possible or failed. Once per test session."""
+    reason = docker_ready()
+    if not reason:
         return ""
-    setup = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], capture_output=True, text=True, check=False)
+    if os.geteuid() != 0 and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode:
+        return f"{reason}; not root and sudo asks for a password, so scripts/setup.sh cannot fix it here"
+    try:
+        setup = subprocess.run(
+            ["bash", str(REPO / "scripts" / "setup.sh")],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"{reason}; scripts/setup.sh did not finish within 30 minutes"
     reason = docker_ready()
     if reason and setup.returncode != 0:
-        reason += f"; scripts/setup.sh failed: {(setup.stderr or setup.stdout).strip().splitlines()[-1:]}"
+        last = (setup.stderr or setup.stdout).strip().splitlines()
+        reason += f"; scripts/setup.sh failed: {last[-1] if last else f'exit {setup.returncode}'}"
     return reason
 
 

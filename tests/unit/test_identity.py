@@ -199,3 +199,24 @@ def test_libvirt_own_domains_and_other_networks_are_clear(monkeypatch: pytest.Mo
         tmp_path,
         [("lab-cp1", "u1", mine, ["192.168.56.0/24"]), ("web-cp1", "u3", other, ["192.168.57.0/24"])],
     )
+
+
+def test_an_overlapping_node_network_is_refused_too() -> None:
+    other = identity.Machine("c1", "web-cp1", "web", "old", "/srv/web", ("192.168.56.0/24",))
+    msg = identity.conflict(
+        [other], name="lab", network="192.168.56.0/25", node_names=["lab-cp1"], cluster_id="new", vagrant_ids=set()
+    )
+    assert msg.startswith("the node network 192.168.56.0/25 is used by cluster 'web'"), msg
+    assert _conflict([identity.Machine("c2", "web-cp1", "web", "old", "", ("192.168.57.0/24", "bogus"))]) == ""
+
+
+def test_libvirt_clean_up_spares_domains_of_another_cluster_with_the_same_name() -> None:
+    found: list[tuple[str, str, dict[str, str], list[str]]] = [
+        ("lab-cp1", "u1", {identity.LABEL_ID: "theirs"}, []),
+        ("lab-worker1", "u2", {identity.LABEL_ID: "mine"}, []),
+        ("lab-worker2", "u3", {}, []),
+        ("web-cp1", "u4", {identity.LABEL_ID: "theirs"}, []),
+    ]
+    names = ["lab-cp1", "lab-worker1", "lab-worker2"]
+    assert libvirt.foreign_domains(found, names, "mine") == ["lab-cp1"]
+    assert libvirt.foreign_domains(found, names, "") == ["lab-cp1", "lab-worker1"]
