@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import proc
+from provisioner import identity, proc
 from provisioner.errors import ProvisionError, ToolMissing
 
 log = logging.getLogger(__name__)
@@ -396,9 +396,9 @@ def cluster_resources(match: str | Sequence[str], networks: Iterable[str] = ()) 
     return Resources(domains, volumes, [n for n in networks if n in existing])
 
 
-def domains() -> list[tuple[str, str, dict[str, str], list[str]]]:
-    """Every domain: (name, uuid, the identity words of its description, the subnets of the networks
-    its interfaces are attached to). Empty when libvirtd does not answer."""
+def domains() -> list[identity.Machine]:
+    """Every domain, with the cluster identity of its description and the subnets of the networks its
+    interfaces are attached to. Empty when libvirtd does not answer."""
     if not answers():
         return []
     subnets: dict[str, str] = {}
@@ -406,22 +406,25 @@ def domains() -> list[tuple[str, str, dict[str, str], list[str]]]:
         subnets[net] = parse_network_subnet(virsh("net-dumpxml", net, check=False).stdout)
     found = []
     for dom in parse_name_list(virsh("list", "--all", "--name").stdout):
-        uuid = virsh("domuuid", dom, check=False).stdout.strip()
         desc = parse_description(virsh("desc", dom, check=False).stdout)
         nets = [subnets.get(n, "") for n in parse_domiflist(virsh("domiflist", dom, check=False).stdout)]
-        found.append((dom, uuid, desc, [n for n in nets if n]))
+        found.append(
+            identity.Machine(
+                ident=virsh("domuuid", dom, check=False).stdout.strip(),
+                name=dom,
+                cluster=desc.get(identity.LABEL_NAME, ""),
+                cluster_id=desc.get(identity.LABEL_ID, ""),
+                state_dir=desc.get(identity.LABEL_DIR, ""),
+                subnets=tuple(n for n in nets if n),
+            )
+        )
     return found
 
 
-def foreign_domains(
-    found: list[tuple[str, str, dict[str, str], list[str]]], names: Sequence[str], cluster_id: str
-) -> list[str]:
+def foreign_domains(found: list[identity.Machine], names: Sequence[str], cluster_id: str) -> list[str]:
     """Of `found` (see domains()), those named in `names` that carry another cluster's id: a clean-up
     by name leaves them alone. A domain without an id (made before identities) is not foreign."""
-    other = [
-        d for d, _, desc, _ in found if d in names and desc.get("org.provisioner.cluster-id", cluster_id) != cluster_id
-    ]
-    return sorted(other)
+    return sorted(m.name for m in found if m.name in names and m.cluster_id and m.cluster_id != cluster_id)
 
 
 def pool_volumes(pool: str = POOL_NAME) -> list[str]:

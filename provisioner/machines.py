@@ -122,17 +122,7 @@ class Libvirt(Provider):
         wanted = [f"{spec.name}-{n.name}" for n in spec.nodes]
         identity.refuse_conflict(
             identity.conflict(
-                [
-                    identity.Machine(
-                        ident=uuid,
-                        name=name,
-                        cluster=desc.get(identity.LABEL_NAME, ""),
-                        cluster_id=desc.get(identity.LABEL_ID, ""),
-                        state_dir=desc.get(identity.LABEL_DIR, ""),
-                        subnets=tuple(subnets),
-                    )
-                    for name, uuid, desc, subnets in libvirt.domains()
-                ],
+                libvirt.domains(),
                 name=spec.name,
                 network=spec.network,
                 node_names=wanted,

@@ -276,12 +276,11 @@ def test_status_shows_both_vms_running(lane: Lane) -> None:
     # Each domain carries the cluster's identity (its description) and sits on the node network:
     # what `up` of another cluster checks before it makes anything.
     cluster_id = json.loads((lane.cluster.root / "cluster.json").read_text())["cluster_id"]
-    mine = {name: (desc, subnets) for name, _, desc, subnets in libvirt.domains() if name in domains}
+    mine = {m.name: m for m in libvirt.domains() if m.name in domains}
     for name in domains:
-        desc, subnets = mine[name]
-        assert desc.get("org.provisioner.cluster-id") == cluster_id, desc
-        assert desc.get("org.provisioner.cluster") == NAME, desc
-        assert NETWORK in subnets, subnets
+        assert mine[name].cluster_id == cluster_id, mine[name]
+        assert mine[name].cluster == NAME, mine[name]
+        assert NETWORK in mine[name].subnets, mine[name]
 
 
 def test_vms_are_real_machines_on_the_node_network(lane: Lane) -> None:

@@ -168,11 +168,26 @@ def test_network_subnets_are_read_from_the_network_xml(xml: str, subnet: str) ->
 def _libvirt_clear(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, found: list[tuple[str, str, dict[str, str], list[str]]]
 ) -> None:
+    """Libvirt.check_clear over domains given as (name, uuid, their `virsh desc` identity, subnets)."""
     monkeypatch.setattr("shutil.which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr(libvirt, "answers", lambda: True)
-    monkeypatch.setattr(libvirt, "domains", lambda: found)
+    monkeypatch.setattr(libvirt, "domains", lambda: [_domain(*d) for d in found])
     spec = build_spec(overrides={"name": "lab", "nodes": 2, "network": "192.168.56.0/24", "provider": "libvirt"})
     machines.Libvirt().check_clear(spec, tmp_path, "mine")
+
+
+def _domain(name: str, uuid: str, desc: dict[str, str], subnets: list[str]) -> identity.Machine:
+    """A domain as libvirt.domains() reports it, from its description's key=value lines."""
+    text = "\n".join(f"{k}={v}" for k, v in desc.items())
+    ident = libvirt.parse_description(text)
+    return identity.Machine(
+        uuid,
+        name,
+        ident.get(identity.LABEL_NAME, ""),
+        ident.get(identity.LABEL_ID, ""),
+        ident.get(identity.LABEL_DIR, ""),
+        tuple(subnets),
+    )
 
 
 def test_libvirt_domain_of_another_cluster_on_the_node_network_is_refused(
@@ -211,11 +226,11 @@ def test_an_overlapping_node_network_is_refused_too() -> None:
 
 
 def test_libvirt_clean_up_spares_domains_of_another_cluster_with_the_same_name() -> None:
-    found: list[tuple[str, str, dict[str, str], list[str]]] = [
-        ("lab-cp1", "u1", {identity.LABEL_ID: "theirs"}, []),
-        ("lab-worker1", "u2", {identity.LABEL_ID: "mine"}, []),
-        ("lab-worker2", "u3", {}, []),
-        ("web-cp1", "u4", {identity.LABEL_ID: "theirs"}, []),
+    found = [
+        _domain("lab-cp1", "u1", {identity.LABEL_ID: "theirs"}, []),
+        _domain("lab-worker1", "u2", {identity.LABEL_ID: "mine"}, []),
+        _domain("lab-worker2", "u3", {}, []),
+        _domain("web-cp1", "u4", {identity.LABEL_ID: "theirs"}, []),
     ]
     names = ["lab-cp1", "lab-worker1", "lab-worker2"]
     assert libvirt.foreign_domains(found, names, "mine") == ["lab-cp1"]
