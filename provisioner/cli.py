@@ -1,4 +1,4 @@
-"""Command line: parses arguments, maps them to the commands in provisioner.cluster, and turns a
+"""Command line: parses arguments, maps them to the commands in provisioner.command, and turns a
 ProvisionError into one clear message and its exit code (a traceback only with --debug)."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
-from provisioner import cluster
+from provisioner.command import access, build, destroy, plan, provision, status, up, verify
 from provisioner.errors import ProvisionError
 from provisioner.spec import ENGINES, PROVIDERS, RUNTIME_SOURCES, RUNTIMES
+from provisioner.workspace import Workspace, default_provision_dir
 
 
 def _spec_flags(p: argparse.ArgumentParser) -> None:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ws = cluster.Workspace((args.dir or cluster.default_provision_dir()).resolve())
+    ws = Workspace((args.dir or default_provision_dir()).resolve())
     try:
         if args.command in ("up", "destroy", "provision", "reset"):
             with ws.lock(args.command):
@@ -203,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
+def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
     cmd = args.command
     if cmd in ("up", "plan"):
-        opts = cluster.UpOptions(
+        opts = up.UpOptions(
             overrides=_overrides(args),
             config=args.config,
             verbose=args.verbose,
@@ -215,26 +216,26 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
             converge=getattr(args, "converge", False),
             shrink=getattr(args, "shrink", False),
         )
-        return cluster.up(ws, opts) if cmd == "up" else cluster.plan(ws, opts)
+        return up.up(ws, opts) if cmd == "up" else plan.plan(ws, opts)
     if cmd == "status":
-        return cluster.status(ws)
+        return status.status(ws)
     if cmd == "provision":
-        return cluster.provision(ws, args.stage, args.from_stage, args.verbose)
+        return provision.provision(ws, args.stage, args.from_stage, args.verbose)
     if cmd == "verify":
-        return cluster.verify_cmd(ws)
+        return verify.verify_cmd(ws)
     if cmd == "ssh":
-        return cluster.ssh(ws, args.node)
+        return access.ssh(ws, args.node)
     if cmd == "exec":
         command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-        return cluster.exec_cmd(ws, args.group, command, args.sudo)
+        return access.exec_cmd(ws, args.group, command, args.sudo)
     if cmd == "destroy":
-        return cluster.destroy(ws, args.force)
+        return destroy.destroy(ws, args.force)
     if cmd == "kubeconfig":
-        return cluster.kubeconfig(ws)
+        return access.kubeconfig(ws)
     if cmd == "reset":
-        return cluster.reset(ws, args.verbose)
+        return provision.reset(ws, args.verbose)
     if cmd == "image":
-        return cluster.image_build(args.force, args.with_runtime)
+        return build.image_build(args.force, args.with_runtime)
     if cmd == "bundle":
         from provisioner import bundle
         from provisioner.bundle import make
@@ -244,5 +245,5 @@ def dispatch(args: argparse.Namespace, ws: cluster.Workspace) -> int:
         versions = bundle.resolve_versions(args.kubernetes, args.calico)
         return make.build_cmd(versions, args.source, args.force, verbose=args.verbose)
     if cmd == "box":
-        return cluster.box_build(args.provider, args.with_runtime, args.force)
+        return build.box_build(args.provider, args.with_runtime, args.force)
     raise ProvisionError(f"unknown command {cmd}", exit_code=2)

@@ -212,10 +212,10 @@ def _up_without_wiring(lane: Lane) -> None:
     """What `up --provider libvirt` does once provision.py prepares libvirt itself: host, box, machines,
     inventory; then the stages through `provision.py provision`."""
     from provisioner import box, image, inventory
-    from provisioner.cluster import Workspace
     from provisioner.spec import build_spec
     from provisioner.state import State
     from provisioner.vagrant import Vagrant
+    from provisioner.workspace import Workspace
 
     t0 = time.monotonic()
     kind, _ = libvirt.domain_type()

@@ -169,13 +169,13 @@ def test_required_go_is_the_newest_go_line_of_the_modules(tmp_path: Path) -> Non
 
 
 def test_up_refuses_a_release_the_bundle_does_not_know_naming_the_spec_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    from provisioner import cluster
+    from provisioner import kubesource
     from provisioner.spec import build_spec
 
-    monkeypatch.setattr(cluster, "host_cgroup_version", lambda: 1)
+    monkeypatch.setattr(kubesource, "host_cgroup_version", lambda: 1)
     spec = build_spec({"provider": "docker", "versions": {"kubernetes": "1.36"}})
     with pytest.raises(ProvisionError, match=r"pass --kube-version 1\.37\.2") as info:
-        cluster._check_bundle_versions(spec)
+        kubesource.check_bundle_versions(spec)
     assert info.value.exit_code == 2
-    cluster._check_bundle_versions(build_spec({"provider": "docker"}))  # the default is known
-    cluster._check_bundle_versions(build_spec({"provider": "docker", "versions": {"kubernetes": "1.38"}}))  # blocked
+    kubesource.check_bundle_versions(build_spec({"provider": "docker"}))  # the default is known
+    kubesource.check_bundle_versions(build_spec({"provider": "docker", "versions": {"kubernetes": "1.38"}}))  # blocked

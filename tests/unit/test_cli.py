@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.cli import _overrides, build_parser
-from provisioner.cluster import Workspace, resolve_spec
+from provisioner.preflight import resolve_spec
+from provisioner.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 

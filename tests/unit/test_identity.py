@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import cluster, identity, libvirt, machines, providers
+from provisioner import identity, libvirt, machines, providers
+from provisioner.command import plan as plan_cmd
+from provisioner.command import up as up_cmd
+from provisioner.command.up import UpOptions
 from provisioner.errors import ProvisionError
 from provisioner.spec import build_spec
+from provisioner.workspace import Workspace
 
 
 def _conflict(machines: list[identity.Machine], cluster_id: str = "new", vagrant_ids: set[str] | None = None) -> str:
@@ -101,11 +105,11 @@ def test_plan_says_what_up_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     other = identity.Machine("c1", "lab-cp1", "lab", "old", "/root/.provision", ("192.168.56.0/24",))
     monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
     monkeypatch.setattr(providers, "docker_machines", lambda: [other])
-    monkeypatch.setattr(cluster, "check_networks", lambda spec: [])
-    ws = cluster.Workspace(tmp_path / "second")
-    opts = cluster.UpOptions(overrides={"provider": "docker", "nodes": "1"})
+    monkeypatch.setattr(plan_cmd, "check_networks", lambda spec: [])
+    ws = Workspace(tmp_path / "second")
+    opts = UpOptions(overrides={"provider": "docker", "nodes": "1"})
     with pytest.raises(ProvisionError) as info:
-        cluster.plan(ws, opts, io.StringIO())
+        plan_cmd.plan(ws, opts, io.StringIO())
     assert info.value.exit_code == 2
     assert "cluster name 'lab' is taken" in info.value.message
     assert not ws.root.exists()
@@ -115,12 +119,12 @@ def test_up_refuses_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.
     other = identity.Machine("c1", "web-cp1", "web", "old", "/srv/web", ("192.168.56.0/24",))
     monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
     monkeypatch.setattr(providers, "docker_machines", lambda: [other])
-    monkeypatch.setattr(cluster, "check_networks", lambda spec: [])
-    monkeypatch.setattr("provisioner.cluster.providers.choose", lambda *a, **k: providers.Choice("docker", "test"))
-    ws = cluster.Workspace(tmp_path / "second")
-    opts = cluster.UpOptions(overrides={"provider": "docker", "nodes": "1", "engine": "swarm"})
+    monkeypatch.setattr(up_cmd, "check_networks", lambda spec: [])
+    monkeypatch.setattr("provisioner.command.up.providers.choose", lambda *a, **k: providers.Choice("docker", "test"))
+    ws = Workspace(tmp_path / "second")
+    opts = UpOptions(overrides={"provider": "docker", "nodes": "1", "engine": "swarm"})
     with pytest.raises(ProvisionError) as info:
-        cluster.up(ws, opts, io.StringIO())
+        up_cmd.up(ws, opts, io.StringIO())
     assert "node network 192.168.56.0/24 is used by cluster 'web'" in info.value.message
     assert not ws.root.exists()
 

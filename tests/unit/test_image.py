@@ -8,7 +8,8 @@ import pytest
 
 from provisioner import image
 from provisioner.cli import _overrides, build_parser
-from provisioner.cluster import Workspace, resolve_spec
+from provisioner.preflight import resolve_spec
+from provisioner.workspace import Workspace
 
 
 def test_plain_and_runtime_images_have_their_own_repository_and_hash() -> None:

@@ -1,4 +1,4 @@
-"""The machines stage of `up` (provisioner.cluster._machines_stage) with a stand-in for Vagrant: what it
+"""The machines stage of `up` (provisioner.command.up._machines_stage) with a stand-in for Vagrant: what it
 says it did, and the exit code of its failure. No machine is created."""
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from provisioner import cluster, identity, machines
+from provisioner import identity, kubesource, machines
+from provisioner.command import up as cluster
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 from provisioner.spec import build_spec
 from provisioner.state import State
 from provisioner.vagrant import MachineStatus
+from provisioner.workspace import Workspace
 
 
 class FakeVagrant:
@@ -33,7 +35,7 @@ class FakeVagrant:
 
 
 def _run(tmp_path: Path, vg: FakeVagrant) -> tuple[list[str], str]:
-    ws = cluster.Workspace(tmp_path)
+    ws = Workspace(tmp_path)
     (tmp_path / "vagrant").mkdir(exist_ok=True)
     spec = build_spec({"nodes": 3, "provider": "virtualbox"})
     out = io.StringIO()
@@ -119,10 +121,10 @@ def test_a_blocked_release_says_its_reason_once(tmp_path: Path, monkeypatch: pyt
     did not run, the others point back to it (it was printed for every stage and again at the end)."""
     from provisioner.ansible import StageRun
 
-    monkeypatch.setattr(cluster, "host_cgroup_version", lambda: 1)
+    monkeypatch.setattr(kubesource, "host_cgroup_version", lambda: 1)
     monkeypatch.setattr(cluster, "run_playbook", lambda *a, **k: StageRun())
     monkeypatch.setattr(cluster, "forget_facts", lambda root: None)
-    ws = cluster.Workspace(tmp_path)
+    ws = Workspace(tmp_path)
     ws.inventory.parent.mkdir(parents=True)
     ws.inventory.write_text("all: {}\n")
     spec = build_spec({"nodes": 1, "provider": "docker", "versions": {"kubernetes": "1.38"}})

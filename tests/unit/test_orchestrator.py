@@ -12,7 +12,7 @@ import yaml
 
 from provisioner import stages
 from provisioner.ansible import StageRun, stage_error
-from provisioner.cluster import lost_machines_error
+from provisioner.command.up import lost_machines_error
 from provisioner.errors import ProvisionError
 from provisioner.inventory import build_inventory, group_members, write_inventory
 from provisioner.progress import Progress
@@ -20,6 +20,7 @@ from provisioner.spec import build_spec
 from provisioner.state import State
 from provisioner.vagrant import MachineStatus, SshInfo
 from provisioner.verify import parse_junit, split_testcase
+from provisioner.workspace import Workspace
 
 
 def _ssh(names: list[str]) -> dict[str, SshInfo]:
@@ -168,7 +169,8 @@ def test_junit_report_table(tmp_path: Path) -> None:
 
 
 def test_timings_file_written(tmp_path: Path) -> None:
-    from provisioner.cluster import Workspace, _write_timings
+    from provisioner.command.up import _write_timings
+    from provisioner.workspace import Workspace
 
     run = StageRun()
     for ev in EVENTS:
@@ -218,7 +220,7 @@ def test_stage_failure_on_a_running_machine_keeps_the_ansible_reason(tmp_path: P
 def test_converge_fingerprint_follows_roles_inventory_and_machines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from provisioner import cluster
+    from provisioner.command import up as cluster
 
     repo = tmp_path / "repo"
     for rel in ("ansible.cfg", "playbooks/site.yml", "roles/r/tasks/main.yml", "roles/r/molecule/default/x.yml"):
@@ -226,7 +228,7 @@ def test_converge_fingerprint_follows_roles_inventory_and_machines(
         (repo / rel).write_text(rel)
     (repo / "filter_plugins").mkdir()
     monkeypatch.setattr(cluster, "REPO_ROOT", repo)
-    ws = cluster.Workspace(tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
     spec = build_spec({"provider": "docker", "nodes": 1})
     ws.inventory.parent.mkdir(parents=True)
     ws.inventory.write_text("all: {}\n")

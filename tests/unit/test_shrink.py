@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner import cluster
+from provisioner.command import up as cluster
 from provisioner.errors import ProvisionError
 from provisioner.spec import build_spec
+from provisioner.workspace import Workspace
 
 
 class _Tty(io.StringIO):
@@ -19,13 +20,13 @@ class _Tty(io.StringIO):
         return True
 
 
-def _saved(tmp_path: Path, **spec: Any) -> cluster.Workspace:
-    ws = cluster.Workspace(tmp_path)
+def _saved(tmp_path: Path, **spec: Any) -> Workspace:
+    ws = Workspace(tmp_path)
     ws.save_spec(build_spec(spec), spec)
     return ws
 
 
-def _made(tmp_path: Path) -> cluster.Workspace:
+def _made(tmp_path: Path) -> Workspace:
     """A saved four-node cluster whose machines and inventory exist."""
     ws = _saved(tmp_path, nodes=4, provider="docker")
     (tmp_path / "vagrant").mkdir()
@@ -138,12 +139,12 @@ def test_removal_runs_on_the_old_inventory_before_the_new_spec_is_saved(
 
 def test_a_second_changing_command_on_the_same_cluster_is_refused(tmp_path: Path) -> None:
     """Two `up` runs on one state directory overwrote each other's state (a failed stage was lost)."""
-    ws = cluster.Workspace(tmp_path / "c")
+    ws = Workspace(tmp_path / "c")
     with ws.lock("up"):
-        with pytest.raises(ProvisionError) as info, cluster.Workspace(tmp_path / "c").lock("up"):
+        with pytest.raises(ProvisionError) as info, Workspace(tmp_path / "c").lock("up"):
             pass
         assert "`provision.py up` (pid " in info.value.message
-        with cluster.Workspace(tmp_path / "other").lock("up"):
+        with Workspace(tmp_path / "other").lock("up"):
             pass
     with ws.lock("destroy"):
         pass

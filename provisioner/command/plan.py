@@ -1,0 +1,69 @@
+"""`provision.py plan`: the resolved spec and network plan, after every check `up` makes first; nothing is made."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from provisioner import libvirt, machines, providers, stages
+from provisioner.command.up import UpOptions
+from provisioner.kubesource import host_cgroup_version, kube_source_choice, kubernetes_blocker
+from provisioner.preflight import check_networks, resolve_spec
+from provisioner.spec import DEFAULT_SWARM_POOL, SWARM_POOL_MASK, group_of
+from provisioner.workspace import Workspace
+
+
+def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
+    spec, _ = resolve_spec(ws, opts.overrides, opts.config)
+    notes = check_networks(spec)
+    choice = providers.choose(spec.provider, opts.prefer_speed) if spec.provider == "auto" else None
+    provider = f"{choice.provider} (auto: {choice.reason})" if choice else spec.provider
+    if (choice.provider if choice else spec.provider) == "libvirt":
+        kind, why = libvirt.domain_type()
+        provider += f"; domain type {kind}: {why}"
+    chosen = choice.provider if choice else spec.provider
+    # The same refusal as `up`: a name, machine name or node network another cluster holds.
+    machines.for_name(chosen).check_clear(spec.with_provider(chosen), ws.root, ws.cluster_id())
+    out.write(f"cluster      {spec.name}\n")
+    out.write(f"engine       {spec.engine}\n")
+    out.write(f"provider     {provider}\n")
+    out.write(f"resources    {spec.cpus} CPUs, {spec.memory} MiB per node\n")
+    out.write(f"runtime      {spec.runtime} (source: {spec.runtime_source})\n")
+    out.write(f"versions     kubernetes {spec.versions['kubernetes']}, calico {spec.versions['calico']}\n")
+    out.write(f"node network {spec.network}\n")
+    if spec.engine == "swarm":
+        default = " (Docker's default)" if spec.swarm_address_pool == DEFAULT_SWARM_POOL else ""
+        out.write(f"swarm pool   {spec.swarm_address_pool}{default}, /{SWARM_POOL_MASK} overlay networks\n")
+    else:
+        out.write(f"pod CIDR     {spec.pod_cidr}\nservice CIDR {spec.service_cidr}\n")
+    if spec.api_vip:
+        out.write(
+            f"API endpoint {spec.api_vip}:8443 (virtual IP held by one of {spec.control_planes} control planes, "
+            f"keepalived + HAProxy; reserved on the node network)\n"
+        )
+    out.write("checks       CIDRs pairwise disjoint and clear of the host's networks\n")
+    for note in notes:
+        out.write(f"note         {note}\n")
+    out.write("\n")
+    out.write(f"{'node':<14}{'role':<15}{'group':<20}ip\n")
+    for n in spec.nodes:
+        out.write(f"{n.name:<14}{n.role:<15}{group_of(spec.engine, n.role):<20}{n.ip}\n")
+    eng = [s.name for s in stages.stages_for(spec.engine)]
+    saved = ws.load_saved()
+    if saved is not None:
+        keep = {n.name for n in spec.nodes}
+        leaving = [n["name"] for n in saved["spec"]["nodes"] if n["name"] not in keep]
+        if leaving:
+            out.write(f"\nshrinking    {', '.join(leaving)} leave the cluster and their machines go (up --shrink)\n")
+    out.write(f"\nstages       machines, {', '.join(eng)}, verify\n")
+    if spec.engine == "kubernetes":
+        from provisioner import kubenode
+
+        blocker = kubernetes_blocker(spec.with_provider(chosen))
+        source, why = kube_source_choice(spec.with_provider(chosen)) if not blocker else ("none", blocker)
+        out.write(f"kubernetes   binaries and images: {source} ({why})\n")
+        if chosen == "docker" and not blocker:
+            v1 = host_cgroup_version() == 1
+            out.write("container-node settings (the nodes are containers on this host's kernel):\n")
+            out.write("\n".join(kubenode.plan_lines(v1)) + "\n")
+    return 0

@@ -1,0 +1,85 @@
+"""Where a Kubernetes cluster's binaries and images come from (the offline bundle or pkgs.k8s.io), and
+whether the Kubernetes stages can run on these nodes at all."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import TextIO
+
+from provisioner import providers
+from provisioner.errors import ProvisionError
+from provisioner.spec import ClusterSpec
+
+
+def host_cgroup_version() -> int:
+    try:
+        fs = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True, check=False)
+    except OSError:
+        return 0
+    return 2 if fs.stdout.strip() == "cgroup2fs" else 1
+
+
+def kubernetes_blocker(spec: ClusterSpec) -> str:
+    """Why the Kubernetes stages cannot run on these nodes at all ("" when they can be tried)."""
+    from provisioner.kubeconf import LAST_CGROUP_V1_MINOR
+
+    if spec.engine != "kubernetes" or spec.provider != "docker":
+        return ""
+    minor = int(spec.versions["kubernetes"].split(".")[1])
+    if minor > LAST_CGROUP_V1_MINOR and host_cgroup_version() == 1:
+        return (
+            f"container nodes share this host's kernel, which runs cgroup v1, and kubelet 1.{minor} has no "
+            f"switch left to run there (1.{LAST_CGROUP_V1_MINOR} was the last); nodes are prepared with the container "
+            f"runtime. Use --kube-version 1.{LAST_CGROUP_V1_MINOR}, a VM provider, or --engine swarm here"
+        )
+    return ""
+
+
+def kube_source_choice(spec: ClusterSpec) -> tuple[str, str]:
+    """(upstream | bundle, why) for the Kubernetes binaries and images of this cluster."""
+    if spec.kube_source != "auto":
+        return spec.kube_source, "asked for"
+    if spec.provider == "docker":
+        return "bundle", "container nodes install from the bundle (no registry needed)"
+    why = providers.pkgs_k8s_io_unreachable()
+    if why:
+        return "bundle", f"pkgs.k8s.io does not answer here ({why})"
+    return "upstream", "pkgs.k8s.io answers"
+
+
+def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[ClusterSpec, Path | None]:
+    """The bundle this cluster installs from (built first when missing, with its progress), and the
+    spec with the bundle's exact versions; (spec, None) when the cluster installs from upstream."""
+    from provisioner import bundle
+    from provisioner.bundle import make
+
+    if spec.engine != "kubernetes" or kubernetes_blocker(spec):
+        return spec, None
+    source, why = kube_source_choice(spec)
+    if source != "bundle":
+        out.write(f"kubernetes: packages from pkgs.k8s.io ({why})\n")
+        return spec, None
+    versions = bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
+    found = make.ensure(versions, "auto", force=False, out=out, verbose=verbose)
+    out.write(f"kubernetes: bundle {found.path} ({why})\n")
+    data = spec.to_dict()
+    data["versions"] = dict(spec.versions, kubernetes=versions.kubernetes, calico=versions.calico)
+    return ClusterSpec.from_dict(data), found.path
+
+
+def check_bundle_versions(spec: ClusterSpec) -> None:
+    """A cluster that will install from the bundle asks for releases the bundle knows: refused here,
+    before any image or machine is made, naming the spec's own flag."""
+    from provisioner import bundle
+
+    if spec.engine != "kubernetes" or kubernetes_blocker(spec) or kube_source_choice(spec)[0] != "bundle":
+        return
+    try:
+        bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
+    except ProvisionError as exc:
+        raise ProvisionError(
+            f"{exc.message.split(';')[0]}; pass --kube-version {bundle.KNOWN_KUBERNETES[-1]} (or versions.calico "
+            f"{bundle.KNOWN_CALICO[-1]} in the spec file), or kube_source: upstream where pkgs.k8s.io answers",
+            exit_code=2,
+        ) from exc

@@ -1,0 +1,81 @@
+"""The checks that run before anything is made: the spec resolved from defaults, saved inputs, file and
+flags; its networks against the host; the stack file; changes a live cluster cannot take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from provisioner import hostnet
+from provisioner.errors import ProvisionError
+from provisioner.spec import DEFAULT_SWARM_POOL, ClusterSpec, build_spec
+from provisioner.workspace import Workspace
+
+
+def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
+    """Defaults < the saved inputs of an existing cluster < the spec file < the flags."""
+    from provisioner.spec import check_engine_fields, load_file
+
+    saved = ws.load_saved()
+    inputs: dict[str, Any] = dict(saved.get("inputs", {})) if saved else {}
+    given: dict[str, Any] = load_file(config) if config is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    inputs.update(given)
+    spec = build_spec(inputs)
+    # Only what this run gave: a stored value the user cannot drop with a flag is not refused again.
+    check_engine_fields(spec.engine, set(given))
+    return spec, inputs
+
+
+def check_networks(spec: ClusterSpec) -> list[str]:
+    """Refuse the spec's ranges that overlap the host's networks: the node network, and the ranges of
+    the engine (pod and service CIDRs for kubernetes, the overlay address pool for swarm). Returns
+    notes to print: Docker's default swarm pool overlapping a host network is only warned about."""
+    host = hostnet.host_networks()
+    named = {"network": spec.network}
+    if spec.engine == "kubernetes":
+        named |= {"pod_cidr": spec.pod_cidr, "service_cidr": spec.service_cidr}
+    hostnet.check_against_host(named, host, own_node_network=spec.network)
+    if spec.engine != "swarm":
+        return []
+    chosen = spec.swarm_address_pool != DEFAULT_SWARM_POOL
+    note = hostnet.check_swarm_pool(spec.swarm_address_pool, chosen, spec.network, host)
+    return [note] if note else []
+
+
+def check_stack(spec: ClusterSpec) -> Path | None:
+    """The compose file of `--stack`, checked before anything is created."""
+    if not spec.stack:
+        return None
+    if spec.engine != "swarm":
+        raise ProvisionError("--stack deploys a compose file on a swarm; use it with --engine swarm", exit_code=2)
+    stack = Path(spec.stack).expanduser().resolve()
+    if not stack.is_file():
+        raise ProvisionError(f"stack file {spec.stack} does not exist; give the path of a compose file", exit_code=2)
+    return stack
+
+
+def refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
+    if (old.control_planes, old.api_vip) != (new.control_planes, new.api_vip):
+        raise ProvisionError(
+            f"this cluster was made with {old.control_planes} control plane(s)"
+            + (f" behind {old.api_vip}" if old.api_vip else "")
+            + f", the spec now says {new.control_planes}"
+            + (f" behind {new.api_vip}" if new.api_vip else "")
+            + "; the control planes and their endpoint are fixed when the cluster is made (kubeadm's "
+            "controlPlaneEndpoint, the certificates, the node addresses): `destroy -f` and `up` with the new count",
+            exit_code=2,
+        )
+    # The swarm reads its address pool once, at `docker swarm init`.
+    for attr in ("name", "engine", "network", *(("swarm_address_pool",) if old.engine == "swarm" else ())):
+        if getattr(old, attr) != getattr(new, attr):
+            raise ProvisionError(
+                f"this cluster exists with {attr} {getattr(old, attr)}, the spec now says {getattr(new, attr)}; "
+                f"run `destroy -f` first, or use another --dir for a second cluster",
+                exit_code=2,
+            )
+    if new.provider not in ("auto", old.provider):
+        raise ProvisionError(
+            f"this cluster exists on provider {old.provider}, not {new.provider}; run `destroy -f` first",
+            exit_code=2,
+        )
