@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bring up a cluster: machines with Vagrant, nodes prepared with Ansible, "
         "Kubernetes (kubeadm + Calico) or Docker Swarm, checked with testinfra.",
     )
-    p.add_argument("--dir", type=Path, help="where the cluster's state lives (default .provision/ or $PROVISION_DIR)")
+    p.add_argument("--dir", help="where the cluster's state lives (default .provision/ or $PROVISION_DIR)")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-v", "--verbose", action="store_true", help="stream full Ansible and Vagrant output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when the spec has fewer workers than the cluster: drain them, take them out of the cluster and "
         "destroy their machines without asking",
+    )
+    up.add_argument(
+        "--until",
+        metavar="STAGE",
+        help="stop after this stage (e.g. runtime: nodes prepared, nothing of the engine yet) and verify what ran",
     )
     up.add_argument("--stack", help="compose file to deploy with `docker stack deploy` after verify (swarm)")
 
@@ -180,6 +185,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return over
 
 
+# The commands that read or write one cluster's state directory (--dir).
+CLUSTER_COMMANDS = ("up", "plan", "status", "provision", "verify", "ssh", "exec", "destroy", "kubeconfig", "reset")
+
+
+def workspace_of(raw: str | None) -> Workspace:
+    """The state directory --dir names (default .provision/ or $PROVISION_DIR), refused where the
+    toolkit's writes and `destroy`'s removals would land among files that are not a cluster's."""
+    if raw is not None and not raw.strip():
+        raise ProvisionError(
+            "--dir is empty (an unset shell variable?); give the cluster's state directory, or drop --dir for "
+            f"{default_provision_dir()}",
+            exit_code=2,
+        )
+    ws = Workspace(Path(raw).expanduser().resolve() if raw is not None else default_provision_dir())
+    ws.check_location()
+    return ws
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -187,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ws = Workspace((args.dir or default_provision_dir()).resolve())
     try:
+        ws = workspace_of(args.dir) if args.command in CLUSTER_COMMANDS else Workspace(default_provision_dir())
         if args.command in ("up", "destroy", "provision", "reset"):
             with ws.lock(args.command):
                 return dispatch(args, ws)
@@ -215,6 +238,7 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
             prefer_speed=args.fast,
             converge=getattr(args, "converge", False),
             shrink=getattr(args, "shrink", False),
+            until=getattr(args, "until", None),
         )
         return up.up(ws, opts) if cmd == "up" else plan.plan(ws, opts)
     if cmd == "status":

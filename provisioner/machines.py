@@ -54,6 +54,11 @@ class Provider:
     def clean_up(self, spec: ClusterSpec, cluster_id: str, out: TextIO) -> None:
         """Remove what `vagrant destroy` leaves behind of this cluster (and of no other)."""
 
+    def clean_up_by_dir(self, root: Path) -> list[str]:
+        """Remove the machines that carry `root` as their state directory in their identity (the way out
+        when the cluster's own state is damaged); returns their names."""
+        return []
+
 
 class Docker(Provider):
     name = "docker"
@@ -108,6 +113,20 @@ class Docker(Provider):
             subprocess.run(
                 ["docker", "network", "rm", f"vagrant_network_{spec.network}"], capture_output=True, check=False
             )
+
+    def clean_up_by_dir(self, root: Path) -> list[str]:
+        if shutil.which("docker") is None:
+            return []
+        found = [m for m in providers.docker_machines() if m.state_dir == str(root)]
+        if not found:
+            return []
+        subprocess.run(["docker", "rm", "-f", "-v", *[m.name for m in found]], capture_output=True, check=False)
+        for subnet in sorted({s for m in found for s in m.subnets}):
+            if not providers.docker_network_users(subnet):
+                subprocess.run(
+                    ["docker", "network", "rm", f"vagrant_network_{subnet}"], capture_output=True, check=False
+                )
+        return [m.name for m in found]
 
 
 class Libvirt(Provider):
@@ -180,6 +199,12 @@ class Libvirt(Provider):
         host = libvirt.teardown_host()
         if host:
             out.write(f"libvirt host cleaned: {', '.join(host)}\n")
+
+    def clean_up_by_dir(self, root: Path) -> list[str]:
+        if shutil.which("virsh") is None or not libvirt.answers():
+            return []
+        names = [m.name for m in libvirt.domains() if m.state_dir == str(root)]
+        return libvirt.cleanup_cluster(names).domains if names else []
 
 
 def for_name(name: str) -> Provider:

@@ -3,6 +3,7 @@ flags; its networks against the host; the stack file; changes a live cluster can
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,45 @@ from provisioner import hostnet
 from provisioner.errors import ProvisionError
 from provisioner.spec import DEFAULT_SWARM_POOL, ClusterSpec, build_spec
 from provisioner.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A spec that passed every check made before anything is created, its provider decided."""
+
+    spec: ClusterSpec
+    inputs: dict[str, Any]
+    notes: list[str]  # to print: warnings that do not refuse
+    provider_reason: str  # why provider auto chose what it did ("" when the provider was given or kept)
+
+
+def checked_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None, prefer_speed: bool) -> Checked:
+    """Every check `up` makes before it builds or creates anything, in one place so that `plan` makes
+    the same ones: the state directory, the spec, its networks against the host, the stack file,
+    changes the live cluster cannot take, the provider, the releases the bundle knows, and the names
+    and networks other clusters hold."""
+    from provisioner import machines, providers
+    from provisioner.kubesource import check_bundle_versions
+
+    ws.check_writable()
+    spec, inputs = resolve_spec(ws, overrides, config)
+    notes = check_networks(spec)
+    check_stack(spec)
+    saved = ws.load_saved()
+    reason = ""
+    if saved is not None:
+        old = ClusterSpec.from_dict(saved["spec"])
+        refuse_incompatible_change(old, spec)
+        if spec.provider == "auto":
+            spec = spec.with_provider(old.provider)
+    if spec.provider == "auto":
+        choice = providers.choose("auto", prefer_speed)
+        spec, reason = spec.with_provider(choice.provider), choice.reason
+    else:
+        providers.choose(spec.provider)
+    check_bundle_versions(spec)
+    machines.for_name(spec.provider).check_clear(spec, ws.root, ws.cluster_id())
+    return Checked(spec, inputs, notes, reason)
 
 
 def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:
@@ -79,3 +119,35 @@ def refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
             f"this cluster exists on provider {old.provider}, not {new.provider}; run `destroy -f` first",
             exit_code=2,
         )
+    # Fixed when the cluster forms: kubeadm's networking and Calico's IP pool take the ranges once; the
+    # roles cannot move a running cluster to another release (that is a `kubeadm upgrade`, node by
+    # node); the kubelets talk to the runtime they were set up with.
+    fixed = {"runtime": "the kubelets and the swarm are set up on it"}
+    if old.engine == "kubernetes":
+        fixed |= {
+            "pod_cidr": "kubeadm's podSubnet and Calico's IP pool take it when the cluster forms",
+            "service_cidr": "kubeadm's serviceSubnet and the API server's certificate take it when the cluster forms",
+        }
+    for attr, why in fixed.items():
+        if getattr(old, attr) != getattr(new, attr):
+            raise ProvisionError(
+                f"this cluster runs with {attr} {getattr(old, attr)}, the spec now says {getattr(new, attr)}; "
+                f"{why}, so a live cluster cannot change it: go back to {getattr(old, attr)}, or `destroy -f` "
+                f"and `up` with the new value",
+                exit_code=2,
+            )
+    if old.engine == "kubernetes" and not same_release(old.versions["kubernetes"], new.versions["kubernetes"]):
+        raise ProvisionError(
+            f"this cluster runs Kubernetes {old.versions['kubernetes']}, the spec now says "
+            f"{new.versions['kubernetes']}; `up` does not move a running cluster to another release (that takes "
+            f"`kubeadm upgrade` one node at a time, which the toolkit does not do yet): go back to "
+            f"--kube-version {old.versions['kubernetes']}, or `destroy -f` and `up` with the new release",
+            exit_code=2,
+        )
+
+
+def same_release(current: str, wanted: str) -> bool:
+    """`wanted` names the release the cluster runs: equal, or the minor of its patch (1.37 for 1.37.2;
+    the saved spec holds the exact patch where the bundle resolved it, the minor where upstream did)."""
+    cur, want = current.split("."), wanted.split(".")
+    return cur[: len(want)] == want or want[: len(cur)] == cur

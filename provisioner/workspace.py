@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The file that marks a directory as a cluster's state directory made by this toolkit.
+MARKER = ".provisioner-workspace"
+MARKER_TEXT = (
+    "This directory holds a cluster's state, made by provision.py; `provision.py --dir DIR destroy` removes it.\n"
+)
+# Everything the toolkit writes in a state directory; `destroy` removes these and nothing else.
+OWN_FILES = ("cluster.json", "cluster.tmp", "state.json", "timings.json", "kubeconfig", MARKER)
+OWN_DIRS = ("inventory", "logs", "vagrant", "ssh", "ansible-tmp", "cp", "facts")
+OWN_GLOBS = (".state-*", "verify-*.xml")
+SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 def default_provision_dir() -> Path:
@@ -54,26 +64,111 @@ class Workspace:
         return self.root / "timings.json"
 
     def load_saved(self) -> dict[str, Any] | None:
+        """cluster.json as saved by `up` (None where there is none); DamagedState where it cannot be read
+        as one, so that no command goes on from a half-read cluster."""
         if not self.spec_file.exists():
             return None
         try:
-            data: dict[str, Any] = json.loads(self.spec_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ProvisionError(f"{self.spec_file} is unreadable ({exc}); run `destroy -f` and `up` again") from exc
+            data = json.loads(self.spec_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DamagedState(self, f"it cannot be read as JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
+            raise DamagedState(self, "it holds no cluster spec")
+        try:
+            ClusterSpec.from_dict(data["spec"])
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise DamagedState(self, f"its spec is incomplete ({type(exc).__name__}: {exc})") from exc
         return data
+
+    def is_workspace(self) -> bool:
+        """A directory this toolkit made for a cluster: its marker, or (older state directories) its
+        cluster.json or state.json."""
+        return any((self.root / name).exists() for name in (MARKER, "cluster.json", "state.json"))
+
+    def own_entries(self) -> list[Path]:
+        """What the toolkit itself writes in the state directory (and so may remove), present now."""
+        found = [self.root / name for name in (*OWN_FILES, *OWN_DIRS) if (self.root / name).exists()]
+        for pattern in OWN_GLOBS:
+            found += sorted(self.root.glob(pattern))
+        return found
+
+    def foreign_entries(self) -> list[str]:
+        """The names in the state directory that the toolkit did not write there."""
+        own = {p.name for p in self.own_entries()}
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.name not in own)
+        except OSError:
+            return []
+
+    def check_location(self) -> None:
+        """Refuse a state directory that would put the toolkit's writes (and `destroy`'s removals) among
+        files that are not a cluster's: the file system's root, the home directory, this repository, or
+        the kernel's own trees."""
+        root = self.root
+        home = Path.home().resolve()
+        what = {
+            Path("/"): "the file system's root",
+            home: "your home directory",
+            REPO_ROOT: "the toolkit's own repository",
+        }
+        if root in what:
+            raise ProvisionError(
+                f"--dir {root} is {what[root]}; a cluster's state needs a directory of its own (the toolkit "
+                f"writes there and `destroy` removes what it wrote), e.g. --dir {REPO_ROOT / '.provision-lab'}",
+                exit_code=2,
+            )
+        for tree in SYSTEM_TREES:
+            if root == tree or tree in root.parents:
+                raise ProvisionError(
+                    f"--dir {root} is inside {tree}, the kernel's own file system; give a directory on a disk, "
+                    f"e.g. --dir {REPO_ROOT / '.provision-lab'}",
+                    exit_code=2,
+                )
+
+    def check_writable(self) -> None:
+        """Before anything is built or made: the state directory can be written, and it is either new,
+        empty, or a cluster's state directory already (never a directory of the user's own files)."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise ProvisionError(
+                f"--dir {root} is a file, not a directory; give a directory for the cluster's state", 2
+            )
+        base = root
+        while not base.exists():
+            base = base.parent
+        if not base.is_dir():
+            raise ProvisionError(f"--dir {root} cannot be made: {base} is a file; give a directory path", 2)
+        if os.statvfs(base).f_flag & os.ST_RDONLY:
+            raise ProvisionError(
+                f"--dir {root} is on a read-only file system ({base}); give a writable directory", exit_code=2
+            )
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise ProvisionError(f"--dir {root} is not writable by this user ({base}); give a writable directory", 2)
+        if root.exists() and not self.is_workspace():
+            foreign = self.foreign_entries()
+            if foreign:
+                raise ProvisionError(
+                    f"--dir {root} already holds files that are not a cluster's state ({listing(foreign)}); "
+                    f"give a new or empty directory for the cluster",
+                    exit_code=2,
+                )
 
     @contextlib.contextmanager
     def lock(self, command: str) -> Iterator[None]:
         """One changing command at a time per state directory: a second `up` while one runs would
         overwrite the other's state. The lock file lives outside the state directory (a refused first
-        `up` leaves no directory behind), keyed by its path."""
+        `up` leaves no directory behind), keyed by its path, and is removed when the command ends."""
         locks = Path(tempfile.gettempdir()) / "provisioner-locks"
         locks.mkdir(mode=0o700, exist_ok=True)
         path = locks / (hashlib.sha256(str(self.root).encode()).hexdigest()[:16] + ".lock")
         with open(path, "a+", encoding="utf-8") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                # The holder before us may have removed the file between our open and our lock: then
+                # the lock is on a name nobody else sees; refuse as if it were held.
+                if os.fstat(handle.fileno()).st_ino != os.stat(path).st_ino:
+                    raise BlockingIOError
+            except (BlockingIOError, FileNotFoundError):
                 handle.seek(0)
                 holder = handle.read().strip() or "another command"
                 raise ProvisionError(
@@ -88,7 +183,7 @@ class Workspace:
             try:
                 yield
             finally:
-                handle.truncate(0)
+                path.unlink(missing_ok=True)
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def cluster_id(self) -> str:
@@ -104,9 +199,30 @@ class Workspace:
         return ClusterSpec.from_dict(data["spec"])
 
     def save_spec(self, spec: ClusterSpec, inputs: dict[str, Any], vagrant_extra: dict[str, Any] | None = None) -> None:
-        """`vagrant_extra`: settings only the Vagrantfile reads (e.g. libvirt_driver), kept beside the spec."""
+        """`vagrant_extra`: settings only the Vagrantfile reads (e.g. libvirt_driver), kept beside the spec.
+        The first save makes the directory and marks it as the toolkit's (MARKER)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / MARKER
+        if not marker.exists():
+            marker.write_text(MARKER_TEXT, encoding="utf-8")
         payload = spec.to_dict() | (vagrant_extra or {}) | {"spec": spec.to_dict(), "inputs": inputs}
         tmp = self.spec_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
         tmp.replace(self.spec_file)
+
+
+class DamagedState(ProvisionError):
+    """cluster.json exists but cannot be read as a cluster: the way out is `destroy -f` (the machines
+    carry the state directory in their identity) and `up`."""
+
+    def __init__(self, ws: Workspace, why: str) -> None:
+        self.why = why
+        super().__init__(
+            f"the cluster's state {ws.spec_file} is damaged ({why}); `provision.py --dir {ws.root} destroy -f` "
+            f"removes the machines made from this directory and the state, then `up` makes the cluster again",
+            exit_code=6,
+        )
+
+
+def listing(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")

@@ -5,25 +5,21 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from provisioner import libvirt, machines, providers, stages
+from provisioner import libvirt, preflight, stages
 from provisioner.command.up import UpOptions
 from provisioner.kubesource import host_cgroup_version, kube_source_choice, kubernetes_blocker
-from provisioner.preflight import check_networks, resolve_spec
 from provisioner.spec import DEFAULT_SWARM_POOL, SWARM_POOL_MASK, group_of
 from provisioner.workspace import Workspace
 
 
 def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
-    spec, _ = resolve_spec(ws, opts.overrides, opts.config)
-    notes = check_networks(spec)
-    choice = providers.choose(spec.provider, opts.prefer_speed) if spec.provider == "auto" else None
-    provider = f"{choice.provider} (auto: {choice.reason})" if choice else spec.provider
-    if (choice.provider if choice else spec.provider) == "libvirt":
+    checked = preflight.checked_spec(ws, opts.overrides, opts.config, opts.prefer_speed)
+    spec, notes = checked.spec, checked.notes
+    chosen = spec.provider
+    provider = f"{chosen} (auto: {checked.provider_reason})" if checked.provider_reason else chosen
+    if chosen == "libvirt":
         kind, why = libvirt.domain_type()
         provider += f"; domain type {kind}: {why}"
-    chosen = choice.provider if choice else spec.provider
-    # The same refusal as `up`: a name, machine name or node network another cluster holds.
-    machines.for_name(chosen).check_clear(spec.with_provider(chosen), ws.root, ws.cluster_id())
     out.write(f"cluster      {spec.name}\n")
     out.write(f"engine       {spec.engine}\n")
     out.write(f"provider     {provider}\n")

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from provisioner import identity, inventory, machines, providers, stages
+from provisioner import identity, inventory, machines, preflight, stages
 from provisioner.ansible import StageRun, forget_facts, run_playbook
 from provisioner.command.verify import run_verify
 from provisioner.errors import ProvisionError
-from provisioner.kubesource import check_bundle_versions, ensure_kube_bundle, kubernetes_blocker
-from provisioner.preflight import check_networks, check_stack, refuse_incompatible_change, resolve_spec
+from provisioner.kubesource import ensure_kube_bundle, kubernetes_blocker
+from provisioner.preflight import check_stack
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec, group_of
 from provisioner.state import State
@@ -39,6 +39,7 @@ class UpOptions:
     prefer_speed: bool = False  # provider auto: the fastest provider (container nodes) over VMs
     converge: bool = False  # re-apply every stage even when nothing changed since the last converge
     shrink: bool = False  # remove the workers the spec no longer has, without asking
+    until: str | None = None  # stop after this stage (its verify still runs); the next `up` goes on
 
 
 def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = sys.stdin) -> int:
@@ -50,7 +51,6 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
     spec, inputs = _spec_for_up(ws, opts, out)
     provider = machines.for_name(spec.provider)
     cluster_id = ws.cluster_id() or identity.new_id()
-    provider.check_clear(spec, ws.root, cluster_id)
     leaving = _leaving_nodes(ws, spec, opts, out, inp)
     spec, vagrant_extra = provider.prepare_host(spec, inputs, progress, timings, out)
     spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
@@ -84,24 +84,14 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
 
 def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSpec, dict[str, Any]]:
     """The validated spec with its provider decided; refused before anything is created."""
-    spec, inputs = resolve_spec(ws, opts.overrides, opts.config)
-    for note in check_networks(spec):
+    checked = preflight.checked_spec(ws, opts.overrides, opts.config, opts.prefer_speed)
+    for note in checked.notes:
         out.write(f"note: {note}\n")
-    check_stack(spec)
-    saved = ws.load_saved()
-    if saved is not None:
-        old = ClusterSpec.from_dict(saved["spec"])
-        refuse_incompatible_change(old, spec)
-        if spec.provider == "auto":
-            spec = spec.with_provider(old.provider)
-    if spec.provider == "auto":
-        choice = providers.choose("auto", opts.prefer_speed)
-        out.write(f"provider: {choice.provider} ({choice.reason})\n")
-        spec = spec.with_provider(choice.provider)
-    else:
-        providers.choose(spec.provider)
-    check_bundle_versions(spec)
-    return spec, inputs
+    if checked.provider_reason:
+        out.write(f"provider: {checked.spec.provider} ({checked.provider_reason})\n")
+    if opts.until is not None:
+        stages.select(checked.spec.engine, only=opts.until)  # an unknown stage is refused here
+    return checked.spec, checked.inputs
 
 
 def _leaving_nodes(ws: Workspace, spec: ClusterSpec, opts: UpOptions, out: TextIO, inp: TextIO) -> list[str]:
@@ -267,6 +257,7 @@ def _stages_and_verify(
     unchanged = (
         opts.verify
         and not opts.converge
+        and opts.until is None
         and not new_nodes
         and failed is None
         and previous_run == "done"
@@ -297,6 +288,12 @@ def _stages_and_verify(
         out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
         names = [s.name for s in todo]
         todo = todo[names.index(failed) :]
+    stopped = ""
+    if opts.until is not None and opts.until in [s.name for s in todo]:
+        names = [s.name for s in todo]
+        if names[-1] != opts.until:
+            stopped = opts.until
+        todo = todo[: names.index(opts.until) + 1]
     state.fingerprint = ""  # until every stage has converged again
     forget_facts(ws.root)
     said = False
@@ -329,8 +326,13 @@ def _stages_and_verify(
             raise err from exc
         timings[stage.name] = time.monotonic() - t0
         state.mark(stage.name, "done", timings[stage.name], changed=runs[stage.name].changed)
-    state.last_run = "done"
-    state.fingerprint = fingerprint
+    if stopped:
+        # Not a whole converge: the next `up` runs every stage again and no rerun takes it as settled.
+        out.write(f"==> stopped after stage {stopped} (--until); `up` without --until goes on from there\n")
+        state.last_run = "stopped"
+    else:
+        state.last_run = "done"
+        state.fingerprint = fingerprint
     state.save()
     if opts.verify:
         t0 = time.monotonic()

@@ -1,12 +1,10 @@
-"""A Kubernetes release that cannot run on these container nodes, and the upstream install path in
-check mode.
+"""Nodes prepared for Kubernetes without forming a cluster, and the upstream install path in check mode.
 
-Container nodes share this host's kernel; where it runs cgroup v1, kubelet 1.38 and newer cannot run
-at all (1.37 was the last release with failCgroupV1), so `up --kube-version 1.38` prepares the nodes
-and the runtime, says that the Kubernetes stages were not run and why, and verifies what it did.
-Those prepared nodes, with nothing of Kubernetes installed, then take the four Kubernetes playbooks
-in check mode with the upstream sources (pkgs.k8s.io, Calico's manifest URL) pointed at loopback.
-The real cluster from the bundle is tests/integration/test_kubernetes_cluster.py.
+`up --until runtime` prepares two container nodes and their runtime, says where it stopped, and
+verifies what ran; a release the toolkit cannot install (1.38, not released) is refused before
+anything is made. Those prepared nodes, with nothing of Kubernetes installed, then take the four
+Kubernetes playbooks in check mode with the upstream sources (pkgs.k8s.io, Calico's manifest URL)
+pointed at loopback. The real cluster from the bundle is tests/integration/test_kubernetes_cluster.py.
 """
 
 from __future__ import annotations
@@ -53,47 +51,41 @@ RECAP = re.compile(
 URL = re.compile(r"\b(?:https?|ftps?|git|ssh|rsync|s3)://[^\s\"'\\,)]+", re.IGNORECASE)
 
 
-def _cgroup_v1() -> bool:
-    fs = subprocess.run(["stat", "-fc", "%T", "/sys/fs/cgroup"], capture_output=True, text=True, check=False)
-    return fs.stdout.strip() != "cgroup2fs"
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not _cgroup_v1():
-        pytest.skip(
-            "this host runs cgroup v2: nothing keeps kubelet 1.38 from running on its container nodes, so there is no blocked release to test"
-        )
     yield from make_cluster(tmp_path_factory, NAME, NETWORK)
 
 
-def test_up_prepares_nodes_and_says_why_kubernetes_did_not_run(cluster: Cluster) -> None:
+def test_a_release_the_toolkit_cannot_install_is_refused_before_anything(cluster: Cluster) -> None:
+    proc = cluster.run("up", "--nodes", "2", "--provider", "docker", "--name", NAME, "--network", NETWORK,
+                       "--kube-version", "1.38", check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "1.38" in proc.stderr and "Traceback" not in proc.stderr
+    assert not cluster.root.exists()
+
+
+def test_up_until_runtime_prepares_the_nodes_and_stops(cluster: Cluster) -> None:
     # The plain node image: the runtime stage installs Docker's packages with apt, as on a fresh server,
     # so the nodes have what Ansible's apt module needs in check mode (python3-apt, package lists).
     proc = cluster.run(
-        "up", "--nodes", "2", "--provider", "docker", "--name", NAME, "--network", NETWORK, "--kube-version", "1.38",
+        "up", "--nodes", "2", "--provider", "docker", "--name", NAME, "--network", NETWORK, "--until", "runtime",
         "--image", "provisioner/node",
     )  # fmt: skip
     out = proc.stdout
     assert "==> stage prepare" in out and "==> stage runtime" in out
-    # The reason once, on the first Kubernetes stage; the others point back to it.
-    assert re.search(r"==> kube_packages: not run: .*cgroup v1.*1\.37 was the last", out), out
-    for stage in ("control_plane", "cni", "join"):
-        assert f"==> {stage}: not run (the reason above)" in out, out
-    assert out.count("1.37 was the last") == 1, out
-    assert "NOTE: the Kubernetes stages did not run" in out
-    assert "all checks passed" in out
+    assert "==> stage kube_packages" not in out and "kubeadm init" not in out
+    assert "==> stopped after stage runtime (--until)" in out, out
     assert re.search(r"cp1\s+control_plane\s+192\.168\.156\.10", out)
     inv = cluster.inventory.read_text()
     assert "kube_control_plane:" in inv and "container_runtime_source: distro" in inv
 
 
-def test_rerun_reports_no_change_and_status_records_the_skip(cluster: Cluster) -> None:
-    cluster.run("up", "--converge")
+def test_rerun_until_runtime_reports_no_change_and_status_shows_what_ran(cluster: Cluster) -> None:
+    cluster.run("up", "--converge", "--until", "runtime")
     changed = cluster.timings()["changed"]
     assert changed == {"prepare": 0, "runtime": 0}
     status = cluster.run("status").stdout
-    assert re.search(r"kube_packages\s+skipped.*cgroup v1", status)
+    assert re.search(r"kube_packages\s+not run", status), status
     assert re.search(r"runtime\s+done", status)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import identity, libvirt, machines, providers
+from provisioner import identity, libvirt, machines, preflight, providers
 from provisioner.command import plan as plan_cmd
 from provisioner.command import up as up_cmd
 from provisioner.command.up import UpOptions
@@ -105,7 +105,7 @@ def test_plan_says_what_up_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     other = identity.Machine("c1", "lab-cp1", "lab", "old", "/root/.provision", ("192.168.56.0/24",))
     monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
     monkeypatch.setattr(providers, "docker_machines", lambda: [other])
-    monkeypatch.setattr(plan_cmd, "check_networks", lambda spec: [])
+    monkeypatch.setattr(preflight, "check_networks", lambda spec: [])
     ws = Workspace(tmp_path / "second")
     opts = UpOptions(overrides={"provider": "docker", "nodes": "1"})
     with pytest.raises(ProvisionError) as info:
@@ -119,8 +119,8 @@ def test_up_refuses_before_anything_is_made(tmp_path: Path, monkeypatch: pytest.
     other = identity.Machine("c1", "web-cp1", "web", "old", "/srv/web", ("192.168.56.0/24",))
     monkeypatch.setattr("provisioner.providers.shutil.which", lambda _: "/usr/bin/docker")
     monkeypatch.setattr(providers, "docker_machines", lambda: [other])
-    monkeypatch.setattr(up_cmd, "check_networks", lambda spec: [])
-    monkeypatch.setattr("provisioner.command.up.providers.choose", lambda *a, **k: providers.Choice("docker", "test"))
+    monkeypatch.setattr(preflight, "check_networks", lambda spec: [])
+    monkeypatch.setattr("provisioner.providers.choose", lambda *a, **k: providers.Choice("docker", "test"))
     ws = Workspace(tmp_path / "second")
     opts = UpOptions(overrides={"provider": "docker", "nodes": "1", "engine": "swarm"})
     with pytest.raises(ProvisionError) as info:
