@@ -4,10 +4,19 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# Each step's wall time, printed at the end below pytest's lane times.
+STEP_TIMES=()
+step_name="setup"
+step_start=$SECONDS
+minutes() { awk -v s="$1" 'BEGIN { printf "%6.1f min", s / 60 }'; }
+end_step() {
+    [ -z "$step_name" ] || STEP_TIMES+=("$(minutes $((SECONDS - step_start)))  $step_name")
+    step_name=""
+}
+step() { end_step; step_name="$*"; step_start=$SECONDS; printf '\n=== %s ===\n' "$*"; }
 bash scripts/setup.sh
 PY=.venv/bin
 export PATH="$ROOT/.venv/bin:$PATH"
-step() { printf '\n=== %s ===\n' "$*"; }
 
 step "ruff"
 $PY/ruff check .
@@ -35,6 +44,10 @@ set +e
 $PY/pytest -p no:cacheprovider -ra --durations=15 "$@"
 rc=$?
 set -e
+end_step
+printf '\n=== step times (the lanes inside pytest are listed above it) ===\n'
+printf '%s\n' "${STEP_TIMES[@]}"
+printf '%s  the whole run\n' "$(minutes "$SECONDS")"
 if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests: that is a failure here" >&2
     exit 1
