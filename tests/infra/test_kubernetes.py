@@ -328,6 +328,23 @@ def test_api_endpoint_answers(control_plane: Any) -> None:
     assert server == f"https://{vip}:{port}", f"admin.conf points at {server}, not the endpoint {vip}:{port}"
 
 
+def test_haproxy_listens_on_the_node_address_and_the_vip(host: Any, inventory: str) -> None:
+    """HAProxy on every control plane, the ones without the VIP included (net.ipv4.ip_nonlocal_bind),
+    bound to the node's own address and the VIP only, never to every interface."""
+    if host.backend.get_hostname() not in AnsibleRunner(inventory).get_hosts("kube_control_plane"):
+        pytest.skip("a worker: no HAProxy")
+    variables = host.ansible.get_variables()
+    vip = str(variables.get("kube_api_vip") or "")
+    if not vip:
+        pytest.skip("one control plane: no HAProxy (kube_api_vip empty)")
+    port = int(variables.get("kube_api_vip_port") or 8443)
+    with host.sudo():
+        assert host.sysctl("net.ipv4.ip_nonlocal_bind") == 1
+        listening = host.check_output(f"ss -Hltn 'sport = :{port}'")
+    addresses = sorted({line.split()[3] for line in listening.splitlines() if line.strip()})
+    assert addresses == sorted({f"{node_ip_of(host)}:{port}", f"{vip}:{port}"}), listening
+
+
 def test_etcd_members_healthy_with_one_leader(control_plane: Any, inventory: str) -> None:
     planes = _control_plane_hosts(inventory)
     ips = [node_ip_of(h) for h in planes]

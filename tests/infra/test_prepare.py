@@ -8,6 +8,7 @@ container really shows.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 from typing import Any
 
 import pytest
@@ -115,28 +116,46 @@ def test_time_sync_running(host: Any, container_node: bool) -> None:
 
 
 def test_firewall_opened_or_absent(host: Any, inventory_vars: dict[str, Any]) -> None:
+    """ssh and the API ports open to every source; the cluster's ports (NodePorts here) and, with a
+    virtual IP, VRRP to the node network only; Calico's unused BGP and Typha ports nowhere."""
     mode = inventory_vars.get("node_prep_firewall", "open")
     if mode != "open":
         pytest.skip(f"node_prep_firewall={mode}")
     groups = set(inventory_vars.get("group_names", []))
+    cidr = str(ipaddress.ip_network(str(inventory_vars["node_network_cidr"]), strict=False))
+    control_plane = "kube_control_plane" in groups
+    vip_port = f"{inventory_vars.get('kube_api_vip_port') or 8443}/tcp"
+    vrrp = control_plane and bool(inventory_vars.get("kube_api_vip"))
     with host.sudo():
         if host.exists("firewall-cmd"):
-            listed = host.check_output("firewall-cmd --list-ports")
+            listed = host.check_output("firewall-cmd --list-ports").split()
+            rich = host.check_output("firewall-cmd --list-rich-rules")
             assert "22/tcp" in listed
-            if "kube_control_plane" in groups:
-                assert "6443/tcp" in listed
+            assert ("6443/tcp" in listed) == control_plane
+            assert (vip_port in listed) == vrrp
+            assert (f'source address="{cidr}" protocol value="112" accept' in rich) == vrrp
+            for unused in ("179/tcp", "5473/tcp", "30000-32767/tcp"):
+                assert unused not in listed
+            assert 'port="179"' not in rich and 'port="5473"' not in rich
             if "k8s_cluster" in groups:
-                # NodePort services answer on every node, control planes included.
-                assert "30000-32767/tcp" in listed
+                # NodePort services answer on every node, control planes included: from the node network.
+                assert f'source address="{cidr}" port port="30000-32767" protocol="tcp" accept' in rich
         elif host.exists("ufw"):
             status = host.check_output("ufw status")
+            rules = [line.split("#")[0].split() for line in status.splitlines()]
+            opened = {(r[0], r[-1]) for r in rules if len(r) >= 3 and r[1] == "ALLOW" and "(v6)" not in r}
             assert "Status: active" in status
-            assert "22/tcp" in status
-            if "kube_control_plane" in groups:
-                assert "6443/tcp" in status
+            assert ("22/tcp", "Anywhere") in opened
+            assert (("6443/tcp", "Anywhere") in opened) == control_plane
+            assert ((vip_port, "Anywhere") in opened) == vrrp
+            assert not {port for port, _ in opened} & {"179/tcp", "5473/tcp"}
             if "k8s_cluster" in groups:
-                # NodePort services answer on every node, control planes included.
-                assert "30000:32767/tcp" in status
+                # NodePort services answer on every node, control planes included: from the node network.
+                assert ("30000:32767/tcp", cidr) in opened
+                assert ("30000:32767/tcp", "Anywhere") not in opened
+            before = host.file("/etc/ufw/before.rules").content_string
+            assert (f"-A ufw-before-input -p 112 -s {cidr} -j ACCEPT" in before) == vrrp
+            assert "IP-in-IP" not in before
         else:
             pytest.skip("no firewall installed (node_prep_firewall_install false): the role reports a no-op")
 
