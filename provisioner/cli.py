@@ -178,7 +178,7 @@ SPEC_KEYS = (
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     over: dict[str, object] = {k: getattr(args, k) for k in SPEC_KEYS if getattr(args, k, None) is not None}
-    if getattr(args, "kube_version", None):
+    if getattr(args, "kube_version", None) is not None:  # "" is refused by the spec, not taken as the default
         over["versions"] = {"kubernetes": args.kube_version}
     if getattr(args, "stack", None):
         over["stack"] = str(Path(args.stack).expanduser().resolve())

@@ -73,7 +73,18 @@ def check_bundle_versions(spec: ClusterSpec) -> None:
     before any image or machine is made, naming the spec's own flag."""
     from provisioner import bundle
 
-    if spec.engine != "kubernetes" or kubernetes_blocker(spec) or kube_source_choice(spec)[0] != "bundle":
+    if spec.engine != "kubernetes" or kubernetes_blocker(spec):
+        return
+    if kube_source_choice(spec)[0] != "bundle":
+        calico = spec.versions["calico"]
+        if calico.count(".") < 2:
+            # The bundle picks the patch of a minor it knows; upstream, the calico role fetches one
+            # release's manifest by its full version.
+            raise ProvisionError(
+                f"versions.calico {calico} names a minor, and this cluster installs Calico from its release "
+                f"manifest, which needs the patch release: give e.g. {calico}.0",
+                exit_code=2,
+            )
         return
     try:
         bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])

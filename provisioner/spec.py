@@ -7,7 +7,10 @@ the fix (SpecError).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import reprlib
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,18 @@ RUNTIME_SOURCES = ("auto", "upstream", "distro", "offline")
 KUBE_SOURCES = ("auto", "upstream", "bundle")
 KUBE_ROLES = ("control_plane", "worker")
 SWARM_ROLES = ("manager", "worker")
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# Cluster and node names: lowercase letters and digits, single dashes between them (machines are
+# <name>-<node>, so a name ending in a dash made `lab--cp1`); at most 31 and 63 characters.
+NAME_RE = re.compile(r"[a-z](?:-?[a-z0-9])*")
+NAME_MAX, NODE_NAME_MAX = 31, 63
+# The Kubernetes minors the toolkit installs: pkgs.k8s.io has one repository per minor, and the roles
+# are written and tested for these (the offline bundle knows fewer: bundle.KNOWN_KUBERNETES). A release
+# joins this list when it is out and tested; until then it is refused like one that does not exist.
+KUBE_MINORS = ("1.30", "1.31", "1.32", "1.33", "1.34", "1.35", "1.36", "1.37")
+KUBE_VERSION_RE = re.compile(r"(?P<minor>1\.(?:0|[1-9][0-9]*))(?:\.(?:0|[1-9][0-9]*))?")
+CALICO_VERSION_RE = re.compile(r"3\.(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))?")
+# Control planes (etcd members) and swarm managers (Raft voters): an odd count that keeps a quorum.
+LEAD_COUNTS = (1, 3, 5)
 FIRST_HOST_OFFSET = 10  # the control plane sits at .10 as in the classic lab
 MAX_NODES = 50
 # A package proxy: http(s)://, a host name, an IPv4 address or a bracketed IPv6 address, an optional
@@ -68,6 +81,19 @@ DEFAULTS: dict[str, Any] = {
 }
 KNOWN_KEYS = set(DEFAULTS)
 VERSION_KEYS = set(DEFAULTS["versions"])
+# A cluster spec is a few dozen lines; a bigger --config is the wrong file (or /dev/zero).
+MAX_SPEC_BYTES = 1024 * 1024
+
+# User values quoted in messages: one line (repr escapes newlines) and short, whatever was given.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = 200  # room for a path
+_SHOWN.maxother = 60
+_SHOWN.maxlevel = 2
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = _SHOWN.maxtuple = 3
+
+
+def _shown(value: Any) -> str:
+    return _SHOWN.repr(value)
 
 
 @dataclass(frozen=True)
@@ -154,17 +180,87 @@ def group_of(engine: str, role: str) -> str:
     return "swarm_manager" if role == "manager" else "swarm_worker"
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.again = key, first, again
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a key given twice in one mapping is an error (PyYAML keeps the
+    last one), and a value its constructors cannot build (`2001-13-45`, `!!int three`) is a YAML
+    error with its line rather than whatever Python exception the constructor hit."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: keys written beside it override the merged ones, as intended
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it with its own message
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.tag.rsplit(':', 1)[-1]} value", node.start_mark
+            ) from exc
+
+
 def load_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_SPEC_BYTES + 1)
+    except IsADirectoryError:
+        raise SpecError(f"the cluster spec {path} is a directory; give --config the path of a YAML file") from None
     except OSError as exc:
         raise SpecError(f"cannot read the cluster spec {path}: {exc.strerror}; check the --config path") from exc
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"the cluster spec {path} is larger than 1 MiB, which no spec is; check the --config path")
+    if b"\0" in raw:
+        raise SpecError(f"the cluster spec {path} is a binary file, not YAML text; check the --config path")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if any(b < 0x20 and b not in b"\t\n\r" for b in raw):
+            raise SpecError(
+                f"the cluster spec {path} is a binary file, not YAML text; check the --config path"
+            ) from exc
+        raise SpecError(
+            f"the cluster spec {path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8, or check the --config path"
+        ) from exc
+    try:
+        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: no Python objects
+    except _DuplicateKey as exc:
+        raise SpecError(
+            f"the cluster spec {path} gives {_shown(exc.key)} twice (lines {exc.first} and {exc.again}); keep one"
+        ) from exc
+    except yaml.reader.ReaderError as exc:
+        raise SpecError(
+            f"the cluster spec {path} holds the character #x{exc.character:04x}, which YAML does not allow, "
+            f"at offset {exc.position}; remove it, or check the --config path"
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"the cluster spec {path} is not valid YAML{where}; fix the syntax there") from exc
+        if mark is None:
+            raise SpecError(f"the cluster spec {path} is not valid YAML; fix its syntax") from exc
+        raise SpecError(
+            f"the cluster spec {path} is not valid YAML at line {mark.line + 1}; fix the syntax there"
+        ) from exc
+    except RecursionError:
+        raise SpecError(
+            f"the cluster spec {path} nests too deeply to be a cluster spec; check the --config path"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -175,23 +271,73 @@ def load_file(path: Path) -> dict[str, Any]:
 def build_spec(file_data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> ClusterSpec:
     """Merge defaults, the file and the flags (flags win), validate, and plan names and addresses."""
     raw: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    given: set[str] = set()
     for source in (file_data or {}, {k: v for k, v in (overrides or {}).items() if v is not None}):
-        unknown = sorted(set(source) - KNOWN_KEYS)
+        unknown = sorted((k for k in source if k not in KNOWN_KEYS), key=repr)
         if unknown:
-            raise SpecError(f"unknown spec field '{unknown[0]}'; valid fields are: {', '.join(sorted(KNOWN_KEYS))}")
+            raise SpecError(
+                f"unknown spec field {_shown(unknown[0])}; valid fields are: {', '.join(sorted(KNOWN_KEYS))}"
+            )
         for key, value in source.items():
+            given.add(key)
             if key == "versions":
                 if not isinstance(value, dict):
                     raise SpecError("spec field 'versions' must be a mapping such as {kubernetes: '1.36'}")
-                bad = sorted(set(value) - VERSION_KEYS)
+                bad = sorted((k for k in value if k not in VERSION_KEYS), key=repr)
                 if bad:
                     raise SpecError(
-                        f"unknown version key '{bad[0]}'; valid keys are: {', '.join(sorted(VERSION_KEYS))}"
+                        f"unknown version key {_shown(bad[0])}; valid keys are: {', '.join(sorted(VERSION_KEYS))}"
                     )
-                raw["versions"].update({k: str(v) for k, v in value.items()})
+                raw["versions"].update({k: _version_text(k, v) for k, v in value.items()})
             else:
                 raw[key] = value
-    return _validate(raw)
+    return _validate(raw, given)
+
+
+def _version_text(key: str, value: Any) -> str:
+    """A version as the text it was written as: a YAML number has already lost it (1.30 reads as the
+    float 1.3), so it is refused before anything turns it into a string."""
+    if value is None and key == "runtime":
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key == "kubernetes":
+            text = repr(value) if isinstance(value, float) else ""
+            quoted = next((t for t in (text, text + "0") if t in KUBE_MINORS), KUBE_MINORS[-1])
+        elif key == "calico":
+            quoted = repr(value) if CALICO_VERSION_RE.fullmatch(repr(value)) else str(DEFAULTS["versions"]["calico"])
+        else:
+            quoted = str(value)
+        raise SpecError(f'versions.{key} is the number {value!r} in the spec file; quote it: {key}: "{quoted}"')
+    if not isinstance(value, str):
+        example = {"kubernetes": KUBE_MINORS[-1], "calico": DEFAULTS["versions"]["calico"]}.get(key, "27.5.1")
+        raise SpecError(f'versions.{key} must be a quoted version such as "{example}", not {_shown(value)}')
+    return value
+
+
+def _kube_version(text: str) -> str:
+    """A minor the toolkit installs (KUBE_MINORS), or a patch of one."""
+    if text == "":
+        raise SpecError(
+            f"versions.kubernetes is empty; drop --kube-version (or versions.kubernetes) for the default "
+            f"{DEFAULTS['versions']['kubernetes']}, or give a release such as {KUBE_MINORS[-1]}"
+        )
+    match = KUBE_VERSION_RE.fullmatch(text)
+    if match is None or match["minor"] not in KUBE_MINORS:
+        raise SpecError(
+            f"versions.kubernetes {_shown(text)} is not a Kubernetes release this toolkit installs; give a minor "
+            f"from {KUBE_MINORS[0]} to {KUBE_MINORS[-1]} such as {KUBE_MINORS[-1]}, or a patch of one such as "
+            f"{DEFAULTS['versions']['kubernetes']}"
+        )
+    return text
+
+
+def _calico_version(text: str) -> str:
+    if not CALICO_VERSION_RE.fullmatch(text):
+        raise SpecError(
+            f"versions.calico {_shown(text)} must be a Calico 3 release such as 3.31 or "
+            f"{DEFAULTS['versions']['calico']}"
+        )
+    return text
 
 
 def check_engine_fields(engine: str, given: set[str]) -> None:
@@ -208,42 +354,132 @@ def check_engine_fields(engine: str, given: set[str]) -> None:
             f"addresses from swarm_address_pool, Docker's {DEFAULT_SWARM_POOL} by default); drop "
             f"--{field.replace('_', '-')} or use --engine kubernetes"
         )
-    if engine == "kubernetes" and "swarm_address_pool" in given:
+    if engine != "kubernetes":
+        return
+    if "swarm_address_pool" in given:
         raise SpecError(
             "swarm_address_pool is a Docker Swarm setting and does nothing with engine kubernetes (pods and "
             "services take pod_cidr and service_cidr); drop --swarm-address-pool or use --engine swarm"
+        )
+    if "managers" in given:
+        raise SpecError(
+            "managers is a Docker Swarm setting and does nothing with engine kubernetes, whose control plane is "
+            "control_planes; drop --managers, or use --control-planes 3 (or --engine swarm)"
+        )
+    if "labels" in given:
+        raise SpecError(
+            "labels are Docker Swarm node labels and do nothing with engine kubernetes; drop labels from the "
+            "spec file, or use --engine swarm"
         )
 
 
 def _choice(raw: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
     value = raw[key]
-    if value not in choices:
-        raise SpecError(f"{key} '{value}' is not supported; use one of: {', '.join(choices)}")
-    return str(value)
+    if not isinstance(value, str) or value not in choices:
+        raise SpecError(f"{key} {_shown(value)} is not supported; use one of: {', '.join(choices)}")
+    return value
+
+
+def _whole(value: Any) -> int | None:
+    """A whole number given as a number or as text (flags are text); None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _int(raw: dict[str, Any], key: str, low: int, high: int) -> int:
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = int(str(value))
-        except ValueError:
-            raise SpecError(f"{key} must be a whole number between {low} and {high}, not '{raw[key]}'") from None
+    value = _whole(raw[key])
+    if value is None:
+        raise SpecError(f"{key} must be a whole number between {low} and {high}, not {_shown(raw[key])}")
     if not low <= value <= high:
         raise SpecError(f"{key} must be between {low} and {high}, not {value}")
     return value
 
 
+def _lead_count(raw: dict[str, Any], key: str) -> int:
+    """control_planes or managers: 1, 3 or 5 (LEAD_COUNTS)."""
+    value = _whole(raw[key])
+    flag = f"--{key.replace('_', '-')}"
+    if value is None:
+        raise SpecError(f"{key} must be 1, 3 or 5, not {_shown(raw[key])}; give e.g. {flag} 3")
+    if value in (2, 4, 6) and key == "managers":
+        raise SpecError(f"managers must be an odd number (1, 3, 5) to keep a Raft quorum, not {value}")
+    if value in (2, 4, 6):
+        raise SpecError(
+            f"control_planes must be an odd number (1, 3, 5) to keep etcd's quorum, not {value}: "
+            f"with {value} members etcd survives no more failures than with {value - 1}"
+        )
+    if value not in LEAD_COUNTS:
+        raise SpecError(f"{key} must be 1, 3 or 5, not {value}; give {flag} {5 if value > 5 else 1}")
+    return value
+
+
+def _text(raw: dict[str, Any], key: str, example: str, empty_when_none: bool = True) -> str:
+    value = raw[key]
+    if value is None and empty_when_none:
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f"{key} must be text such as {example}, not {_shown(value)}")
+    return value
+
+
 def _network(raw: dict[str, Any], key: str) -> ipaddress.IPv4Network:
+    value = raw[key]
+    if not isinstance(value, str):
+        raise SpecError(f"{key} must be a network in CIDR form such as {DEFAULTS[key]}, not {_shown(value)}")
     try:
-        net = ipaddress.ip_network(str(raw[key]), strict=True)
+        net = ipaddress.ip_network(value, strict=True)
     except ValueError:
         raise SpecError(
-            f"{key} '{raw[key]}' is not a valid IPv4 network in CIDR form with its host bits clear, e.g. 10.244.0.0/16"
+            f"{key} {_shown(value)} is not a valid IPv4 network in CIDR form with its host bits clear, e.g. 10.244.0.0/16"
         ) from None
     if not isinstance(net, ipaddress.IPv4Network):
-        raise SpecError(f"{key} '{raw[key]}' must be an IPv4 network")
+        raise SpecError(f"{key} {_shown(value)} must be an IPv4 network")
     return net
+
+
+def _host(network: ipaddress.IPv4Network, index: int) -> ipaddress.IPv4Address:
+    """The network's index-th host address (0: the first after the network address), without listing
+    them all (a /8 holds 16 million)."""
+    return network.network_address + 1 + index
+
+
+def _offline_dir(value: Any, runtime_source: str) -> str:
+    """'' unless runtime_source is offline; then an existing directory on this machine (Ansible copies
+    the packages from it), as an absolute path with ~ expanded."""
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise SpecError(f"offline_dir must be the path of a directory holding the packages, not {_shown(value)}")
+    if runtime_source != "offline":
+        if value:
+            raise SpecError(
+                f"offline_dir is only read with runtime_source offline (this spec has {runtime_source}); drop "
+                "offline_dir, or set runtime_source: offline"
+            )
+        return ""
+    if not value:
+        raise SpecError("runtime_source offline needs offline_dir: a directory holding the packages")
+    try:
+        path = os.path.expanduser(value)
+    except (RuntimeError, ValueError):
+        path = value
+    if not os.path.isabs(path):
+        raise SpecError(
+            f"offline_dir {_shown(value)} must be an absolute path (Ansible looks a relative one up beside its "
+            "roles and playbooks, not here); give e.g. /srv/packages"
+        )
+    if not os.path.isdir(path):
+        raise SpecError(
+            f"offline_dir {_shown(value)} is not a directory on this machine; give the directory that holds "
+            "the runtime's .deb or .rpm files"
+        )
+    return path
 
 
 def _package_proxy(value: Any) -> str:
@@ -272,33 +508,36 @@ def _package_proxy(value: Any) -> str:
     return value.rstrip("/")
 
 
-def _validate(raw: dict[str, Any]) -> ClusterSpec:
-    name = str(raw["name"])
-    if not NAME_RE.match(name):
+def _name(value: Any, what: str, longest: int) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{what} must be text such as lab, not {_shown(value)}")
+    if len(value) > longest or not NAME_RE.fullmatch(value):
         raise SpecError(
-            f"name '{name}' is invalid; use 1-31 lowercase letters, digits and dashes, starting with a letter"
+            f"{what} {_shown(value)} is invalid; use 1-{longest} lowercase letters, digits and single dashes, "
+            "starting with a letter and not ending with a dash"
         )
+    return value
+
+
+def _validate(raw: dict[str, Any], given: set[str]) -> ClusterSpec:
+    name = _name(raw["name"], "name", NAME_MAX)
     provider = _choice(raw, "provider", PROVIDERS)
     engine = _choice(raw, "engine", ENGINES)
     runtime = _choice(raw, "runtime", RUNTIMES)
     runtime_source = _choice(raw, "runtime_source", RUNTIME_SOURCES)
     if engine == "swarm" and runtime != "docker":
         raise SpecError("engine swarm needs runtime docker; set runtime: docker (or drop --runtime)")
-    if runtime_source == "offline" and not raw["offline_dir"]:
-        raise SpecError("runtime_source offline needs offline_dir: a directory holding the packages")
+    offline_dir = _offline_dir(raw["offline_dir"], runtime_source)
     package_proxy = _package_proxy(raw["package_proxy"])
     kube_source = _choice(raw, "kube_source", KUBE_SOURCES)
+    box = _text(raw, "box", str(DEFAULTS["box"]), empty_when_none=False)
+    image = _text(raw, "image", "provisioner/node-runtime")
+    stack = _text(raw, "stack", "stack.yml")
     cpus = _int(raw, "cpus", 1, 64)
     memory = _int(raw, "memory", 512, 262144)
-    managers = _int(raw, "managers", 1, 7)
-    if managers % 2 == 0:
-        raise SpecError(f"managers must be an odd number (1, 3, 5) to keep a Raft quorum, not {managers}")
-    control_planes = _int(raw, "control_planes", 1, 7)
-    if control_planes % 2 == 0:
-        raise SpecError(
-            f"control_planes must be an odd number (1, 3, 5) to keep etcd's quorum, not {control_planes}: "
-            f"with {control_planes} members etcd survives no more failures than with {control_planes - 1}"
-        )
+    # Only the engine's own count: the other one, given in this run, is check_engine_fields' to refuse.
+    lead_key = "managers" if engine == "swarm" else "control_planes"
+    leads = _lead_count(raw, lead_key)
 
     network = _network(raw, "network")
     pod = _network(raw, "pod_cidr")
@@ -325,38 +564,32 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
     if network.prefixlen > 28:
         raise SpecError(f"network {network} is too small; use a /24 such as 192.168.56.0/24")
 
-    leads = managers if engine == "swarm" else control_planes
-    nodes = _plan_nodes(raw["nodes"], engine, leads, network, raw.get("labels") or {})
-    cps = sum(n.role == "control_plane" for n in nodes)
-    if engine == "kubernetes" and cps % 2 == 0:
-        raise SpecError(f"nodes lists {cps} control planes; etcd needs an odd number (1, 3, 5) to keep its quorum")
+    nodes = _plan_nodes(raw["nodes"], engine, leads, lead_key in given, network, raw.get("labels") or {})
     api_vip = _api_vip(raw.get("api_vip"), engine, nodes, network)
-    versions = {k: str(v) for k, v in raw["versions"].items()}
-    if not re.match(r"^1\.\d+(\.\d+)?$", versions["kubernetes"]):
-        raise SpecError(
-            f"versions.kubernetes '{versions['kubernetes']}' must be a minor such as 1.36 or a patch such as 1.36.2"
-        )
+    versions = dict(raw["versions"])
+    _kube_version(versions["kubernetes"])
+    _calico_version(versions["calico"])
     return ClusterSpec(
         name=name,
         provider=provider,
-        box=str(raw["box"]),
-        image=str(raw["image"] or ""),
+        box=box,
+        image=image,
         cpus=cpus,
         memory=memory,
         network=str(network),
         pod_cidr=str(pod),
         service_cidr=str(service),
         engine=engine,
-        managers=managers,
+        managers=sum(n.role == "manager" for n in nodes) if engine == "swarm" else 1,
         runtime=runtime,
         runtime_source=runtime_source,
-        offline_dir=str(raw["offline_dir"] or ""),
+        offline_dir=offline_dir,
         versions=versions,
         nodes=nodes,
-        stack=str(raw["stack"] or ""),
+        stack=stack,
         package_proxy=package_proxy,
         kube_source=kube_source,
-        control_planes=len([n for n in nodes if n.role == "control_plane"]) if engine == "kubernetes" else 1,
+        control_planes=sum(n.role == "control_plane" for n in nodes) if engine == "kubernetes" else 1,
         api_vip=api_vip,
         swarm_address_pool=str(pool),
     )
@@ -365,17 +598,21 @@ def _validate(raw: dict[str, Any]) -> ClusterSpec:
 def _api_vip(value: Any, engine: str, nodes: tuple[Node, ...], network: ipaddress.IPv4Network) -> str:
     """The API server's virtual IP: only with several control planes; by default the node network's
     address just below the first node (.9 of a /24), which no node takes."""
+    if value is not None and not isinstance(value, str):
+        raise SpecError(f"api_vip must be an IPv4 address such as 192.168.56.9 (or empty), not {_shown(value)}")
     several = engine == "kubernetes" and sum(n.role == "control_plane" for n in nodes) > 1
     if not several:
         if value:
             raise SpecError("api_vip is the address of several control planes; drop it, or set control_planes: 3")
         return ""
     if not value:
-        return str(list(network.hosts())[FIRST_HOST_OFFSET - 2])
+        return str(_host(network, FIRST_HOST_OFFSET - 2))
     try:
-        vip = ipaddress.IPv4Address(str(value))
+        vip = ipaddress.IPv4Address(value)
     except ValueError:
-        raise SpecError(f"api_vip '{value}' is not an IPv4 address; give a free address of the node network") from None
+        raise SpecError(
+            f"api_vip {_shown(value)} is not an IPv4 address; give a free address of the node network"
+        ) from None
     if vip not in network or vip in (network.network_address, network.broadcast_address):
         raise SpecError(f"api_vip {vip} is not a host address of the node network {network}; pick one inside it")
     taken = [n.name for n in nodes if n.ip == str(vip)]
@@ -384,37 +621,59 @@ def _api_vip(value: Any, engine: str, nodes: tuple[Node, ...], network: ipaddres
     return str(vip)
 
 
+def _node_entries(nodes: list[Any], engine: str, leads_wanted: int, leads_given: bool) -> list[tuple[str, str]]:
+    """An explicit node list: (name, role) per node, its leads (control planes or managers) 1, 3 or 5
+    and agreeing with control_planes or managers when those were given too."""
+    lead_role, lead_key = ("control_plane", "control_planes") if engine == "kubernetes" else ("manager", "managers")
+    lead_word = "control plane" if engine == "kubernetes" else "manager"
+    roles = KUBE_ROLES if engine == "kubernetes" else SWARM_ROLES
+    if not nodes:
+        raise SpecError("nodes is an empty list; give at least one node, e.g. nodes: 3")
+    if len(nodes) > MAX_NODES:
+        raise SpecError(f"nodes lists {len(nodes)} nodes; at most {MAX_NODES} are supported, so list fewer")
+    entries: list[tuple[str, str]] = []
+    for i, item in enumerate(nodes):
+        if not isinstance(item, dict) or "name" not in item:
+            raise SpecError(f"nodes[{i}] must be a mapping with name and role, e.g. {{name: cp1, role: {lead_role}}}")
+        role = item.get("role", "worker")
+        if not isinstance(role, str) or role not in roles:
+            raise SpecError(
+                f"nodes[{i}] role {_shown(role)} is not valid for engine {engine}; use one of: {', '.join(roles)}"
+            )
+        if not isinstance(item["name"], str):
+            raise SpecError(f"nodes[{i}] name must be text such as cp1, not {_shown(item['name'])}")
+        entries.append((item["name"], role))
+    leads = [n for n, role in entries if role == lead_role]
+    if not leads:
+        raise SpecError(f"nodes has no {lead_role}; give the first node role {lead_role}")
+    listed = f"{len(leads)} {lead_word}{'s' if len(leads) > 1 else ''} ({', '.join(leads)})"
+    if leads_given and len(leads) != leads_wanted:
+        raise SpecError(
+            f"{lead_key} is {leads_wanted} but nodes lists {listed}; make them agree, or drop {lead_key} "
+            "and let the node list decide"
+        )
+    if len(leads) not in LEAD_COUNTS:
+        quorum = "etcd needs" if engine == "kubernetes" else "a swarm needs"
+        raise SpecError(
+            f"nodes lists {len(leads)} {lead_word}s; {quorum} 1, 3 or 5 to keep its quorum"
+            if len(leads) % 2 == 0
+            else f"nodes lists {len(leads)} {lead_word}s; give 1, 3 or 5"
+        )
+    return entries
+
+
 def _plan_nodes(
-    nodes: Any, engine: str, leads_wanted: int, network: ipaddress.IPv4Network, labels: Any
+    nodes: Any, engine: str, leads_wanted: int, leads_given: bool, network: ipaddress.IPv4Network, labels: Any
 ) -> tuple[Node, ...]:
     if not isinstance(labels, dict):
         raise SpecError("labels must map node names to {key: value} mappings")
-    entries: list[tuple[str, str]] = []
     lead_role, lead_prefix = ("control_plane", "cp") if engine == "kubernetes" else ("manager", "manager")
-    roles = KUBE_ROLES if engine == "kubernetes" else SWARM_ROLES
     if isinstance(nodes, list):
-        if not nodes:
-            raise SpecError("nodes is an empty list; give at least one node, e.g. nodes: 3")
-        for i, item in enumerate(nodes):
-            if not isinstance(item, dict) or "name" not in item:
-                raise SpecError(
-                    f"nodes[{i}] must be a mapping with name and role, e.g. {{name: cp1, role: {lead_role}}}"
-                )
-            role = str(item.get("role", "worker"))
-            if role not in roles:
-                raise SpecError(
-                    f"nodes[{i}] role '{role}' is not valid for engine {engine}; use one of: {', '.join(roles)}"
-                )
-            entries.append((str(item["name"]), role))
-        if not any(role == lead_role for _, role in entries):
-            raise SpecError(f"nodes has no {lead_role}; give the first node role {lead_role}")
+        entries = _node_entries(nodes, engine, leads_wanted, leads_given)
     else:
-        count = nodes
-        if isinstance(count, bool) or not isinstance(count, int):
-            try:
-                count = int(str(count))
-            except ValueError:
-                raise SpecError(f"nodes must be a count such as 3 or a list of nodes, not '{nodes}'") from None
+        count = _whole(nodes)
+        if count is None:
+            raise SpecError(f"nodes must be a count such as 3 or a list of nodes, not {_shown(nodes)}")
         if count < 1:
             raise SpecError(
                 f"nodes must be at least 1 (got {count}); e.g. --nodes 3 for a control plane and two workers"
@@ -426,42 +685,43 @@ def _plan_nodes(
             raise SpecError(
                 f"{what} ({leads_wanted}) cannot exceed nodes ({count}); lower --{what.replace('_', '-')} or add nodes"
             )
-        leads = leads_wanted
-        entries = [(f"{lead_prefix}{i + 1}", lead_role) for i in range(leads)]
-        entries += [(f"worker{i + 1}", "worker") for i in range(count - leads)]
+        entries = [(f"{lead_prefix}{i + 1}", lead_role) for i in range(leads_wanted)]
+        entries += [(f"worker{i + 1}", "worker") for i in range(count - leads_wanted)]
     # Control plane / managers first so that they take .10, .11 ...
     entries.sort(key=lambda e: 0 if e[1] == lead_role else 1)
     names = [n for n, _ in entries]
     for n in names:
-        if not NODE_NAME_RE.match(n):
-            raise SpecError(f"node name '{n}' is invalid; use lowercase letters, digits and dashes")
+        _name(n, "node name", NODE_NAME_MAX)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"node name '{dupes[0]}' is used twice; give every node its own name")
-    unknown_labels = sorted(set(labels) - set(names))
+    unknown_labels = sorted((k for k in labels if k not in names), key=repr)
     if unknown_labels:
         raise SpecError(
-            f"labels name node '{unknown_labels[0]}', which is not in nodes; use one of: {', '.join(names)}"
+            f"labels name node {_shown(unknown_labels[0])}, which is not in nodes; use one of: {', '.join(names)}"
         )
-    hosts = list(network.hosts())
-    if FIRST_HOST_OFFSET - 1 + len(entries) > len(hosts):
-        raise SpecError(
-            f"network {network} has room for {len(hosts) - FIRST_HOST_OFFSET + 1} nodes from .{FIRST_HOST_OFFSET}; use a larger network"
-        )
+    room = network.num_addresses - 2 - (FIRST_HOST_OFFSET - 1)
+    if len(entries) > room:
+        raise SpecError(f"network {network} has room for {room} nodes from .{FIRST_HOST_OFFSET}; use a larger network")
     planned = []
     for i, (n, role) in enumerate(entries):
-        node_labels = labels.get(n) or {}
-        if not isinstance(node_labels, dict):
-            raise SpecError(f"labels.{n} must be a mapping of label names to values")
         planned.append(
-            Node(
-                name=n,
-                role=role,
-                ip=str(hosts[FIRST_HOST_OFFSET - 1 + i]),
-                labels={str(k): str(v) for k, v in node_labels.items()},
-            )
+            Node(name=n, role=role, ip=str(_host(network, FIRST_HOST_OFFSET - 1 + i)), labels=_labels(n, labels.get(n)))
         )
     return tuple(planned)
+
+
+def _labels(node: str, value: Any) -> dict[str, str]:
+    """One node's swarm labels: names to text (a number or a boolean is written as text)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise SpecError(f"labels.{node} must map label names to values, e.g. {{disk: ssd}}, not {_shown(value)}")
+    for key, text in value.items():
+        if text is None or not isinstance(text, (str, int, float)):
+            label = key if key.isprintable() and len(key) <= 60 else _shown(key)
+            raise SpecError(f"labels.{node}.{label} must be a value such as ssd, not {_shown(text)}")
+    return {k: str(v) for k, v in value.items()}
 
 
 def load_spec_file_or_empty(path: Path | None) -> dict[str, Any]:

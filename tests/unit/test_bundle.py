@@ -3,6 +3,7 @@ complete-or-absent rule, listing, image recipes read from bundle/components.yaml
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -178,4 +179,7 @@ def test_up_refuses_a_release_the_bundle_does_not_know_naming_the_spec_flag(monk
         kubesource.check_bundle_versions(spec)
     assert info.value.exit_code == 2
     kubesource.check_bundle_versions(build_spec({"provider": "docker"}))  # the default is known
-    kubesource.check_bundle_versions(build_spec({"provider": "docker", "versions": {"kubernetes": "1.38"}}))  # blocked
+    # A release blocked on cgroup v1 is not checked against the bundle. The spec refuses 1.38 until it is in
+    # spec.KUBE_MINORS, so the spec of that day is made by hand.
+    known = build_spec({"provider": "docker"})
+    kubesource.check_bundle_versions(dataclasses.replace(known, versions={**known.versions, "kubernetes": "1.38"}))

@@ -3,6 +3,7 @@ says it did, and the exit code of its failure. No machine is created."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,9 @@ def test_a_blocked_release_says_its_reason_once(tmp_path: Path, monkeypatch: pyt
     ws = Workspace(tmp_path)
     ws.inventory.parent.mkdir(parents=True)
     ws.inventory.write_text("all: {}\n")
-    spec = build_spec({"nodes": 1, "provider": "docker", "versions": {"kubernetes": "1.38"}})
+    # The spec refuses 1.38 until it is in spec.KUBE_MINORS; the spec of that day is made by hand.
+    known = build_spec({"nodes": 1, "provider": "docker"})
+    spec = dataclasses.replace(known, versions={**known.versions, "kubernetes": "1.38"})
     opts = cluster.UpOptions(verify=False)
     out = io.StringIO()
     state = State.load(ws.state_file)

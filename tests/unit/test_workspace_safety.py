@@ -336,3 +336,19 @@ def test_machines_found_by_directory_only_where_tools_exist(monkeypatch: pytest.
     monkeypatch.setattr("provisioner.machines.shutil.which", lambda _: None)
     assert machines.Docker().clean_up_by_dir(tmp_path) == []
     assert machines.Libvirt().clean_up_by_dir(tmp_path) == []
+
+
+def test_an_empty_kube_version_is_refused_not_taken_for_the_default(tmp_path: Path) -> None:
+    """`--kube-version ""` (an unset variable) silently meant the default release."""
+    proc = _cli("--dir", str(tmp_path / "ws"), "plan", "--kube-version", "")
+    assert proc.returncode == 2 and "versions.kubernetes" in _one_sentence(proc)
+
+
+def test_a_calico_minor_is_refused_where_calico_comes_from_upstream() -> None:
+    from provisioner import kubesource
+
+    spec = build_spec({"provider": "docker", "kube_source": "upstream", "versions": {"calico": "3.31"}})
+    with pytest.raises(ProvisionError) as info:
+        kubesource.check_bundle_versions(spec)
+    assert info.value.exit_code == 2 and "3.31.0" in info.value.message
+    kubesource.check_bundle_versions(build_spec({"provider": "docker", "versions": {"calico": "3.31"}}))
