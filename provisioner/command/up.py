@@ -85,12 +85,12 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
 def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSpec, dict[str, Any]]:
     """The validated spec with its provider decided; refused before anything is created."""
     checked = preflight.checked_spec(ws, opts.overrides, opts.config, opts.prefer_speed)
+    if opts.until is not None:
+        stages.select(checked.spec.engine, only=opts.until)  # an unknown stage is refused here
     for note in checked.notes:
         out.write(f"note: {note}\n")
     if checked.provider_reason:
         out.write(f"provider: {checked.spec.provider} ({checked.provider_reason})\n")
-    if opts.until is not None:
-        stages.select(checked.spec.engine, only=opts.until)  # an unknown stage is refused here
     return checked.spec, checked.inputs
 
 
