@@ -9,6 +9,7 @@ import yaml
 
 from provisioner import hostnet
 from provisioner.errors import ProvisionError
+from provisioner.kubesource import kubernetes_blocker
 from provisioner.spec import DEFAULT_SWARM_POOL, ClusterSpec, group_of
 from provisioner.vagrant import SshInfo
 
@@ -27,7 +28,8 @@ NODE_SSH_VARS: dict[str, Any] = {
 
 
 def bundle_smoke_image(path: Path) -> str:
-    """The smoke-test image the bundle at `path` carries for verify ("" when none: a download bundle)."""
+    """The smoke-test image the bundle at `path` carries for verify ("" when none: a bundle made before
+    every bundle carried it)."""
     from provisioner import bundle as bundle_mod
 
     try:
@@ -36,18 +38,35 @@ def bundle_smoke_image(path: Path) -> str:
         return ""
 
 
+def smoke_vars(kube_version: str, bundle: Path | None) -> dict[str, Any]:
+    """verify's smoke-test image for a Kubernetes cluster: its name (kube_smoke_image) always, and,
+    when the bundle does not carry it (pkgs.k8s.io installs, or a bundle made before bundles carried
+    it), the archive on this machine that the kube_packages role imports on every node
+    (kube_smoke_image_archive, made by kubesource.ensure_kube_bundle before the machines)."""
+    from provisioner.bundle import smoke
+
+    carried = bundle_smoke_image(bundle) if bundle is not None else ""
+    if carried:
+        return {"kube_smoke_image": carried}
+    return {
+        "kube_smoke_image": smoke.image_name(kube_version),
+        "kube_smoke_image_archive": str(smoke.archive_path(kube_version)),
+    }
+
+
 def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = None) -> dict[str, Any]:
     """Cluster-wide variables, the same keys as inventory/sample/group_vars/all.yml (plus the role
     variable node_prep_package_proxy, whose role default "" means no proxy). With a bundle, the
-    Kubernetes roles install from it (kube_bundle_dir) instead of pkgs.k8s.io and the registries."""
+    Kubernetes roles install from it (kube_bundle_dir) instead of pkgs.k8s.io and the registries.
+    Every Kubernetes cluster gets verify's smoke-test image (smoke_vars), unless the Kubernetes stages
+    cannot run on its nodes at all (kubesource.kubernetes_blocker)."""
     extra: dict[str, Any] = {}
     if bundle is not None:
         extra = {"kube_bundle_dir": str(bundle)}
-        smoke = bundle_smoke_image(bundle)
-        if smoke:
-            extra["kube_smoke_image"] = smoke
         if spec.provider == "docker":
             extra["kube_bundle_node_dir"] = f"{BUNDLES_NODE_DIR}/{bundle.name}"
+    if spec.engine == "kubernetes" and not kubernetes_blocker(spec):
+        extra |= smoke_vars(spec.versions["kubernetes"], bundle)
     if spec.engine == "swarm" and spec.swarm_address_pool != DEFAULT_SWARM_POOL:
         # [] (the role's default) leaves Docker's own pool, so an unchanged spec adds nothing here.
         extra["swarm_default_addr_pool"] = [spec.swarm_address_pool]

@@ -50,7 +50,11 @@ def kube_source_choice(spec: ClusterSpec) -> tuple[str, str]:
 
 def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[ClusterSpec, Path | None]:
     """The bundle this cluster installs from (built first when missing, with its progress), and the
-    spec with the bundle's exact versions; (spec, None) when the cluster installs from upstream."""
+    spec with the bundle's exact versions; (spec, None) when the cluster installs from upstream.
+
+    Either way the nodes get verify's smoke-test image: a bundle carries it; for pkgs.k8s.io (or a
+    bundle made before bundles carried it) its archive is made here, in the cache, and the inventory
+    names it (provisioner.inventory.smoke_vars)."""
     from provisioner import bundle
     from provisioner.bundle import make
 
@@ -59,13 +63,26 @@ def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[C
     source, why = kube_source_choice(spec)
     if source != "bundle":
         out.write(f"kubernetes: packages from pkgs.k8s.io ({why})\n")
+        ensure_smoke_archive(spec.versions["kubernetes"], out)
         return spec, None
     versions = bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
     found = make.ensure(versions, "auto", force=False, out=out, verbose=verbose)
     out.write(f"kubernetes: bundle {found.path} ({why})\n")
+    if not bundle.smoke_image(found):
+        ensure_smoke_archive(versions.kubernetes, out)
     data = spec.to_dict()
     data["versions"] = dict(spec.versions, kubernetes=versions.kubernetes, calico=versions.calico)
     return ClusterSpec.from_dict(data), found.path
+
+
+def ensure_smoke_archive(kube_version: str, out: TextIO) -> Path:
+    """verify's smoke-test image as an archive in the cache, for nodes whose install source lacks it
+    (built from bundle/images when missing or changed; seconds with Go's build cache warm)."""
+    from provisioner.bundle import smoke
+
+    path = smoke.ensure_archive(kube_version)
+    out.write(f"kubernetes: verify's smoke-test image {smoke.image_name(kube_version)} from {path}\n")
+    return path
 
 
 def check_bundle_versions(spec: ClusterSpec) -> None:

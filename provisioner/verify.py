@@ -1,12 +1,20 @@
 """`provision.py verify`: the testinfra suites under tests/infra against the generated inventory,
-summarised as one table row per node."""
+summarised as a table (one row per check, one column per node) and a closing line
+`verify: N passed, N skipped, N failed`.
+
+A check may skip only for a reason that the cluster's kind explains (SKIP_CATEGORIES): its reason
+starts with one of the categories and a colon. Any other skip counts as a failure, named with its
+reason, so a check that silently stops running turns verify red instead of green.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +35,66 @@ SUITES = {
 }
 
 
+# Why a check may skip: the first words of its reason, before a colon
+# ("container node: the clock is the host kernel's"). tests/infra skip only with these
+# (tests/unit/test_verify.py reads every pytest.skip there); verify counts any other skip as a failure.
+SKIP_CONTAINER_NODE = "container node"
+SKIP_NOT_CONFIGURED = "not configured"
+SKIP_ABSENT = "absent"
+SKIP_CATEGORIES: dict[str, str] = {
+    SKIP_CONTAINER_NODE: (
+        "the node is a container that shares the host's kernel (swap, kernel modules, the clock, SELinux, "
+        "ip_vs): only the host can change that; expected on container nodes (the docker provider) only"
+    ),
+    SKIP_NOT_CONFIGURED: (
+        "the cluster's settings do not ask for what the check checks (no Docker with container_runtime "
+        "containerd, node_prep_firewall off, one control plane and no virtual IP, a worker's API server)"
+    ),
+    SKIP_ABSENT: (
+        "an optional component that the roles leave alone is not on the node (NetworkManager, a firewall, "
+        "/etc/fstab, crictl before the Kubernetes packages)"
+    ),
+}
+# Categories that only some kinds of cluster explain.
+CONTAINER_ONLY = frozenset({SKIP_CONTAINER_NODE})
+
+
+def skip_category(reason: str) -> str:
+    """The category a skip's reason names ("" when it names none)."""
+    head, colon, _ = reason.partition(":")
+    return head.strip() if colon and head.strip() in SKIP_CATEGORIES else ""
+
+
+def unexpected_skip(reason: str, container_nodes: bool) -> str:
+    """Why a skip with this reason is a failure on this kind of cluster ("" when the kind explains it)."""
+    category = skip_category(reason)
+    if not category:
+        return f"skipped for a reason outside the expected categories ({', '.join(SKIP_CATEGORIES)})"
+    if category in CONTAINER_ONLY and not container_nodes:
+        return "skipped as on a container node, but this cluster's nodes are machines"
+    return ""
+
+
 @dataclass
 class CheckResult:
     node: str
     check: str
     outcome: str  # passed | failed | skipped
     message: str = ""
+    unexpected_skip: bool = False  # a skip the cluster's kind does not explain, counted as failed
+
+
+@dataclass(frozen=True)
+class Counts:
+    passed: int
+    skipped: int
+    failed: int
+
+    def closing_line(self) -> str:
+        return f"verify: {self.passed} passed, {self.skipped} skipped, {self.failed} failed"
+
+
+CLOSING_LINE = re.compile(r"^verify: (\d+) passed, (\d+) skipped, (\d+) failed$", re.MULTILINE)
 
 
 @dataclass
@@ -42,6 +104,38 @@ class Report:
     @property
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results if r.outcome == "failed"]
+
+    @property
+    def skipped(self) -> list[CheckResult]:
+        return [r for r in self.results if r.outcome == "skipped"]
+
+    @property
+    def passed(self) -> list[CheckResult]:
+        return [r for r in self.results if r.outcome == "passed"]
+
+    def counts(self) -> Counts:
+        return Counts(len(self.passed), len(self.skipped), len(self.failed))
+
+    def closing_line(self) -> str:
+        """`verify: N passed, N skipped, N failed` (a skip the cluster's kind does not explain is failed)."""
+        return self.counts().closing_line()
+
+    def summary(self) -> str:
+        """The end of verify's progress line: "all checks passed" only when nothing skipped or failed."""
+        c = self.counts()
+        if not c.skipped and not c.failed:
+            return "all checks passed"
+        return f"{c.passed} passed, {c.skipped} skipped, " + (f"{c.failed} FAILED" if c.failed else "0 failed")
+
+    def judge_skips(self, container_nodes: bool) -> None:
+        """Turn every skip that the cluster's kind does not explain into a failure that names its reason."""
+        for r in self.results:
+            if r.outcome != "skipped":
+                continue
+            why = unexpected_skip(r.message, container_nodes)
+            if why:
+                r.outcome, r.unexpected_skip = "failed", True
+                r.message = f"{why}: {r.message or 'no reason given'}"
 
     def table(self, nodes: list[str]) -> str:
         checks: list[str] = []
@@ -119,7 +213,7 @@ def parse_junit(path: Path, nodes: list[str]) -> Report:
                 outcome, message = "failed", (text.splitlines() or [""])[0]
         el = case.find("skipped")
         if el is not None:
-            outcome, message = "skipped", el.get("message") or ""
+            outcome, message = "skipped", (el.get("message") or "").removeprefix("Skipped: ").strip()
         report.results.append(CheckResult(node or "(cluster)", check, outcome, message))
     return report
 
@@ -146,10 +240,11 @@ def testinfra_env(provision_dir: Path) -> dict[str, str]:
 
 
 def run_verify(
-    inventory: Path, provision_dir: Path, finished_stages: list[str], nodes: list[str]
+    inventory: Path, provision_dir: Path, finished_stages: list[str], nodes: list[str], *, container_nodes: bool
 ) -> tuple[Report, Path]:
     """Run the suites of the finished stages side by side (one pytest each: the nodes are mostly
-    waiting on SSH round trips), then merge their reports in stage order."""
+    waiting on SSH round trips), then merge their reports in stage order. Skips that the cluster's kind
+    (`container_nodes`: docker-provider nodes) does not explain are failures (Report.judge_skips)."""
     modules = [INFRA / SUITES[s] for s in finished_stages if s in SUITES and (INFRA / SUITES[s]).exists()]
     if not modules:
         raise ProvisionError("nothing to verify yet: no finished stage has a testinfra suite; run `up` first")
@@ -198,4 +293,58 @@ def run_verify(
                     f"the testinfra run of {module.name} failed to start (exit {rc})", log_path=str(logf)
                 )
             report.results.extend(part.results)
+    report.judge_skips(container_nodes)
     return report, logf
+
+
+# Reading verify's output back (the integration tests do): the table and the closing line.
+
+
+def closing_counts(text: str) -> list[Counts]:
+    """Every closing line in `text` (one per verify run), in order."""
+    return [Counts(int(p), int(s), int(f)) for p, s, f in CLOSING_LINE.findall(text)]
+
+
+def parse_tables(text: str) -> list[dict[str, dict[str, str]]]:
+    """Every table `Report.table` printed in `text`, in order, as check -> node -> cell ("ok", "ok(2)",
+    "skip", "FAIL" or "-" where the check did not run on that node). Columns are found by the header's
+    node names, so check names with spaces in them are read whole."""
+    lines = text.splitlines()
+    tables: list[dict[str, dict[str, str]]] = []
+    for i, header in enumerate(lines[:-1]):
+        rule = lines[i + 1]
+        if not header.startswith("check ") or not rule or set(rule) != {"-"} or len(rule) != len(header):
+            continue
+        columns = [(m.group(), m.start()) for m in re.finditer(r"\S+", header)][1:]
+        if not columns:
+            continue
+        table: dict[str, dict[str, str]] = {}
+        for row in lines[i + 2 :]:
+            if not row.strip() or row[0].isspace() or row.startswith("==>") or CLOSING_LINE.match(row):
+                break
+            check = row[: columns[0][1]].strip()
+            cells = {}
+            for n, (node, start) in enumerate(columns):
+                end = columns[n + 1][1] if n + 1 < len(columns) else None
+                cells[node] = row[start:end].strip() or "-"
+            table[check] = cells
+        tables.append(table)
+    return tables
+
+
+def table_problems(table: Mapping[str, Mapping[str, str]], wanted: Mapping[str, Iterable[str]]) -> list[str]:
+    """What keeps `table` from showing each wanted check as passed on each of its nodes (a check ->
+    nodes mapping; "(cluster)" for the cluster-wide checks): a missing row, or a cell that is not ok."""
+    problems = []
+    for check, nodes in wanted.items():
+        row = table.get(check)
+        if row is None:
+            problems.append(f"{check}: not in the table")
+            continue
+        for node in nodes:
+            cell = row.get(node)
+            if cell is None:
+                problems.append(f"{check}: no column {node}")
+            elif not re.fullmatch(r"ok(\(\d+\))?", cell):
+                problems.append(f"{check} on {node}: {cell}")
+    return problems

@@ -5,7 +5,9 @@ Binaries are checked against the sha256 the release site publishes beside each f
 is cut short is kept as a `.part` file under `cache_root()/downloads` and resumed with an HTTP Range
 request on the next attempt (or the next run). Images are the ones the downloaded kubeadm lists for the
 release plus the `image:` fields of the Calico manifest, each saved with skopeo as a docker-archive
-tarball tagged with the name kubeadm or the manifest asks for.
+tarball tagged with the name kubeadm or the manifest asks for; and verify's smoke-test image, which is
+the project's own and is built here from bundle/images exactly as the source build makes it (so this
+source needs Go too).
 
 Every URL, registry mirror, the crictl and CNI plugin releases and the network limits are data in
 `Mirrors`; `PROVISION_BUNDLE_MIRRORS` may name a JSON or YAML file that overrides any of them, e.g.
@@ -564,20 +566,33 @@ def fetch_binaries(versions: Versions, stage: Bundle, on_progress: ProgressFn, m
     add_file(stage, rel, "calico", versions.calico, url)
 
 
-def build(versions: Versions, stage: Bundle, on_progress: ProgressFn, mirrors: Mirrors | None = None) -> Bundle:
-    """Fill the staged bundle `stage` (from `staging_dir`) with everything downloaded for `versions`;
-    the caller writes the manifest and moves it into place with `finish`."""
+def build(
+    versions: Versions,
+    stage: Bundle,
+    on_progress: ProgressFn,
+    mirrors: Mirrors | None = None,
+    log_file: Path | None = None,
+) -> Bundle:
+    """Fill the staged bundle `stage` (from `staging_dir`) with everything downloaded for `versions`,
+    and verify's smoke-test image, which no release site has: it is built here from the project's own
+    Go module, as the source build makes it (provisioner.bundle.smoke; `log_file` takes its go build
+    output). The caller writes the manifest and moves it into place with `finish`."""
+    from provisioner.bundle import smoke, source
+
     mirrors = mirrors or Mirrors.from_env()
     if stage.versions != versions:
         raise ProvisionError(
             f"the staged bundle is for {stage.versions.name}, not {versions.name}; stage it again with staging_dir"
         )
     skopeo()  # refuse before any download when images cannot be saved
+    source.check_go()  # or the smoke-test image cannot be built
     started = time.monotonic()
     fetch_binaries(versions, stage, on_progress, mirrors)
     stage.timings["download"] = time.monotonic() - started
     started = time.monotonic()
     save_images(stage, versions, mirrors, on_progress)
+    on_progress(f"image: {smoke.image_name(versions.kubernetes)} (built from bundle/images)")
+    smoke.add_to_bundle(stage, log_file, on_progress)
     stage.timings["images"] = time.monotonic() - started
     return stage
 

@@ -122,7 +122,7 @@ def _build(versions: Versions, wanted: str, out: TextIO, verbose: bool) -> Bundl
         if src == "download":
             from provisioner.bundle import download
 
-            download.build(versions, stage, on_progress)
+            download.build(versions, stage, on_progress, log_file=log_file)
         else:
             from provisioner.bundle import image_mirror, source
 

@@ -321,12 +321,12 @@ def build(
         f"{data['calico_manifest']['module']}/{data['calico_manifest']['path']}",
     )
 
-    # images/: the names kubeadm and the manifest ask for, plus the smoke-test image.
+    # images/: the names kubeadm and the manifest ask for, plus the smoke-test image (made the same
+    # way for every bundle source: provisioner.bundle.smoke).
     t0 = time.monotonic()
     label = f"[{steps - 1}/{steps}] images"
     manifest_text = (stage.path / rel_manifest).read_text(encoding="utf-8")
     names = download.kubeadm_images(kube / "kubeadm", versions) + download.manifest_images(manifest_text, rel_manifest)
-    names.append(render(data["smoke_image"], versions, "", ""))
     specs = image_specs(data, names, outputs, versions)
     userland = None
     if any(s.userland for s in specs):
@@ -346,5 +346,9 @@ def build(
             "assembled from the built binaries",
             image=spec.name,
         )
+    from provisioner.bundle import smoke
+
+    on_progress(f"{label}: {smoke.image_name(versions.kubernetes)}")
+    smoke.add_to_bundle(stage, log_file, on_progress)
     stage.timings["images"] = time.monotonic() - t0
     return stage

@@ -6,6 +6,7 @@ Run a suite against an inventory (ansible-inventory must be on PATH, e.g. the re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,13 +14,24 @@ import pytest
 CONTAINER_VIRT = {"docker", "container", "containerd", "podman", "lxc", "lxc-libvirt", "systemd-nspawn"}
 
 
-@pytest.fixture
-def container_node(host: Any) -> bool:
+def is_container_node(host: Any) -> bool:
     """True on a system container node: it shares the host's kernel (swap, modules, clock)."""
     if host.file("/.dockerenv").exists:
         return True
     virt = host.run("systemd-detect-virt --container")
     return bool(virt.rc == 0 and virt.stdout.strip() in CONTAINER_VIRT)
+
+
+@pytest.fixture
+def container_node(host: Any) -> bool:
+    """True when this test's host is a container node (is_container_node)."""
+    return is_container_node(host)
+
+
+@pytest.fixture
+def container_node_of() -> Callable[[Any], bool]:
+    """is_container_node, for tests whose host is not the `host` fixture."""
+    return is_container_node
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 On container nodes (docker provider) the kernel is the host's: the checks that only the host can
 satisfy are skipped with the reason, exactly as the role reports them, or checked for what the
-container really shows.
+container really shows. Every skip's reason starts with a category of provisioner.verify.SKIP_CATEGORIES
+("container node:", "not configured:", "absent:"); verify counts any other skip as a failure.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_swap_off(host: Any, container_node: bool) -> None:
 def test_fstab_swap_lines_commented(host: Any) -> None:
     fstab = host.file("/etc/fstab")
     if not fstab.exists:
-        pytest.skip("no /etc/fstab on this node")
+        pytest.skip("absent: no /etc/fstab on this node")
     active = [
         line
         for line in fstab.content_string.splitlines()
@@ -120,7 +121,7 @@ def test_firewall_opened_or_absent(host: Any, inventory_vars: dict[str, Any]) ->
     virtual IP, VRRP to the node network only; Calico's unused BGP and Typha ports nowhere."""
     mode = inventory_vars.get("node_prep_firewall", "open")
     if mode != "open":
-        pytest.skip(f"node_prep_firewall={mode}")
+        pytest.skip(f"not configured: node_prep_firewall={mode}")
     groups = set(inventory_vars.get("group_names", []))
     cidr = str(ipaddress.ip_network(str(inventory_vars["node_network_cidr"]), strict=False))
     control_plane = "kube_control_plane" in groups
@@ -157,12 +158,12 @@ def test_firewall_opened_or_absent(host: Any, inventory_vars: dict[str, Any]) ->
             assert (f"-A ufw-before-input -p 112 -s {cidr} -j ACCEPT" in before) == vrrp
             assert "IP-in-IP" not in before
         else:
-            pytest.skip("no firewall installed (node_prep_firewall_install false): the role reports a no-op")
+            pytest.skip("absent: no firewall installed (node_prep_firewall_install false): the role reports a no-op")
 
 
 def test_networkmanager_leaves_calico_alone(host: Any) -> None:
     if not host.file("/usr/sbin/NetworkManager").exists:
-        pytest.skip("NetworkManager not installed")
+        pytest.skip("absent: NetworkManager is not installed")
     assert host.file("/etc/NetworkManager/conf.d/calico.conf").contains(CALICO_UNMANAGED.replace("*", r"\*"))
 
 
@@ -184,4 +185,4 @@ def test_package_proxy_matches_the_inventory(host: Any, inventory_vars: dict[str
         parser.read_string(host.file(DNF_CONF).content_string)
         assert parser.get("main", "proxy", fallback="") == proxy
     else:
-        pytest.skip("neither apt nor dnf on this node")
+        pytest.fail("neither apt nor dnf on this node: the roles support the Debian and RedHat families only")

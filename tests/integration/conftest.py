@@ -12,11 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from provisioner.verify import closing_counts, parse_tables, table_problems
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,3 +131,17 @@ def make_cluster(tmp_path_factory: pytest.TempPathFactory, name: str, network: s
         yield cluster
     finally:
         cluster.force_cleanup()
+
+
+def assert_verified(out: str, wanted: Mapping[str, Iterable[str]] | None = None) -> None:
+    """The last verify in `out` ended with `verify: N passed, N skipped, 0 failed` (a skip the
+    cluster's kind does not explain counts as failed there), and its table shows each wanted check
+    (check -> nodes, "(cluster)" for the cluster-wide ones) as ok on each of those nodes: run and
+    passed, never skipped. Only the table's cells count, not a check's name somewhere in the output."""
+    counts = closing_counts(out)
+    assert counts, f"no closing line of verify in the output:\n{out[-4000:]}"
+    assert counts[-1].failed == 0 and counts[-1].passed > 0, f"{counts[-1].closing_line()}\n{out[-6000:]}"
+    tables = parse_tables(out)
+    assert tables, f"no verify table in the output:\n{out[-4000:]}"
+    problems = table_problems(tables[-1], wanted or {})
+    assert not problems, "; ".join(problems) + f"\n{out[-6000:]}"

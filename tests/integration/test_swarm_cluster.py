@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, Cluster, make_cluster
+from provisioner.verify import closing_counts
+from tests.integration.conftest import REPO, Cluster, assert_verified, make_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +26,15 @@ NETWORK = "192.168.157.0/24"
 MANAGERS = ("manager1", "manager2", "manager3")
 IPS = {"manager1": "192.168.157.10", "manager2": "192.168.157.11", "manager3": "192.168.157.12"}
 SERVICE = "ha-probe"
+# What verify must show as passed (an ok cell in its table): every node in the swarm, the Raft view
+# of every manager, and the smoke service over the overlay network (run from the first manager).
+WANTED = {
+    "swarm_member": MANAGERS,
+    "node_ready_active": MANAGERS,
+    "other_managers_reachable": MANAGERS,
+    "smoke_replicas_on_distinct_nodes": ("manager1",),
+    "smoke_overlay_data_path": ("manager1",),
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +89,7 @@ def test_up_from_clean_state(cluster: Cluster) -> None:
     out = proc.stdout
     for stage in ("machines", "stage prepare", "stage runtime", "stage swarm", "verify (testinfra)"):
         assert f"==> {stage}" in out, out
-    assert "all checks passed" in out
-    assert "other_managers_reachable" in out
+    assert_verified(out, WANTED)
     for node, ip in IPS.items():
         assert re.search(rf"{node}\s+\S+\s+{re.escape(ip)}", out)
     assert "FAIL" not in out
@@ -200,14 +209,14 @@ def test_second_up_changes_nothing(cluster: Cluster) -> None:
     assert isinstance(changed, dict)
     assert set(changed) == {"prepare", "runtime", "swarm"}
     assert all(v == 0 for v in changed.values()), changed
-    assert "all checks passed" in proc.stdout
+    assert_verified(proc.stdout, WANTED)
 
 
 def test_rerun_with_nothing_new_verifies_instead_of_reapplying(cluster: Cluster) -> None:
     proc = cluster.run("up")
     assert "nothing changed since the last converge" in proc.stdout, proc.stdout
     assert "==> stage prepare" not in proc.stdout and "==> stage swarm" not in proc.stdout
-    assert "all checks passed" in proc.stdout
+    assert_verified(proc.stdout, WANTED)
     stages = cluster.timings()["stages"]
     assert isinstance(stages, dict) and set(stages) == {"machines", "verify"}, stages
 
@@ -224,7 +233,9 @@ def test_rerun_notices_drift_and_converges(cluster: Cluster) -> None:
     assert "==> stage runtime" in proc.stdout
     changed = cluster.timings()["changed"]
     assert isinstance(changed, dict) and changed["runtime"] > 0, changed  # docker started again
-    assert proc.stdout.rstrip().count("all checks passed") == 1
+    # Two verifies: the first found the drift (failed), the one after the converge passed.
+    assert [c.failed > 0 for c in closing_counts(proc.stdout)] == [True, False], proc.stdout[-4000:]
+    assert_verified(proc.stdout, WANTED)
     assert _status_rows(cluster.run("status").stdout)["manager2"] == (IPS["manager2"], "running")
 
 
@@ -254,7 +265,7 @@ def test_node_stopped_mid_run_is_named_and_up_resumes(cluster: Cluster) -> None:
     assert "node manager3 (now stopped) stopped or vanished during the run and became unreachable" in err, err
     assert "log: " in err
     proc = cluster.run("up")
-    assert "all checks passed" in proc.stdout
+    assert_verified(proc.stdout, WANTED)
     assert _status_rows(cluster.run("status").stdout)["manager3"] == (IPS["manager3"], "running")
 
 
@@ -267,7 +278,7 @@ def test_node_destroyed_outside_is_noticed_and_recreated(cluster: Cluster) -> No
     assert "missing" in status.stdout and "manager2" in status.stdout
     proc = cluster.run("up")
     assert "created manager2" in proc.stdout
-    assert "all checks passed" in proc.stdout
+    assert_verified(proc.stdout, WANTED)
     rows = docker_on("manager1", "node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}").splitlines()
     assert sorted([*r.split(), ""][1] for r in rows) == ["Leader", "Reachable", "Reachable"], rows  # no stale entry
 
@@ -275,7 +286,7 @@ def test_node_destroyed_outside_is_noticed_and_recreated(cluster: Cluster) -> No
 def test_adding_nodes_leaves_the_others_alone(cluster: Cluster) -> None:
     proc = cluster.run("up", "--nodes", "4")
     assert "created worker1" in proc.stdout
-    assert "all checks passed" in proc.stdout
+    assert_verified(proc.stdout, WANTED)
     rows = _status_rows(cluster.run("status").stdout)
     assert rows["worker1"] == ("192.168.157.13", "running")
     assert {n: r[1] for n, r in rows.items()} == dict.fromkeys([*MANAGERS, "worker1"], "running")
@@ -284,7 +295,7 @@ def test_adding_nodes_leaves_the_others_alone(cluster: Cluster) -> None:
 def test_shrinking_removes_the_dropped_worker_from_the_swarm(cluster: Cluster) -> None:
     proc = cluster.run("up", "--nodes", "3", "--shrink")
     assert "removed worker1" in proc.stdout, proc.stdout[-3000:]
-    assert "all checks passed" in proc.stdout, proc.stdout[-3000:]
+    assert_verified(proc.stdout, WANTED)
     assert f"{NAME}-worker1" not in cluster.containers()
     hosts = subprocess.run(
         ["docker", "exec", f"{NAME}-manager1", "docker", "node", "ls", "--format", "{{.Hostname}}"],

@@ -22,9 +22,22 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.bundle import Bundle, Versions, download, finish, load, sha256_file, staging_dir, verify_files
+from provisioner.bundle import (
+    Bundle,
+    Versions,
+    download,
+    finish,
+    load,
+    sha256_file,
+    smoke,
+    smoke_image,
+    source,
+    staging_dir,
+    verify_files,
+)
+from provisioner.bundle import images as img
 from provisioner.bundle.download import ImageRef, Mirrors
-from provisioner.errors import ProvisionError
+from provisioner.errors import ProvisionError, ToolMissing
 
 VERSIONS = Versions(kubernetes="1.37.2", calico="3.31.0")
 KUBEADM_IMAGES = ["registry.k8s.io/kube-apiserver:v1.37.2", "registry.k8s.io/pause:3.10"]
@@ -620,7 +633,32 @@ def _archive(path: Path) -> tuple[list[str], bytes]:
             return list(entry["RepoTags"]), hello.read()
 
 
-def test_a_full_download_fills_the_staged_bundle(tmp_path: Path, release: Release, registry: Registry) -> None:
+SMOKE_NAME = "provisioner.local/smoke-web:1.37.2"
+
+
+@pytest.fixture
+def smoke_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The smoke-test image's build (a real go build, tests/unit/test_bundle_smoke.py) replaced by a
+    stand-in archive of the same name; the versions asked for are recorded."""
+    asked: list[str] = []
+
+    def stand_in(kube_version: str, log_file: Path | None = None, on_progress: object = None) -> Path:
+        asked.append(kube_version)
+        program = tmp_path / "smoke-web-stand-in"
+        program.write_bytes(b"smoke-web stand-in")
+        out = smoke.archive_path(kube_version)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        img.write_archive(img.ImageSpec(name=smoke.image_name(kube_version), files={"/smoke-web": program}), out, None)
+        return out
+
+    monkeypatch.setattr(smoke, "ensure_archive", stand_in)
+    monkeypatch.setattr(source, "check_go", lambda: "go1.26.8")
+    return asked
+
+
+def test_a_full_download_fills_the_staged_bundle(
+    tmp_path: Path, release: Release, registry: Registry, smoke_stand_in: list[str]
+) -> None:
     mirrors = replace(
         release.mirrors,
         registries={"registry.k8s.io": registry.host, "docker.io": registry.host},
@@ -636,8 +674,17 @@ def test_a_full_download_fills_the_staged_bundle(tmp_path: Path, release: Releas
     assert verify_files(loaded) == []
     assert {"download", "images"} <= set(loaded.timings)
     names = [ImageRef.parse(n).name for n in ALL_IMAGES]
-    assert sorted(f.image for f in loaded.images) == sorted(names)
+    assert sorted(f.image for f in loaded.images) == sorted([*names, SMOKE_NAME])
+    # verify's smoke-test image, which no registry has, is in the bundle as in a source-built one.
+    assert smoke_stand_in == ["1.37.2"]
+    assert smoke_image(loaded) == SMOKE_NAME
+    entry = next(f for f in loaded.images if f.image == SMOKE_NAME)
+    assert (entry.path, entry.component, entry.version) == ("images/smoke-web.tar", "smoke-web", "1.37.2")
+    assert img.archive_tags(bundle.path / entry.path) == [SMOKE_NAME]
+    assert any(SMOKE_NAME in n for n in notes), notes
     for entry in loaded.images:
+        if entry.image == SMOKE_NAME:
+            continue
         tags, hello = _archive(bundle.path / entry.path)
         assert tags == [entry.image]  # the name kubeadm / the manifest asks for
         assert hello == entry.image.encode()  # and the image pulled for it through the mirror
@@ -650,6 +697,20 @@ def test_a_full_download_fills_the_staged_bundle(tmp_path: Path, release: Releas
     assert by_image["registry.k8s.io/pause:3.10"].version == "1.37.2"
     assert {f.path for f in loaded.files if not f.image} >= {"bin/kubeadm", "bin/crictl", "bin/cni/loopback"}
     assert any(n.startswith("image 5/5: ") for n in notes), notes
+
+
+def test_without_go_the_download_is_refused_before_anything_is_fetched(tmp_path: Path, release: Release) -> None:
+    def no_go() -> str:
+        raise ToolMissing("Go 1.26 or newer", "run scripts/setup.sh")
+
+    stage = _stage(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(source, "check_go", no_go)
+        mp.setattr(download, "skopeo", lambda: "/usr/bin/skopeo")
+        with pytest.raises(ToolMissing, match=r"Go 1\.26 or newer"):
+            download.build(VERSIONS, stage, lambda _: None, release.mirrors)
+    assert release.served.requests == []
+    assert sorted(p.name for p in (stage.path / "bin").iterdir()) == []
 
 
 def test_an_image_the_registry_lacks_fails_with_the_name(tmp_path: Path, release: Release, registry: Registry) -> None:
