@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, Cluster, make_cluster
+from tests.integration.conftest import REPO, Cluster, assert_verified, make_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +75,8 @@ def test_up_until_runtime_prepares_the_nodes_and_stops(cluster: Cluster) -> None
     assert "==> stage prepare" in out and "==> stage runtime" in out
     assert "==> stage kube_packages" not in out and "kubeadm init" not in out
     assert "==> stopped after stage runtime (--until)" in out, out
+    # verify ran the suites of the two stages that ran, every check of theirs on both nodes
+    assert_verified(out, {"swap_off": ["cp1", "worker1"], "ctr_talks_to_the_socket": ["cp1", "worker1"]})
     assert re.search(r"cp1\s+control_plane\s+192\.168\.156\.10", out)
     inv = cluster.inventory.read_text()
     assert "kube_control_plane:" in inv and "container_runtime_source: distro" in inv
