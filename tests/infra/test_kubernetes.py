@@ -335,11 +335,11 @@ def test_haproxy_listens_on_the_node_address_and_the_vip(host: Any, inventory: s
     """HAProxy on every control plane, the ones without the VIP included (net.ipv4.ip_nonlocal_bind),
     bound to the node's own address and the VIP only, never to every interface."""
     if host.backend.get_hostname() not in AnsibleRunner(inventory).get_hosts("kube_control_plane"):
-        pytest.skip("a worker: no HAProxy")
+        pytest.skip("not configured: a worker runs no HAProxy")
     variables = host.ansible.get_variables()
     vip = str(variables.get("kube_api_vip") or "")
     if not vip:
-        pytest.skip("one control plane: no HAProxy (kube_api_vip empty)")
+        pytest.skip("not configured: one control plane runs no HAProxy (kube_api_vip empty)")
     port = int(variables.get("kube_api_vip_port") or 8443)
     with host.sudo():
         assert host.sysctl("net.ipv4.ip_nonlocal_bind") == 1

@@ -76,7 +76,9 @@ def test_up_until_runtime_prepares_the_nodes_and_stops(cluster: Cluster) -> None
     assert "==> stage kube_packages" not in out and "kubeadm init" not in out
     assert "==> stopped after stage runtime (--until)" in out, out
     # verify ran the suites of the two stages that ran, every check of theirs on both nodes
-    assert_verified(out, {"swap_off": ["cp1", "worker1"], "ctr_talks_to_the_socket": ["cp1", "worker1"]})
+    assert_verified(
+        out, {"hosts_file_lists_the_nodes": ["cp1", "worker1"], "ctr_talks_to_the_socket": ["cp1", "worker1"]}
+    )
     assert re.search(r"cp1\s+control_plane\s+192\.168\.156\.10", out)
     inv = cluster.inventory.read_text()
     assert "kube_control_plane:" in inv and "container_runtime_source: distro" in inv

@@ -10,6 +10,7 @@ made to be shared), so the build takes about a second once that cache is warm.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -48,7 +49,14 @@ def _bundle(source_name: str, with_smoke: bool) -> Path:
 
 
 def _vars(spec_data: dict[str, object], kube_bundle: Path | None, tmp_path: Path) -> dict[str, object]:
-    spec = build_spec(spec_data)
+    kube = dict(spec_data.get("versions", {}) or {}).get("kubernetes")  # type: ignore[call-overload]
+    if kube == "1.38":
+        # A release blocked on cgroup v1: the spec refuses 1.38 until it is in spec.KUBE_MINORS, so the
+        # spec of that day is made by hand.
+        known = build_spec({**spec_data, "versions": {}})
+        spec = dataclasses.replace(known, versions={**known.versions, "kubernetes": "1.38"})
+    else:
+        spec = build_spec(spec_data)
     ssh = {n.name: SshInfo(n.name, "127.0.0.1", 2200 + i, "vagrant", "/k") for i, n in enumerate(spec.nodes)}
     data: dict[str, object] = inventory.build_inventory(spec, ssh, tmp_path, kube_bundle)["all"]["vars"]
     return data
