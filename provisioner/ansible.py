@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner import proc
+from provisioner import REPO_ROOT, proc
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass

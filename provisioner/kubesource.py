@@ -102,6 +102,12 @@ def check_bundle_versions(spec: ClusterSpec) -> None:
                 f"manifest, which needs the patch release: give e.g. {calico}.0",
                 exit_code=2,
             )
+        # verify's workload image is built here from the project's own Go code (bundle/images) and
+        # copied to the nodes: say now, not after the machines, that Go is missing.
+        from provisioner.bundle import smoke, source
+
+        if not smoke.archive_path(spec.versions["kubernetes"]).is_file():
+            source.check_go()
         return
     try:
         bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])

@@ -54,10 +54,19 @@ class Provider:
     def clean_up(self, spec: ClusterSpec, cluster_id: str, out: TextIO) -> None:
         """Remove what `vagrant destroy` leaves behind of this cluster (and of no other)."""
 
-    def clean_up_by_dir(self, root: Path) -> list[str]:
-        """Remove the machines that carry `root` as their state directory in their identity (the way out
-        when the cluster's own state is damaged); returns their names."""
-        return []
+    def clean_up_by_dir(self, root: Path) -> tuple[list[str], str]:
+        """Remove the machines made from the state directory `root`: those whose identity names it, and
+        those its Vagrant directory records (the way out when the cluster's own state is damaged).
+        Returns their names, and what could not be removed ("" when nothing is left)."""
+        ids = identity.vagrant_machine_ids(root, self.name)
+        left = (
+            f"{len(ids)} {self.name} machine(s) that {root}/vagrant records ({', '.join(sorted(ids))})" if ids else ""
+        )
+        return (
+            [],
+            left
+            and f"{left}: this toolkit cannot remove them without their spec; remove them with the provider's own tools",
+        )
 
 
 class Docker(Provider):
@@ -107,26 +116,34 @@ class Docker(Provider):
             if (m.cluster_id == cluster_id if cluster_id else (m.cluster == spec.name and not m.cluster_id))
         ]
         if names:
-            subprocess.run(["docker", "rm", "-f", "-v", *names], capture_output=True, check=False)
+            _remove_containers(names)
             out.write(f"removed containers Vagrant no longer knew of ({label}): {', '.join(names)}\n")
-        if not providers.docker_network_users(spec.network):
-            subprocess.run(
-                ["docker", "network", "rm", f"vagrant_network_{spec.network}"], capture_output=True, check=False
-            )
+        _remove_unused_networks([spec.network])
 
-    def clean_up_by_dir(self, root: Path) -> list[str]:
+    def clean_up_by_dir(self, root: Path) -> tuple[list[str], str]:
+        ids = identity.vagrant_machine_ids(root, self.name)
         if shutil.which("docker") is None:
-            return []
-        found = [m for m in providers.docker_machines() if m.state_dir == str(root)]
-        if not found:
-            return []
-        subprocess.run(["docker", "rm", "-f", "-v", *[m.name for m in found]], capture_output=True, check=False)
-        for subnet in sorted({s for m in found for s in m.subnets}):
-            if not providers.docker_network_users(subnet):
-                subprocess.run(
-                    ["docker", "network", "rm", f"vagrant_network_{subnet}"], capture_output=True, check=False
-                )
-        return [m.name for m in found]
+            return (
+                [],
+                f"{len(ids)} container(s) that {root}/vagrant records, and docker is not installed" if ids else "",
+            )
+        found = [m for m in providers.docker_machines() if m.state_dir == str(root) or identity.is_ours(m, "", ids)]
+        problem = _remove_containers([m.name for m in found]) if found else ""
+        _remove_unused_networks(sorted({s for m in found for s in m.subnets}))
+        return ([] if problem else [m.name for m in found]), problem
+
+
+def _remove_containers(names: list[str]) -> str:
+    """`docker rm -f -v` (the /var volumes go with them); "" or what docker said went wrong."""
+    proc = subprocess.run(["docker", "rm", "-f", "-v", *names], capture_output=True, text=True, check=False)
+    return "" if proc.returncode == 0 else f"docker rm of {', '.join(names)} failed: {proc.stderr.strip()[-300:]}"
+
+
+def _remove_unused_networks(subnets: list[str]) -> None:
+    """The Vagrant-made docker networks of these subnets that no container uses any more."""
+    for subnet in subnets:
+        if not providers.docker_network_users(subnet):
+            subprocess.run(["docker", "network", "rm", f"vagrant_network_{subnet}"], capture_output=True, check=False)
 
 
 class Libvirt(Provider):
@@ -200,11 +217,27 @@ class Libvirt(Provider):
         if host:
             out.write(f"libvirt host cleaned: {', '.join(host)}\n")
 
-    def clean_up_by_dir(self, root: Path) -> list[str]:
+    def clean_up_by_dir(self, root: Path) -> tuple[list[str], str]:
+        ids = identity.vagrant_machine_ids(root, self.name)
         if shutil.which("virsh") is None or not libvirt.answers():
-            return []
-        names = [m.name for m in libvirt.domains() if m.state_dir == str(root)]
-        return libvirt.cleanup_cluster(names).domains if names else []
+            return (
+                [],
+                f"{len(ids)} libvirt domain(s) that {root}/vagrant records, and libvirtd does not answer"
+                if ids
+                else "",
+            )
+        found = [m for m in libvirt.domains() if m.state_dir == str(root) or identity.is_ours(m, "", ids)]
+        if not found:
+            return [], ""
+        # Their networks are named after the cluster and its node network: the domains' own record.
+        names = [m.name for m in found]
+        nets = sorted({f"{m.cluster}-mgmt" for m in found if m.cluster})
+        nets += sorted(
+            {n for m in found for s in m.subnets if (n := libvirt.network_for_subnet(s.rsplit(".", 1)[0] + "."))}
+        )
+        gone = libvirt.cleanup_cluster(names, nets).domains
+        missed = sorted(set(names) - set(gone))
+        return gone, f"libvirt domains {', '.join(missed)} could not be removed" if missed else ""
 
 
 def for_name(name: str) -> Provider:

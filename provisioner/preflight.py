@@ -3,6 +3,7 @@ flags; its networks against the host; the stack file; changes a live cluster can
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ def checked_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None, 
     if saved is not None:
         old = ClusterSpec.from_dict(saved["spec"])
         refuse_incompatible_change(old, spec)
+        if old.engine == "kubernetes" and spec.versions["kubernetes"] != old.versions["kubernetes"]:
+            # The same release named another way (1.37 for 1.37.2): the cluster keeps the one it runs,
+            # rather than the newest patch of that minor the bundle may know by now.
+            spec = dataclasses.replace(spec, versions={**spec.versions, "kubernetes": old.versions["kubernetes"]})
         if spec.provider == "auto":
             spec = spec.with_provider(old.provider)
     if spec.provider == "auto":
@@ -61,6 +66,12 @@ def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) 
     given: dict[str, Any] = load_file(config) if config is not None else {}
     given.update({k: v for k, v in overrides.items() if v is not None})
     inputs.update(given)
+    if saved is not None and isinstance(inputs.get("versions", {}), dict):
+        # A live cluster keeps the releases it runs (the saved spec holds them resolved, e.g. 1.37.2)
+        # where this run names none: the toolkit's default moving on is no reason to change them.
+        live = {k: v for k, v in saved["spec"].get("versions", {}).items() if isinstance(v, str)}
+        now = given.get("versions")
+        inputs["versions"] = {**live, **(now if isinstance(now, dict) else {})}
     spec = build_spec(inputs)
     # Only what this run gave: a stored value the user cannot drop with a flag is not refused again.
     check_engine_fields(spec.engine, set(given))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from provisioner import REPO_ROOT
+
 PLAYBOOKS = REPO_ROOT / "playbooks"
 
 

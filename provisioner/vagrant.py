@@ -18,12 +18,11 @@ from pathlib import Path
 
 import vagrant as python_vagrant
 
-from provisioner import proc
+from provisioner import REPO_ROOT, proc
 from provisioner.errors import ProvisionError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Providers that Vagrant can bring up several machines of at once.
 PARALLEL_PROVIDERS = {"docker", "libvirt"}
 

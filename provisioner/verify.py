@@ -18,13 +18,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provisioner import REPO_ROOT
 from provisioner.ansible import ansible_env
 from provisioner.errors import ProvisionError
 from provisioner.inventory import NODE_SSH_COMMON_ARGS
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 INFRA = REPO_ROOT / "tests" / "infra"
 # Stage -> testinfra module that checks it.
 SUITES = {

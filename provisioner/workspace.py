@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioner import REPO_ROOT
 from provisioner.errors import ProvisionError
 from provisioner.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # The file that marks a directory as a cluster's state directory made by this toolkit.
 MARKER = ".provisioner-workspace"
 MARKER_TEXT = (
@@ -30,11 +30,14 @@ MARKER_TEXT = (
 OWN_FILES = ("cluster.json", "cluster.tmp", "state.json", "timings.json", "kubeconfig", MARKER)
 OWN_DIRS = ("inventory", "logs", "vagrant", "ssh", "ansible-tmp", "cp", "facts")
 OWN_GLOBS = (".state-*", "verify-*.xml")
+# The entries that make a directory recognisable as a cluster's: `destroy` removes them last, and only
+# when everything else of the toolkit's is gone, so that a destroy that failed half-way can run again.
+RECOGNISED_BY = ("cluster.json", "state.json", MARKER)
 SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 def default_provision_dir() -> Path:
-    return Path(os.environ.get("PROVISION_DIR") or REPO_ROOT / ".provision").resolve()
+    return Path(os.environ.get("PROVISION_DIR") or REPO_ROOT / ".provision").expanduser().resolve()
 
 
 @dataclass
@@ -81,9 +84,21 @@ class Workspace:
         return data
 
     def is_workspace(self) -> bool:
-        """A directory this toolkit made for a cluster: its marker, or (older state directories) its
-        cluster.json or state.json."""
-        return any((self.root / name).exists() for name in (MARKER, "cluster.json", "state.json"))
+        """A directory this toolkit made for a cluster: its marker, or (state directories made before
+        the marker) a cluster.json that reads as this toolkit's spec or a state.json in its format.
+        Another tool's cluster.json or state.json does not make a directory ours."""
+        if (self.root / MARKER).exists():
+            return True
+        try:
+            if self.load_saved() is not None:
+                return True
+        except DamagedState:
+            pass
+        try:
+            state = json.loads((self.root / "state.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(state, dict) and isinstance(state.get("stages"), dict) and "version" in state
 
     def own_entries(self) -> list[Path]:
         """What the toolkit itself writes in the state directory (and so may remove), present now."""
@@ -159,7 +174,15 @@ class Workspace:
         overwrite the other's state. The lock file lives outside the state directory (a refused first
         `up` leaves no directory behind), keyed by its path, and is removed when the command ends."""
         locks = Path(tempfile.gettempdir()) / "provisioner-locks"
-        locks.mkdir(mode=0o700, exist_ok=True)
+        try:
+            locks.mkdir(mode=0o700, exist_ok=True)
+            writable = os.access(locks, os.W_OK | os.X_OK)
+        except OSError as exc:
+            raise ProvisionError(
+                f"cannot make the lock directory {locks} ({exc.strerror}); fix its permissions", 1
+            ) from exc
+        if not writable:
+            raise ProvisionError(f"the lock directory {locks} is not writable by this user; fix its permissions", 1)
         path = locks / (hashlib.sha256(str(self.root).encode()).hexdigest()[:16] + ".lock")
         with open(path, "a+", encoding="utf-8") as handle:
             try:

@@ -25,14 +25,13 @@ from typing import Any
 
 import yaml
 
-from provisioner import proc
+from provisioner import REPO_ROOT, proc
 from provisioner.bundle import Bundle, Versions, add_file, cache_root, download
 from provisioner.bundle import images as img
 from provisioner.errors import ProvisionError, ToolMissing
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_SRC = REPO_ROOT / "bundle"
 COMPONENTS = BUNDLE_SRC / "components.yaml"
 MIN_GO = (1, 26)

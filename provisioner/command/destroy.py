@@ -11,7 +11,7 @@ from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec
 from provisioner.vagrant import Vagrant
-from provisioner.workspace import MARKER, DamagedState, Workspace, listing
+from provisioner.workspace import MARKER, RECOGNISED_BY, DamagedState, Workspace, listing
 
 
 def destroy(ws: Workspace, force: bool, out: TextIO = sys.stdout, inp: TextIO = sys.stdin) -> int:
@@ -60,8 +60,19 @@ def destroy(ws: Workspace, force: bool, out: TextIO = sys.stdout, inp: TextIO = 
         # No readable spec: the machines are found by the state directory their identity names.
         if damaged:
             out.write(f"the cluster's state is damaged ({damaged}): removing the machines made from {root}\n")
-        gone = [n for p in ("docker", "libvirt") for n in machines.for_name(p).clean_up_by_dir(root)]
+        gone: list[str] = []
+        problems: list[str] = []
+        for name in ("docker", "libvirt", "virtualbox"):
+            removed, problem = machines.for_name(name).clean_up_by_dir(root)
+            gone += removed
+            problems += [problem] if problem else []
         out.write(f"removed machines: {', '.join(gone)}\n" if gone else f"no machines made from {root} were found\n")
+        if problems:
+            # vagrant/ keeps the only record of those machines: nothing of the state is removed.
+            raise ProvisionError(
+                f"{'; '.join(problems)}; the state in {root} is kept so that `destroy -f` can try again",
+                exit_code=1,
+            )
     return _remove_own_files(ws, out)
 
 
@@ -69,7 +80,11 @@ def _remove_own_files(ws: Workspace, out: TextIO) -> int:
     """The toolkit's own files in the state directory, then the directory itself when nothing else is
     in it. Says what stayed and why; 1 when something of the toolkit's could not be removed."""
     failed: list[str] = []
-    for path in ws.own_entries():
+    entries = ws.own_entries()
+    # What makes the directory recognisable as a cluster's goes last, and only when the rest went: a
+    # destroy that failed half-way is then still a destroy of a cluster's state directory next time.
+    last = [p for p in entries if p.name in RECOGNISED_BY]
+    for path in [p for p in entries if p.name not in RECOGNISED_BY]:
         try:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -77,6 +92,13 @@ def _remove_own_files(ws: Workspace, out: TextIO) -> int:
                 path.unlink()
         except OSError as exc:
             failed.append(f"{path.name} ({exc.strerror or exc})")
+    if not failed:
+        for path in sorted(last, key=lambda p: p.name == MARKER):
+            try:
+                path.unlink()
+            except OSError as exc:
+                failed.append(f"{path.name} ({exc.strerror or exc})")
+                break
     kept = ws.foreign_entries()
     if not failed and not kept:
         try:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
-from provisioner import stages
+from provisioner import REPO_ROOT, stages
 from provisioner.ansible import forget_facts, run_playbook
 from provisioner.command.up import lost_machines_error
 from provisioner.errors import ProvisionError
@@ -16,8 +15,6 @@ from provisioner.progress import Progress
 from provisioner.state import State
 from provisioner.vagrant import Vagrant
 from provisioner.workspace import Workspace
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def provision(ws: Workspace, only: str | None, start: str | None, verbose: bool, out: TextIO = sys.stdout) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from provisioner import identity, inventory, machines, preflight, stages
+from provisioner import REPO_ROOT, identity, inventory, machines, preflight, stages
 from provisioner.ansible import StageRun, forget_facts, run_playbook
 from provisioner.command.verify import run_verify
 from provisioner.errors import ProvisionError
@@ -24,9 +24,6 @@ from provisioner.vagrant import Vagrant, parse_progress_line
 from provisioner.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -282,18 +279,18 @@ def _stages_and_verify(
         state.last_run = "done"
         state.save()
         return rc
+    # --until first, on the whole pipeline: a failure past that stage is not resumed in this run.
+    stopped = ""
+    if opts.until is not None:
+        names = [s.name for s in todo]
+        stopped = opts.until if names[-1] != opts.until else ""
+        todo = todo[: names.index(opts.until) + 1]
     if new_nodes and any(state.done(s.name) for s in todo):
         out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
     elif failed is not None and failed in [s.name for s in todo]:
         out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
         names = [s.name for s in todo]
         todo = todo[names.index(failed) :]
-    stopped = ""
-    if opts.until is not None and opts.until in [s.name for s in todo]:
-        names = [s.name for s in todo]
-        if names[-1] != opts.until:
-            stopped = opts.until
-        todo = todo[: names.index(opts.until) + 1]
     state.fingerprint = ""  # until every stage has converged again
     forget_facts(ws.root)
     said = False

@@ -141,3 +141,37 @@ def test_a_blocked_release_says_its_reason_once(tmp_path: Path, monkeypatch: pyt
     assert "==> kube_packages: not run: " in text
     for stage in ("control_plane", "cni", "join"):
         assert f"==> {stage}: not run (the reason above)" in text
+
+
+@pytest.mark.parametrize("failed_at", ["", "runtime", "control_plane"])
+def test_until_stops_the_pipeline_there_whatever_failed_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failed_at: str
+) -> None:
+    """`up --until runtime` after a failure at control_plane ran every remaining stage and recorded a
+    whole converge: the cut applies to the pipeline first, then the resume point inside it."""
+    from provisioner.ansible import StageRun
+
+    ran: list[str] = []
+
+    def playbook(path: Path, *args: Any, **kwargs: Any) -> StageRun:
+        ran.append(path.stem)
+        return StageRun()
+
+    monkeypatch.setattr(cluster, "run_playbook", playbook)
+    monkeypatch.setattr(cluster, "forget_facts", lambda root: None)
+    ws = Workspace(tmp_path)
+    ws.inventory.parent.mkdir(parents=True)
+    ws.inventory.write_text("all: {}\n")
+    spec = build_spec({"nodes": 1, "provider": "docker"})
+    state = State.load(ws.state_file)
+    for stage in ("prepare", "runtime", "kube_packages", "control_plane"):
+        state.mark(stage, "failed" if stage == failed_at else "done", 1.0)
+        if stage == failed_at:
+            break
+    out = io.StringIO()
+    opts = cluster.UpOptions(verify=False, until="runtime")
+    fake: Any = FakeVagrant({"cp1": "running"})
+    cluster._stages_and_verify(ws, spec, opts, fake, state, "failed", [], Progress(out), {}, {}, 0.0, out)
+    assert ran == (["runtime"] if failed_at == "runtime" else ["prepare", "runtime"]), ran
+    assert state.last_run == "stopped" and state.fingerprint == ""
+    assert "stopped after stage runtime (--until)" in out.getvalue()

@@ -6,9 +6,11 @@ docker is needed) against directories made in tmp_path; no machine is started.""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -334,8 +336,69 @@ def test_damaged_state_blocks_up_with_the_way_out(tmp_path: Path) -> None:
 
 def test_machines_found_by_directory_only_where_tools_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("provisioner.machines.shutil.which", lambda _: None)
-    assert machines.Docker().clean_up_by_dir(tmp_path) == []
-    assert machines.Libvirt().clean_up_by_dir(tmp_path) == []
+    assert machines.Docker().clean_up_by_dir(tmp_path) == ([], "")
+    assert machines.Libvirt().clean_up_by_dir(tmp_path) == ([], "")
+    # Machines Vagrant recorded but that cannot be asked for: named, never taken as gone.
+    for provider in ("docker", "libvirt", "virtualbox"):
+        record = tmp_path / "vagrant" / "machines" / "cp1" / provider / "id"
+        record.parent.mkdir(parents=True)
+        record.write_text("abc123")
+        removed, problem = machines.for_name(provider).clean_up_by_dir(tmp_path)
+        assert (removed == [] and "abc123" in problem) or "1 " in problem, problem
+
+
+def test_a_damaged_state_whose_machines_cannot_be_removed_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's case: destroy deleted vagrant/, the machines' only record, and said it was done."""
+    ws = _made_workspace(tmp_path / "c", spec_text="{}")
+    record = ws.root / "vagrant" / "machines" / "cp1" / "docker" / "id"
+    record.write_text("f00d")
+    monkeypatch.setattr("provisioner.machines.shutil.which", lambda _: None)
+    with pytest.raises(ProvisionError) as info:
+        destroy_cmd.destroy(ws, force=True, out=io.StringIO())
+    assert info.value.exit_code == 1 and "docker is not installed" in info.value.message
+    assert record.exists() and ws.spec_file.exists()
+
+
+def test_another_tools_cluster_json_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """The review's case: any cluster.json made a directory ours, and destroy took its inventory/ and logs/."""
+    theirs = tmp_path / "proj"
+    (theirs / "inventory").mkdir(parents=True)
+    (theirs / "inventory" / "prod.yml").write_text("all: {}\n")
+    (theirs / "cluster.json").write_text('{"clusters": ["prod"]}')
+    proc = _cli("--dir", str(theirs), "destroy", "-f")
+    assert proc.returncode == 2 and "not a cluster's state directory" in _one_sentence(proc)
+    assert (theirs / "inventory" / "prod.yml").exists() and (theirs / "cluster.json").exists()
+
+
+def test_a_half_failed_destroy_can_run_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = _made_workspace(tmp_path / "c")
+    real_rmtree = shutil.rmtree
+
+    def stuck(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name == "vagrant":
+            raise OSError(13, "Permission denied", str(path))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr("provisioner.command.destroy.shutil.rmtree", stuck)
+    with pytest.raises(ProvisionError) as info:
+        destroy_cmd.destroy(ws, force=True, out=io.StringIO())
+    assert "vagrant" in info.value.message
+    assert ws.is_workspace() and (ws.root / MARKER).exists()
+    monkeypatch.setattr("provisioner.command.destroy.shutil.rmtree", real_rmtree)
+    assert destroy_cmd.destroy(ws, force=True, out=io.StringIO()) == 0
+    assert not ws.root.exists()
+
+
+def test_commands_find_the_repository() -> None:
+    """The split of cluster.py left REPO_ROOT pointing at provisioner/: reset found no playbook and the
+    converge fingerprint hashed no role."""
+    from provisioner.command import provision, up
+
+    for module in (up, provision):
+        assert (module.REPO_ROOT / "playbooks" / "reset.yml").exists()
+        assert (module.REPO_ROOT / "roles").is_dir()
 
 
 def test_an_empty_kube_version_is_refused_not_taken_for_the_default(tmp_path: Path) -> None:
@@ -352,3 +415,46 @@ def test_a_calico_minor_is_refused_where_calico_comes_from_upstream() -> None:
         kubesource.check_bundle_versions(spec)
     assert info.value.exit_code == 2 and "3.31.0" in info.value.message
     kubesource.check_bundle_versions(build_spec({"provider": "docker", "versions": {"calico": "3.31"}}))
+
+
+def _saved_cluster(root: Path, versions: dict[str, str]) -> Workspace:
+    ws = Workspace(root)
+    made = build_spec({"nodes": 3, "provider": "docker"})
+    ws.save_spec(dataclasses.replace(made, versions={**made.versions, **versions}), {"nodes": 3, "provider": "docker"})
+    return ws
+
+
+def test_a_live_cluster_keeps_its_release_when_the_default_moves_on(tmp_path: Path) -> None:
+    """The review's case: inputs hold only what the user gave, so a cluster made at an older default
+    release was refused once the default moved ("runs 1.36.6, the spec now says 1.37.2")."""
+    ws = _saved_cluster(tmp_path / "c", {"kubernetes": "1.36.6"})
+    spec, _ = preflight.resolve_spec(ws, {"nodes": "4"}, None)
+    assert spec.versions["kubernetes"] == "1.36.6"
+    preflight.refuse_incompatible_change(ws.saved_spec(), spec)
+
+
+def test_the_same_release_named_by_its_minor_keeps_the_patch_the_cluster_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1.37 on a cluster at 1.37.2 passed, and the bundle would have resolved it to its newest patch."""
+    ws = _saved_cluster(tmp_path / "c", {"kubernetes": "1.37.2"})
+    monkeypatch.setattr(preflight, "check_networks", lambda spec: [])
+    monkeypatch.setattr(providers, "choose", lambda *a, **k: providers.Choice("docker", "test"))
+    monkeypatch.setattr("provisioner.kubesource.check_bundle_versions", lambda spec: None)
+    monkeypatch.setattr(machines.Docker, "check_clear", lambda self, spec, root, cid: None)
+    checked = preflight.checked_spec(ws, {"nodes": "4", "versions": {"kubernetes": "1.37"}}, None, False)
+    assert checked.spec.versions["kubernetes"] == "1.37.2"
+
+
+def test_an_upstream_cluster_needs_go_for_its_smoke_image_and_plan_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner import kubesource
+    from provisioner.bundle import smoke
+
+    monkeypatch.setattr(smoke, "archive_path", lambda version: tmp_path / "none.tar")
+    monkeypatch.setattr("provisioner.bundle.source.shutil.which", lambda tool: None)
+    spec = build_spec({"provider": "docker", "kube_source": "upstream"})
+    with pytest.raises(ProvisionError) as info:
+        kubesource.check_bundle_versions(spec)
+    assert info.value.exit_code == 3 and "Go" in info.value.message
