@@ -28,7 +28,8 @@ def destroy(ws: Workspace, force: bool, out: TextIO = sys.stdout, inp: TextIO = 
         found = ws.foreign_entries()
         holds = f"it holds {listing(found)}" if found else "it is empty"
         raise ProvisionError(
-            f"{root} is not a cluster's state directory (no cluster.json, state.json or {MARKER}; {holds}); "
+            f"{root} is not a cluster's state directory (no {MARKER}, nor a cluster.json or state.json of this "
+            f"toolkit's; {holds}); "
             f"nothing was removed: give the --dir of a cluster made by `up`",
             exit_code=2,
         )
