@@ -16,6 +16,7 @@ from pathlib import Path
 
 from provisioner import proc
 from provisioner.errors import ProvisionError
+from provisioner.kubeimage import IMAGE_REPO_KUBE
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,13 @@ class ImageRecipe:
 
 
 def own_image(name: str) -> bool | None:
-    """Whether `name` is one of the toolkit's own node images (True: the one with the runtime baked
-    in, False: the plain one), or None for anybody else's image. "" means the plain one."""
+    """Whether `name` is one of the toolkit's own node images (True: one with the runtime baked in,
+    the Kubernetes node image included; False: the plain one), or None for anybody else's image.
+    "" means the plain one."""
     repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name  # without the tag
     if repo in ("", IMAGE_REPO):
         return False
-    if repo == IMAGE_REPO_RUNTIME:
+    if repo in (IMAGE_REPO_RUNTIME, IMAGE_REPO_KUBE):
         return True
     return None
 

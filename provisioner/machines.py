@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, TextIO
 
-from provisioner import box, identity, image, libvirt, providers
+from provisioner import box, identity, image, kubeimage, libvirt, providers
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec
 from provisioner.vagrant import ensure_cluster_key
@@ -44,6 +44,18 @@ class Provider:
     def mount_bundle(self, bundle: Path | None) -> dict[str, Any]:
         """Vagrantfile settings that show the Kubernetes bundle to the nodes ({} when they get it over SSH)."""
         return {}
+
+    def preload(
+        self,
+        spec: ClusterSpec,
+        inputs: dict[str, Any],
+        bundle: Path | None,
+        progress: Progress,
+        timings: dict[str, float],
+    ) -> ClusterSpec:
+        """The spec with machines that start with the bundle already on them, where the provider can
+        make such machines (the spec unchanged elsewhere)."""
+        return spec
 
     def keys(self, root: Path, spec: ClusterSpec, machine_states: dict[str, str]) -> None:
         """SSH keys to make before the first machine is created."""
@@ -99,6 +111,30 @@ class Docker(Provider):
     def mount_bundle(self, bundle: Path | None) -> dict[str, Any]:
         # The directory holding the bundles, read-only (see the Vagrantfile).
         return {"bundle_root": str(bundle.parent)} if bundle is not None else {}
+
+    def preload(
+        self,
+        spec: ClusterSpec,
+        inputs: dict[str, Any],
+        bundle: Path | None,
+        progress: Progress,
+        timings: dict[str, float],
+    ) -> ClusterSpec:
+        # Kubernetes nodes from the bundle start from the Kubernetes node image (kubeimage.py): the
+        # runtime image with the bundle's binaries and images in it, built once per bundle. Unless the
+        # spec names another image: `--image provisioner/node-runtime` keeps the import on every node.
+        named = str(inputs.get("image") or "")
+        if spec.engine != "kubernetes" or bundle is None or (named and not kubeimage.is_kube_image(named)):
+            return spec
+        base = spec.image  # prepare_host resolved it to the runtime image
+        tag = kubeimage.image_tag(base, bundle)
+        if not image.image_exists(tag):
+            progress.start(f"Kubernetes node image {tag} (the bundle preloaded)")
+            tag, _ = kubeimage.ensure_kube_image(base, bundle)
+            timings["image"] = timings.get("image", 0.0) + progress.stop("built")
+        data = spec.to_dict()
+        data["image"] = tag
+        return ClusterSpec.from_dict(data)
 
     def keys(self, root: Path, spec: ClusterSpec, machine_states: dict[str, str]) -> None:
         ensure_cluster_key(root, spec.name, create=all(s == "not_created" for s in machine_states.values()))

@@ -51,6 +51,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
     leaving = _leaving_nodes(ws, spec, opts, out, inp)
     spec, vagrant_extra = provider.prepare_host(spec, inputs, progress, timings, out)
     spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
+    spec = provider.preload(spec, inputs, kube_bundle, progress, timings)
     vagrant_extra |= provider.mount_bundle(kube_bundle) | {"cluster_id": cluster_id, "state_dir": str(ws.root)}
 
     state = State.load(ws.state_file)

@@ -88,6 +88,35 @@ def test_up_forms_a_verified_kubernetes_cluster(cluster: Cluster) -> None:
     assert out.count("cgroup v1") <= 2, out
 
 
+def test_nodes_started_from_the_kubernetes_node_image_with_the_bundle_in_containerd(cluster: Cluster) -> None:
+    """The nodes came from the Kubernetes node image (kubeimage.py): every bundle image was in each
+    node's containerd before the kube_packages stage, which imported none of them again, and the
+    images the nodes run were unpacked from that content when their containers were created."""
+    images = {
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{.Config.Image}}", f"{NAME}-{node}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for node in IPS
+    }
+    assert len(images) == 1 and next(iter(images)).startswith("provisioner/node-kube:"), images
+    events = [json.loads(line) for line in (cluster.root / "logs" / "kube_packages.events.jsonl").open()]
+    imports = [e for e in events if e.get("event") == "result" and "Import each tarball" in str(e.get("task", ""))]
+    assert {e["host"] for e in imports} == set(IPS), imports
+    assert all(e["status"] == "ok" and not e["changed"] for e in imports), imports
+    for node in IPS:
+        listed = subprocess.run(
+            ["docker", "exec", f"{NAME}-{node}", "ctr", "-n", "k8s.io", "images", "ls", "-q"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for wanted in ("registry.k8s.io/kube-proxy:", "registry.k8s.io/pause:", "quay.io/calico/node:"):
+            assert any(ref.startswith(wanted) for ref in listed), (node, wanted, listed)
+
+
 def test_kubeconfig_on_the_host_shows_three_ready_nodes_on_the_node_network(cluster: Cluster) -> None:
     path = cluster.root / "kubeconfig"
     assert path.stat().st_mode & 0o777 == 0o600
