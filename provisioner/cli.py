@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bake Docker and containerd (Debian packages) in: provisioner/node-runtime",
     )
+    ib.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="the Kubernetes node image (provisioner/node-kube): the runtime image with the default bundle "
+        "preloaded (the bundle must be built)",
+    )
     bu = sub.add_parser("bundle", help="the offline Kubernetes + Calico bundle (binaries, images, manifests)")
     bu_sub = bu.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
     bub = bu_sub.add_parser(
@@ -259,6 +265,8 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
     if cmd == "reset":
         return provision.reset(ws, args.verbose)
     if cmd == "image":
+        if args.kubernetes:
+            return build.kube_image_build(args.force)
         return build.image_build(args.force, args.with_runtime)
     if cmd == "bundle":
         from provisioner import bundle

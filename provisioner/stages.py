@@ -17,6 +17,10 @@ class Stage:
     engines: tuple[str, ...]
     description: str
     kubernetes: bool = False  # needs kubelet (cgroup v2 on 1.35+) and the Kubernetes repositories
+    # Where the stage runs when workers are added to a settled Kubernetes cluster (command/up.py):
+    # "all" nodes, the "new" ones, the new ones and the control planes ("new+leads": the play needs
+    # them), or "none" (cluster-wide work that new workers do not change).
+    on_growth: str = "all"
 
     @property
     def path(self) -> Path:
@@ -25,11 +29,11 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "prepare.yml", ("kubernetes", "swarm"), "node preparation"),
-    Stage("runtime", "runtime.yml", ("kubernetes", "swarm"), "container runtime"),
-    Stage("kube_packages", "kube_packages.yml", ("kubernetes",), "kubeadm, kubelet, kubectl", kubernetes=True),
-    Stage("control_plane", "control_plane.yml", ("kubernetes",), "kubeadm init", kubernetes=True),
-    Stage("cni", "cni.yml", ("kubernetes",), "Calico", kubernetes=True),
-    Stage("join", "join.yml", ("kubernetes",), "kubeadm join", kubernetes=True),
+    Stage("runtime", "runtime.yml", ("kubernetes", "swarm"), "container runtime", on_growth="new"),
+    Stage("kube_packages", "kube_packages.yml", ("kubernetes",), "kubeadm, kubelet, kubectl", True, on_growth="new"),
+    Stage("control_plane", "control_plane.yml", ("kubernetes",), "kubeadm init", True, on_growth="none"),
+    Stage("cni", "cni.yml", ("kubernetes",), "Calico", True, on_growth="none"),
+    Stage("join", "join.yml", ("kubernetes",), "kubeadm join", True, on_growth="new+leads"),
     Stage("swarm", "swarm.yml", ("swarm",), "Docker Swarm"),
 )
 

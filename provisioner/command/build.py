@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from provisioner import box, image, providers
+from provisioner import box, bundle, image, kubeimage, providers
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 
@@ -34,5 +34,29 @@ def image_build(force: bool, with_runtime: bool = False, out: TextIO = sys.stdou
         return 0
     progress.start(f"node image {recipe.tag}")
     image.ensure_image(recipe, force=True)
+    progress.stop("built")
+    return 0
+
+
+def kube_image_build(force: bool, out: TextIO = sys.stdout) -> int:
+    """The Kubernetes node image for the default bundle (what `up` uses on the docker provider)."""
+    found = bundle.find(bundle.resolve_versions(None, None))
+    if found is None:
+        raise ProvisionError(
+            "the Kubernetes node image is made from the bundle, which is not built; run `provision.py bundle build` first",
+            exit_code=2,
+        )
+    image_build(False, with_runtime=True, out=out)
+    base = image.ImageRecipe(mirror=image.host_debian_mirror(), with_runtime=True).tag
+    tag = kubeimage.image_tag(base, found.path)
+    if image.image_exists(tag) and not force:
+        out.write(f"{tag} is present (runtime image, bundle and recipe unchanged); --force rebuilds it\n")
+        return 0
+    progress = Progress(out)
+    progress.start(f"Kubernetes node image {tag} (the bundle preloaded)")
+    if force:
+        kubeimage.build(base, found.path, tag)
+    else:
+        kubeimage.ensure_kube_image(base, found.path)
     progress.stop("built")
     return 0

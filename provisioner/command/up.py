@@ -65,9 +65,27 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
     ssh = vg.ssh_config([n.name for n in spec.nodes])
     inventory.write_inventory(inventory.build_inventory(spec, ssh, ws.root, kube_bundle), ws.inventory)
     out.write(f"    inventory: {ws.inventory}\n")
+    # The cluster as it was before the new nodes, as a converge would see it: when that is what the
+    # last converge saw, only the new workers need the stages (see _growth).
+    old = [n.name for n in spec.nodes if n.name not in new_nodes]
+    grown_from = (
+        converge_fingerprint(
+            ws,
+            spec.with_nodes(old),
+            inventory.render_inventory(
+                inventory.build_inventory(
+                    spec.with_nodes(old), {k: v for k, v in ssh.items() if k in old}, ws.root, kube_bundle
+                )
+            ).encode(),
+        )
+        if new_nodes and old
+        else ""
+    )
 
     runs: dict[str, StageRun] = {}
-    rc = _stages_and_verify(ws, spec, opts, vg, state, previous_run, new_nodes, progress, timings, runs, started, out)
+    rc = _stages_and_verify(
+        ws, spec, opts, vg, state, previous_run, new_nodes, grown_from, progress, timings, runs, started, out
+    )
     if spec.stack:
         t0 = time.monotonic()
         deploy_stack(ws, spec, progress, opts.verbose)
@@ -240,6 +258,7 @@ def _stages_and_verify(
     state: State,
     previous_run: str,
     new_nodes: list[str],
+    grown_from: str,
     progress: Progress,
     timings: dict[str, float],
     runs: dict[str, StageRun],
@@ -286,7 +305,14 @@ def _stages_and_verify(
         names = [s.name for s in todo]
         stopped = opts.until if names[-1] != opts.until else ""
         todo = todo[: names.index(opts.until) + 1]
-    if new_nodes and any(state.done(s.name) for s in todo):
+    growth = _growth(spec, opts, state, previous_run, new_nodes, grown_from, todo)
+    if growth:
+        out.write(
+            f"    new workers ({', '.join(new_nodes)}) on a cluster unchanged since its last converge: "
+            "they get every stage; the other nodes only the hosts file (prepare); control_plane and cni have "
+            "nothing to do\n"
+        )
+    elif new_nodes and any(state.done(s.name) for s in todo):
         out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
     elif failed is not None and failed in [s.name for s in todo]:
         out.write(f"    resuming at stage {failed}, which failed last time: {state.stages[failed].message}\n")
@@ -302,6 +328,16 @@ def _stages_and_verify(
             said = True
             state.mark(stage.name, "skipped", 0.0, message=skip_reason)
             continue
+        limit = None
+        if growth:
+            if stage.on_growth == "none":
+                out.write(f"==> stage {stage.name} ({stage.description}): nothing to do for new workers\n")
+                continue
+            if stage.on_growth != "all":
+                leads = (
+                    [n.name for n in spec.nodes if n.role == "control_plane"] if stage.on_growth == "new+leads" else []
+                )
+                limit = ",".join(new_nodes + leads)
         t0 = time.monotonic()
         try:
             runs[stage.name] = run_playbook(
@@ -310,8 +346,9 @@ def _stages_and_verify(
                 ws.root,
                 ws.logs / f"{stage.name}.log",
                 progress,
-                f"stage {stage.name} ({stage.description})",
+                f"stage {stage.name} ({stage.description})" + (f" on {limit}" if limit else ""),
                 verbose=opts.verbose,
+                limit=limit,
             )
         except ProvisionError as exc:
             err = lost_machines_error(exc, vg, stage.name)
@@ -343,7 +380,35 @@ def _stages_and_verify(
 CONVERGE_INPUTS = ("ansible.cfg", "playbooks", "roles", "filter_plugins")
 
 
-def converge_fingerprint(ws: Workspace, spec: ClusterSpec) -> str:
+def _growth(
+    spec: ClusterSpec,
+    opts: UpOptions,
+    state: State,
+    previous_run: str,
+    new_nodes: list[str],
+    grown_from: str,
+    todo: list[stages.Stage],
+) -> bool:
+    """Whether this run only adds workers to a Kubernetes cluster that is as its last converge left it
+    (same Ansible content, inventory and machines for the nodes it had, every stage done, verify
+    passed): then the stages run on the new workers only, except where Stage.on_growth says otherwise."""
+    roles = {n.name: n.role for n in spec.nodes}
+    return (
+        spec.engine == "kubernetes"
+        and bool(new_nodes)
+        and bool(grown_from)
+        and grown_from == state.fingerprint
+        and not opts.converge
+        and opts.until is None
+        and previous_run == "done"
+        and state.last_verify == "passed"
+        and state.failed_stage() is None
+        and all(state.done(s.name) for s in todo)
+        and all(roles.get(n) == "worker" for n in new_nodes)
+    )
+
+
+def converge_fingerprint(ws: Workspace, spec: ClusterSpec, inventory_text: bytes | None = None) -> str:
     """Digest of everything a converge of this cluster depends on: the project's Ansible content (the
     roles' Molecule scenarios aside), the generated inventory (spec, variables, addresses) and the
     identity of each machine (a recreated machine has a new one)."""
@@ -357,7 +422,9 @@ def converge_fingerprint(ws: Workspace, spec: ClusterSpec) -> str:
         if "molecule" in rel.parts or "__pycache__" in rel.parts:
             continue
         digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(ws.inventory.read_bytes() if ws.inventory.exists() else b"")
+    if inventory_text is None:
+        inventory_text = ws.inventory.read_bytes() if ws.inventory.exists() else b""
+    digest.update(inventory_text)
     for node in spec.nodes:
         ident = ws.root / "vagrant" / "machines" / node.name / spec.provider / "id"
         digest.update(node.name.encode() + b"=" + (ident.read_bytes() if ident.exists() else b"?") + b"\0")

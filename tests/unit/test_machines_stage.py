@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import identity, kubesource, machines
+from provisioner import identity, kubesource, machines, stages
 from provisioner.command import up as cluster
 from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
@@ -135,7 +135,7 @@ def test_a_blocked_release_says_its_reason_once(tmp_path: Path, monkeypatch: pyt
     out = io.StringIO()
     state = State.load(ws.state_file)
     fake: Any = FakeVagrant({"cp1": "running"})
-    cluster._stages_and_verify(ws, spec, opts, fake, state, "", ["cp1"], Progress(out), {}, {}, 0.0, out)
+    cluster._stages_and_verify(ws, spec, opts, fake, state, "", ["cp1"], "", Progress(out), {}, {}, 0.0, out)
     text = out.getvalue()
     assert text.count("1.37 was the last") == 1, text
     assert "==> kube_packages: not run: " in text
@@ -171,7 +171,71 @@ def test_until_stops_the_pipeline_there_whatever_failed_before(
     out = io.StringIO()
     opts = cluster.UpOptions(verify=False, until="runtime")
     fake: Any = FakeVagrant({"cp1": "running"})
-    cluster._stages_and_verify(ws, spec, opts, fake, state, "failed", [], Progress(out), {}, {}, 0.0, out)
+    cluster._stages_and_verify(ws, spec, opts, fake, state, "failed", [], "", Progress(out), {}, {}, 0.0, out)
     assert ran == (["runtime"] if failed_at == "runtime" else ["prepare", "runtime"]), ran
     assert state.last_run == "stopped" and state.fingerprint == ""
     assert "stopped after stage runtime (--until)" in out.getvalue()
+
+
+def _settled(tmp_path: Path, spec: Any) -> tuple[Workspace, State]:
+    """A workspace whose last converge of every stage passed verify, with its fingerprint."""
+    ws = Workspace(tmp_path)
+    ws.inventory.parent.mkdir(parents=True, exist_ok=True)
+    ws.inventory.write_text("all: {}\n")
+    state = State.load(ws.state_file)
+    for stage in stages.stages_for(spec.engine):
+        state.mark(stage.name, "done", 1.0)
+    state.last_run, state.last_verify = "done", "passed"
+    state.fingerprint = "before"
+    return ws, state
+
+
+@pytest.mark.parametrize(
+    ("grown_from", "new", "converge", "expected"),
+    [
+        # Workers added to an unchanged cluster: they alone get the per-node stages, prepare runs on
+        # every node (the hosts file), join with the control plane, control_plane and cni not at all.
+        (
+            "before",
+            ["worker3"],
+            False,
+            [("prepare", None), ("runtime", "worker3"), ("kube_packages", "worker3"), ("join", "worker3,cp1")],
+        ),
+        # The cluster changed since its last converge (another fingerprint): every stage on every node.
+        ("other", ["worker3"], False, None),
+        # --converge asks for every stage everywhere.
+        ("before", ["worker3"], True, None),
+        # A recreated control plane is no growth.
+        ("before", ["cp1"], False, None),
+    ],
+)
+def test_growth_runs_the_stages_on_the_new_workers_only_when_the_rest_is_unchanged(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    grown_from: str,
+    new: list[str],
+    converge: bool,
+    expected: list[tuple[str, str | None]] | None,
+) -> None:
+    from provisioner.ansible import StageRun
+
+    ran: list[tuple[str, str | None]] = []
+
+    def playbook(path: Path, *args: Any, **kwargs: Any) -> StageRun:
+        ran.append((path.stem, kwargs.get("limit")))
+        return StageRun()
+
+    monkeypatch.setattr(cluster, "run_playbook", playbook)
+    monkeypatch.setattr(cluster, "forget_facts", lambda root: None)
+    monkeypatch.setattr(cluster, "kubernetes_blocker", lambda spec: "")
+    spec = build_spec({"nodes": 4, "provider": "docker"})
+    ws, state = _settled(tmp_path, spec)
+    out = io.StringIO()
+    opts = cluster.UpOptions(verify=False, converge=converge)
+    fake: Any = FakeVagrant({n.name: "running" for n in spec.nodes})
+    cluster._stages_and_verify(ws, spec, opts, fake, state, "done", new, grown_from, Progress(out), {}, {}, 0.0, out)
+    everything = [(s.name, None) for s in stages.stages_for("kubernetes")]
+    assert ran == (expected if expected is not None else everything), out.getvalue()
+    assert state.last_run == "done" and all(state.done(s.name) for s in stages.stages_for("kubernetes"))
+    if expected is not None:
+        assert "nothing to do for new workers" in out.getvalue()
