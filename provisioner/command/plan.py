@@ -7,6 +7,7 @@ from typing import TextIO
 
 from provisioner import libvirt, preflight, stages
 from provisioner.command.up import UpOptions
+from provisioner.kubeimage import is_kube_image
 from provisioner.kubesource import host_cgroup_version, kube_source_choice, kubernetes_blocker
 from provisioner.spec import DEFAULT_SWARM_POOL, SWARM_POOL_MASK, group_of
 from provisioner.workspace import Workspace
@@ -58,6 +59,13 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         blocker = kubernetes_blocker(spec.with_provider(chosen))
         source, why = kube_source_choice(spec.with_provider(chosen)) if not blocker else ("none", blocker)
         out.write(f"kubernetes   binaries and images: {source} ({why})\n")
+        named = str(checked.inputs.get("image") or "")
+        if chosen == "docker" and not blocker and (not named or is_kube_image(named)):
+            out.write(
+                "node image   provisioner/node-kube: the runtime image with the bundle's binaries and images "
+                "preloaded (built once per bundle when missing; `--image provisioner/node-runtime` imports them "
+                "on every node instead)\n"
+            )
         if chosen == "docker" and not blocker:
             v1 = host_cgroup_version() == 1
             out.write("container-node settings (the nodes are containers on this host's kernel):\n")
