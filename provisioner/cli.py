@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from provisioner.command import access, build, destroy, plan, provision, status, up, verify
+from provisioner.command import access, build, destroy, kubectl, plan, provision, status, up, verify
 from provisioner.errors import ProvisionError
 from provisioner.spec import ENGINES, PROVIDERS, RUNTIME_SOURCES, RUNTIMES
 from provisioner.workspace import Workspace, default_provision_dir
@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("destroy", help="remove machines, generated inventory and state")
     de.add_argument("-f", "--force", action="store_true", help="do not ask")
     sub.add_parser("kubeconfig", help="print the kubeconfig path and the export line")
+    sub.add_parser(
+        "kubectl",
+        help="kubectl of the cluster's release with its kubeconfig: kubectl ARGS... (from the bundle, else downloaded)",
+        add_help=False,
+    )
     sub.add_parser("reset", help="kubeadm reset on every node so the cluster can form again")
     img = sub.add_parser("image", help="node image of the docker provider")
     img_sub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
@@ -192,7 +197,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 # The commands that read or write one cluster's state directory (--dir).
-CLUSTER_COMMANDS = ("up", "plan", "status", "provision", "verify", "ssh", "exec", "destroy", "kubeconfig", "reset")
+CLUSTER_COMMANDS = (
+    "up",
+    "plan",
+    "status",
+    "provision",
+    "verify",
+    "ssh",
+    "exec",
+    "destroy",
+    "kubeconfig",
+    "kubectl",
+    "reset",
+)
 
 
 def workspace_of(raw: str | None) -> Workspace:
@@ -211,7 +228,11 @@ def workspace_of(raw: str | None) -> Workspace:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # `kubectl ARGS...`: everything after the command is kubectl's, options included.
+    at = next((i for i, a in enumerate(argv) if a == "kubectl" and (i == 0 or argv[i - 1] != "--dir")), None)
+    args = parser.parse_args(argv if at is None else argv[: at + 1])
+    args.kubectl_args = [] if at is None else argv[at + 1 :]
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -262,6 +283,8 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
         return destroy.destroy(ws, args.force)
     if cmd == "kubeconfig":
         return access.kubeconfig(ws)
+    if cmd == "kubectl":
+        return kubectl.kubectl(ws, args.kubectl_args)
     if cmd == "reset":
         return provision.reset(ws, args.verbose)
     if cmd == "image":

@@ -121,6 +121,9 @@ def test_kubeconfig_on_the_host_shows_three_ready_nodes_on_the_node_network(clus
     path = cluster.root / "kubeconfig"
     assert path.stat().st_mode & 0o777 == 0o600
     assert node_table(cluster) == {name: ("True", ip) for name, ip in IPS.items()}
+    # `provision.py kubectl`: the cluster's kubectl with its kubeconfig, kubectl's options passed through.
+    names = cluster.run("kubectl", "get", "nodes", "-o", "name").stdout.split()
+    assert sorted(names) == [f"node/{n}" for n in sorted(IPS)], names
 
 
 def test_a_second_cluster_with_the_same_name_or_network_is_refused_and_its_destroy_spares_this_one(

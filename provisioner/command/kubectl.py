@@ -1,0 +1,73 @@
+"""`provision.py kubectl ARGS...`: a kubectl of the cluster's Kubernetes release, run on this host with
+the cluster's kubeconfig (the arguments are kubectl's own).
+
+The kubectl comes from the bundle of the cluster's versions when this machine has one; else from an
+earlier download; else it is downloaded from the Kubernetes release site (or the mirror that
+$PROVISION_BUNDLE_MIRRORS names) and checked against the sha256 published beside it, once, into
+/var/cache/provisioner/kubectl/<version>/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from provisioner import bundle
+from provisioner.errors import ProvisionError
+from provisioner.workspace import Workspace
+
+
+def kubectl(ws: Workspace, args: list[str], out: TextIO | None = None) -> int:
+    """Run kubectl ARGS against the cluster; its exit code. What this command says goes to `out`
+    (stderr), so that kubectl's own output stays alone on stdout."""
+    out = out or sys.stderr
+    config = ws.root / "kubeconfig"
+    spec = ws.saved_spec()
+    if spec.engine != "kubernetes":
+        raise ProvisionError(f"the cluster in {ws.root} runs {spec.engine}, not Kubernetes: there is no kubectl for it")
+    if not config.exists():
+        raise ProvisionError(
+            f"no kubeconfig at {config} yet; the control_plane stage of `provision.py up` fetches it", exit_code=1
+        )
+    binary = kubectl_binary(spec.versions["kubernetes"], spec.versions["calico"], out)
+    return subprocess.run([str(binary), "--kubeconfig", str(config), *args], check=False).returncode
+
+
+def kubectl_binary(kubernetes: str, calico: str, out: TextIO) -> Path:
+    """The kubectl for Kubernetes `kubernetes` (a minor or a patch release): from the bundle, an earlier
+    download, or a checked download now."""
+    versions = bundle.resolve_versions(kubernetes, calico)
+    found = bundle.find(versions)
+    if found is not None and (found.path / "bin" / "kubectl").is_file():
+        return found.path / "bin" / "kubectl"
+    dest = bundle.cache_root() / "kubectl" / versions.kubernetes / "kubectl"
+    if dest.is_file():
+        return dest
+    from provisioner.bundle import download
+
+    mirrors = download.Mirrors.from_env()
+    url = mirrors.kube_url(versions, "kubectl")
+    out.write(f"kubectl {versions.kubernetes}: no bundle of it here; downloading {url} (checked against its sha256)\n")
+
+    def progress(line: str) -> None:
+        out.write(f"    {line}\n")
+
+    try:
+        cached = download.fetch_checked(url, None, mirrors, progress)
+    except ProvisionError as exc:
+        raise ProvisionError(
+            f"no kubectl {versions.kubernetes} on this machine and the download failed ({exc.message}); build the "
+            f"bundle (`provision.py bundle build --kubernetes {versions.kubernetes}`) or set "
+            f"{download.MIRRORS_ENV} to a mirror that answers",
+            exit_code=1,
+        ) from exc
+    # Into place whole (an interrupted copy leaves no kubectl that a later run would take).
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name("kubectl.part")
+    shutil.copyfile(cached, part)
+    part.chmod(0o755)
+    part.replace(dest)
+    return dest
