@@ -226,11 +226,26 @@ def workspace_of(raw: str | None) -> Workspace:
     return ws
 
 
+def _command_index(argv: list[str]) -> int | None:
+    """Where the command is in `argv`: the first word that is neither a global option nor --dir's value."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--dir":
+            i += 2
+        elif word.startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     # `kubectl ARGS...`: everything after the command is kubectl's, options included.
-    at = next((i for i, a in enumerate(argv) if a == "kubectl" and (i == 0 or argv[i - 1] != "--dir")), None)
+    at = _command_index(argv)
+    at = at if at is not None and argv[at] == "kubectl" else None
     args = parser.parse_args(argv if at is None else argv[: at + 1])
     args.kubectl_args = [] if at is None else argv[at + 1 :]
     logging.basicConfig(

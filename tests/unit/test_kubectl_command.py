@@ -140,3 +140,27 @@ def test_a_download_that_does_not_match_its_sha256_is_refused_and_not_kept(
     err = capsys.readouterr().err
     assert "the download failed" in err and "bundle build --kubernetes" in err, err
     assert not list((tmp_path / "cache").rglob("kubectl/*/kubectl"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "rest"),
+    [
+        (["--dir", "kubectl", "status"], "status", []),
+        (["exec", "--", "kubectl", "get", "pods"], "exec", []),
+        (["--debug", "kubectl", "-n", "x", "get", "pods"], "kubectl", ["-n", "x", "get", "pods"]),
+        (["--dir", "/tmp/c", "kubectl"], "kubectl", []),
+    ],
+)
+def test_only_the_kubectl_command_takes_the_rest_of_the_line(
+    argv: list[str], command: str, rest: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def dispatch(args: Any, ws: Any) -> int:
+        seen.update(command=args.command, rest=args.kubectl_args)
+        return 0
+
+    monkeypatch.setattr(cli, "dispatch", dispatch)
+    monkeypatch.setattr(cli, "workspace_of", lambda raw: Workspace(Path("/nonexistent")))
+    assert cli.main(argv) == 0
+    assert seen == {"command": command, "rest": rest}
