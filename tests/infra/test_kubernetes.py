@@ -96,15 +96,22 @@ def node_ip_of(host: Any) -> str:
     return _NODE_IPS[key]
 
 
+_NODE_NAMES: dict[str, str] = {}
+
+
 def node_name_of(host: Any, control_plane: Any) -> str:
+    """The Node whose InternalIP is the host's node IP (looked up once per run: the checks after the
+    first one per host ask the same question)."""
     ip = node_ip_of(host)
-    names = [
-        name
-        for name, address in kubeconf.node_addresses(kubectl(control_plane, "get nodes -o json")).items()
-        if address == ip
-    ]
-    assert names, f"{host.backend.get_pytest_id()}: no Node has InternalIP {ip}"
-    return names[0]
+    if ip not in _NODE_NAMES:
+        names = [
+            name
+            for name, address in kubeconf.node_addresses(kubectl(control_plane, "get nodes -o json")).items()
+            if address == ip
+        ]
+        assert names, f"{host.backend.get_pytest_id()}: no Node has InternalIP {ip}"
+        _NODE_NAMES[ip] = names[0]
+    return _NODE_NAMES[ip]
 
 
 def test_kubelet_enabled_and_running(host: Any) -> None:
