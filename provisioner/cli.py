@@ -64,6 +64,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="provision.py",
+        allow_abbrev=False,
         description="Bring up a cluster: machines with Vagrant, nodes prepared with Ansible, "
         "Kubernetes (kubeadm + Calico) or Docker Swarm, checked with testinfra.",
     )
@@ -243,7 +244,8 @@ def _command_index(argv: list[str]) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    # `kubectl ARGS...`: everything after the command is kubectl's, options included.
+    # `kubectl ARGS...`: everything after the command is kubectl's, options included (the parser takes
+    # no abbreviated options, so _command_index knows every global option's shape).
     at = _command_index(argv)
     at = at if at is not None and argv[at] == "kubectl" else None
     args = parser.parse_args(argv if at is None else argv[: at + 1])

@@ -23,11 +23,12 @@ import fcntl
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from provisioner import proc
+from provisioner import REPO_ROOT, proc
 from provisioner.errors import ProvisionError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 IMAGE_REPO_KUBE = "provisioner/node-kube"
 # containerd's content store in the image, outside /var (see PRELOAD).
 CONTENT = "/opt/provisioner/containerd-content"
+# The kube_packages task file whose import markers PRELOAD writes (its format is part of the recipe).
+ROLE_IMAGES = REPO_ROOT / "roles" / "kube_packages" / "tasks" / "0040-images.yml"
 # Where the bundle is mounted in the build container.
 BUILD_BUNDLE = "/opt/provisioner/bundle"
 # What kubeadm's preflight and the roles need on a node beyond the runtime image (the kube_packages
@@ -62,6 +65,7 @@ for f in "$bundle"/bin/*; do
   install -m 0755 "$f" "/usr/local/bin/$(basename "$f")"
 done
 for f in "$bundle"/bin/cni/*; do
+  [ -f "$f" ] || continue
   install -m 0755 "$f" "/opt/cni/bin/$(basename "$f")"
 done
 # The images: content only, into containerd's k8s.io namespace, by a containerd of our own (the
@@ -79,6 +83,7 @@ pid=$!
 for _ in $(seq 300); do [ -S "$run/sock" ] && break; sleep 0.1; done
 [ -S "$run/sock" ] || { cat "$run/containerd.log" >&2; exit 1; }
 for t in "$bundle"/images/*.tar; do
+  [ -f "$t" ] || continue
   name="$(basename "$t")"
   sum="$(printf '%s\n' "$sums" | awk -v n="$name" '$2 == n {print $1}')"
   [ -n "$sum" ] || sum="$(sha256sum "$t" | cut -d' ' -f1)"
@@ -112,6 +117,11 @@ def image_tag(base: str, bundle: Path) -> str:
     blob = json.dumps(
         {
             "base": base,
+            # The runtime image's content (a rebuild under the same name makes a new one), the role's
+            # cache and the task file whose markers the image writes.
+            "base_id": _image_id(base),
+            "role_cache": ROLE_CACHE,
+            "role_images": hashlib.sha256(ROLE_IMAGES.read_bytes()).hexdigest() if ROLE_IMAGES.exists() else "",
             "manifest": hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest(),
             "packages": KUBE_PACKAGES,
             "preload": PRELOAD,
@@ -132,15 +142,22 @@ def ensure_kube_image(base: str, bundle: Path) -> tuple[str, bool]:
     """The node image for `bundle` on top of the runtime image `base`, built when missing; returns
     its tag and whether it was built now. One build at a time on this host."""
     tag = image_tag(base, bundle)
-    with _build_lock():
-        if _exists(tag):
-            return tag, False
-        build(base, bundle, tag)
+    if _exists(tag):
+        return tag, False
+    build(base, bundle, tag)
     return tag, True
 
 
-def build(base: str, bundle: Path, tag: str) -> None:
-    """Build `tag`: a container of `base` with the bundle mounted runs PRELOAD, and is committed."""
+def build(base: str, bundle: Path, tag: str, *, force: bool = False) -> None:
+    """Build `tag`: a container of `base` with the bundle mounted runs PRELOAD, and is committed. One
+    build at a time on this host (a second one waits, then finds the image there)."""
+    with _build_lock():
+        if not force and _exists(tag):
+            return
+        _build(base, bundle, tag)
+
+
+def _build(base: str, bundle: Path, tag: str) -> None:
     sums = manifest_sums(bundle)
     name = "provisioner-kube-image-" + tag.rsplit("-", 1)[-1]
     proc.run(["docker", "rm", "-f", name], check=False)
@@ -181,6 +198,13 @@ def build(base: str, bundle: Path, tag: str) -> None:
     finally:
         proc.run(["docker", "rm", "-f", name], check=False)
     log.info("Kubernetes node image %s built", tag)
+
+
+def _image_id(name: str) -> str:
+    """Docker's id of the image `name` ("" where it or docker is missing)."""
+    if shutil.which("docker") is None:
+        return ""
+    return proc.run(["docker", "image", "inspect", "-f", "{{.Id}}", name], check=False).stdout.strip()
 
 
 def _exists(tag: str) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from provisioner import box, identity, image, kubeimage, libvirt, providers
+from provisioner.errors import ProvisionError
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec
 from provisioner.vagrant import ensure_cluster_key
@@ -130,7 +131,16 @@ class Docker(Provider):
         tag = kubeimage.image_tag(base, bundle)
         if not image.image_exists(tag):
             progress.start(f"Kubernetes node image {tag} (the bundle preloaded)")
-            tag, _ = kubeimage.ensure_kube_image(base, bundle)
+            try:
+                tag, _ = kubeimage.ensure_kube_image(base, bundle)
+            except ProvisionError as exc:
+                # The nodes can still start from the runtime image and import the bundle themselves.
+                progress.stop("failed")
+                progress.note(
+                    f"the Kubernetes node image could not be built ({exc.message}); the nodes start from {base} "
+                    "and import the bundle's images themselves (slower)"
+                )
+                return spec
             timings["image"] = timings.get("image", 0.0) + progress.stop("built")
         data = spec.to_dict()
         data["image"] = tag

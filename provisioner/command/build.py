@@ -54,9 +54,6 @@ def kube_image_build(force: bool, out: TextIO = sys.stdout) -> int:
         return 0
     progress = Progress(out)
     progress.start(f"Kubernetes node image {tag} (the bundle preloaded)")
-    if force:
-        kubeimage.build(base, found.path, tag)
-    else:
-        kubeimage.ensure_kube_image(base, found.path)
+    kubeimage.build(base, found.path, tag, force=force)
     progress.stop("built")
     return 0

@@ -10,6 +10,7 @@ $PROVISION_BUNDLE_MIRRORS names) and checked against the sha256 published beside
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,17 @@ def kubectl(ws: Workspace, args: list[str], out: TextIO | None = None) -> int:
             f"no kubeconfig at {config} yet; the control_plane stage of `provision.py up` fetches it", exit_code=1
         )
     binary = kubectl_binary(spec.versions["kubernetes"], spec.versions["calico"], out)
-    return subprocess.run([str(binary), "--kubeconfig", str(config), *args], check=False).returncode
+    # Ctrl-C is kubectl's (ending `get -w` or `logs -f`): this process waits for it and passes its code.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = subprocess.Popen(
+            [str(binary), "--kubeconfig", str(config), *args],
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 128 - code if code < 0 else code
 
 
 def kubectl_binary(kubernetes: str, calico: str, out: TextIO) -> Path:

@@ -60,7 +60,7 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         source, why = kube_source_choice(spec.with_provider(chosen)) if not blocker else ("none", blocker)
         out.write(f"kubernetes   binaries and images: {source} ({why})\n")
         named = str(checked.inputs.get("image") or "")
-        if chosen == "docker" and not blocker and (not named or is_kube_image(named)):
+        if chosen == "docker" and not blocker and source == "bundle" and (not named or is_kube_image(named)):
             out.write(
                 "node image   provisioner/node-kube: the runtime image with the bundle's binaries and images "
                 "preloaded (built once per bundle when missing; `--image provisioner/node-runtime` imports them "

@@ -309,8 +309,8 @@ def _stages_and_verify(
     if growth:
         out.write(
             f"    new workers ({', '.join(new_nodes)}) on a cluster unchanged since its last converge: "
-            "they get every stage; the other nodes only the hosts file (prepare); control_plane and cni have "
-            "nothing to do\n"
+            "they get every stage; the other nodes only prepare (their hosts files list the new ones) and the "
+            "control planes join's token and checks; control_plane and cni have nothing to do\n"
         )
     elif new_nodes and any(state.done(s.name) for s in todo):
         out.write(f"    new or recreated nodes ({', '.join(new_nodes)}): every stage runs again\n")
@@ -349,6 +349,10 @@ def _stages_and_verify(
                 f"stage {stage.name} ({stage.description})" + (f" on {limit}" if limit else ""),
                 verbose=opts.verbose,
                 limit=limit,
+                # join, later in this run, waits for calico-node on every node (playbooks/cni.yml).
+                extra_vars={"calico_wait_for_nodes": False}
+                if stage.name == "cni" and "join" in [s.name for s in todo]
+                else None,
             )
         except ProvisionError as exc:
             err = lost_machines_error(exc, vg, stage.name)

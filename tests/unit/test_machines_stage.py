@@ -220,9 +220,11 @@ def test_growth_runs_the_stages_on_the_new_workers_only_when_the_rest_is_unchang
     from provisioner.ansible import StageRun
 
     ran: list[tuple[str, str | None]] = []
+    extra: dict[str, Any] = {}
 
     def playbook(path: Path, *args: Any, **kwargs: Any) -> StageRun:
         ran.append((path.stem, kwargs.get("limit")))
+        extra[path.stem] = kwargs.get("extra_vars")
         return StageRun()
 
     monkeypatch.setattr(cluster, "run_playbook", playbook)
@@ -239,3 +241,6 @@ def test_growth_runs_the_stages_on_the_new_workers_only_when_the_rest_is_unchang
     assert state.last_run == "done" and all(state.done(s.name) for s in stages.stages_for("kubernetes"))
     if expected is not None:
         assert "nothing to do for new workers" in out.getvalue()
+    else:
+        # join follows cni in this run: join waits for calico-node, cni does not.
+        assert extra["cni"] == {"calico_wait_for_nodes": False} and extra["join"] is None, extra
