@@ -54,6 +54,12 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--kube-version", dest="kube_version", help="Kubernetes minor or patch, e.g. 1.36 or 1.36.2")
     g.add_argument(
+        "--storage",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Kubernetes: the storage add-on, a default StorageClass with local volumes (default on)",
+    )
+    g.add_argument(
         "--package-proxy",
         dest="package_proxy",
         metavar="URL",
@@ -185,6 +191,7 @@ SPEC_KEYS = (
     "runtime",
     "runtime_source",
     "package_proxy",
+    "storage",
 )
 
 

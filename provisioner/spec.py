@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "stack": "",
     "package_proxy": "",
     "kube_source": "auto",
+    "storage": True,
 }
 KNOWN_KEYS = set(DEFAULTS)
 VERSION_KEYS = set(DEFAULTS["versions"])
@@ -130,6 +131,9 @@ class ClusterSpec:
     control_planes: int = 1
     api_vip: str = ""
     swarm_address_pool: str = DEFAULT_SWARM_POOL  # the swarm's overlay networks; unused by kubernetes
+    # Kubernetes add-ons: storage is a default StorageClass with dynamic local volumes
+    # (roles/local_path_storage).
+    storage: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -342,10 +346,19 @@ def _calico_version(text: str) -> str:
 
 def check_engine_fields(engine: str, given: set[str]) -> None:
     """Refuse fields that this run gave (its config file and flags) but the engine ignores."""
-    ignored = sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip"}) if engine == "swarm" else []
+    ignored = (
+        sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip", "storage"})
+        if engine == "swarm"
+        else []
+    )
     if "control_planes" in ignored:
         raise SpecError(
             "control_planes is a Kubernetes setting; a swarm's control plane is its managers: use --managers 3"
+        )
+    if "storage" in ignored:
+        raise SpecError(
+            "storage is a Kubernetes add-on (a default StorageClass) and does nothing with engine swarm; drop "
+            "storage from the spec file and --storage/--no-storage, or use --engine kubernetes"
         )
     if ignored:
         field = ignored[0]
@@ -398,6 +411,13 @@ def _int(raw: dict[str, Any], key: str, low: int, high: int) -> int:
         raise SpecError(f"{key} must be a whole number between {low} and {high}, not {_shown(raw[key])}")
     if not low <= value <= high:
         raise SpecError(f"{key} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _bool(raw: dict[str, Any], key: str) -> bool:
+    value = raw[key]
+    if not isinstance(value, bool):
+        raise SpecError(f"{key} must be true or false, not {_shown(value)}; e.g. {key}: false (or --no-{key})")
     return value
 
 
@@ -592,6 +612,7 @@ def _validate(raw: dict[str, Any], given: set[str]) -> ClusterSpec:
         control_planes=sum(n.role == "control_plane" for n in nodes) if engine == "kubernetes" else 1,
         api_vip=api_vip,
         swarm_address_pool=str(pool),
+        storage=_bool(raw, "storage"),
     )
 
 

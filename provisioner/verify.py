@@ -31,6 +31,7 @@ SUITES = {
     "prepare": "test_prepare.py",
     "runtime": "test_runtime.py",
     "join": "test_kubernetes.py",
+    "addons": "test_addons.py",
     "swarm": "test_swarm.py",
 }
 

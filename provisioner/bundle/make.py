@@ -88,9 +88,20 @@ def ensure(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdou
                 for f in existing.files
                 if not (existing.path / f.path).is_file() or (existing.path / f.path).stat().st_size != f.size
             ]
-            if not missing:
-                return existing
-            out.write(f"bundle {versions.name} lost {missing[0]} ({len(missing)} files in all): building it again\n")
+            if missing:
+                out.write(
+                    f"bundle {versions.name} lost {missing[0]} ({len(missing)} files in all): building it again\n"
+                )
+            else:
+                from provisioner.bundle import source
+
+                lacking = source.missing_addon_images(existing)
+                if not lacking:
+                    return existing
+                out.write(
+                    f"bundle {versions.name} predates the add-on image {lacking[0]} ({len(lacking)} in all): "
+                    "building it again (the binaries it has come from the build cache)\n"
+                )
         return _build(versions, wanted, out, verbose)
 
 

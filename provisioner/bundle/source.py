@@ -255,6 +255,20 @@ def image_specs(
     return specs
 
 
+def addon_images(data: dict[str, Any] | None = None) -> list[str]:
+    """The add-ons' images a source bundle carries (components.yaml `addon_images`)."""
+    return [str(name) for name in (load_components() if data is None else data).get("addon_images") or []]
+
+
+def missing_addon_images(bundle: Bundle) -> list[str]:
+    """The add-on images this toolkit's recipe puts in a source bundle that `bundle` lacks (it was
+    built before they were added); empty for download bundles, whose add-ons come from registries."""
+    if bundle.source != "source":
+        return []
+    have = {f.image for f in bundle.images}
+    return [name for name in addon_images() if name not in have]
+
+
 def calico_manifest_source(outputs_versions: dict[str, str], data: dict[str, Any]) -> Path:
     """The Calico manifest inside the pinned Calico module (the module zip carries manifests/)."""
     cal = data["calico_manifest"]
@@ -326,6 +340,7 @@ def build(
     label = f"[{steps - 1}/{steps}] images"
     manifest_text = (stage.path / rel_manifest).read_text(encoding="utf-8")
     names = download.kubeadm_images(kube / "kubeadm", versions) + download.manifest_images(manifest_text, rel_manifest)
+    names += addon_images(data)
     specs = image_specs(data, names, outputs, versions)
     userland = None
     if any(s.userland for s in specs):

@@ -69,7 +69,7 @@ def reset(ws: Workspace, verbose: bool, out: TextIO = sys.stdout) -> int:
         extra_vars={"kube_reset_confirm": True},  # the playbook refuses to run without it
     )
     state = State.load(ws.state_file)
-    for stage in ("control_plane", "cni", "join"):
+    for stage in ("control_plane", "cni", "join", "addons"):
         state.stages.pop(stage, None)
     state.fingerprint = ""
     state.save()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 NAME = "it-k8s"
 NETWORK = "192.168.159.0/24"
 IPS = {"cp1": "192.168.159.10", "worker1": "192.168.159.11", "worker2": "192.168.159.12"}
-KUBE_STAGES = ("kube_packages", "control_plane", "cni", "join")
+KUBE_STAGES = ("kube_packages", "control_plane", "cni", "join", "addons")
 # What verify must show as passed (an ok cell in its table) on every node: the node itself, and the
 # data plane through the smoke-test workload (DNS from a pod, pod to pod across nodes, the NodePort
 # from the host); and the cluster-wide checks.
@@ -38,7 +38,13 @@ NODE_CHECKS = (
     "pod_reaches_pods_on_every_other_node",
     "nodeport_answers_from_the_host",
 )
-CLUSTER_CHECKS = ("system_pods_running_and_ready", "user_kubeconfig_on_control_plane")
+# The storage add-on, used: a claim without a class bound by the default one, written by a pod and
+# read back by a new one.
+CLUSTER_CHECKS = (
+    "system_pods_running_and_ready",
+    "user_kubeconfig_on_control_plane",
+    "storage_default_class_keeps_data_for_a_new_pod",
+)
 
 
 def wanted_checks(nodes: list[str]) -> dict[str, list[str]]:
@@ -124,6 +130,86 @@ def test_kubeconfig_on_the_host_shows_three_ready_nodes_on_the_node_network(clus
     # `provision.py kubectl`: the cluster's kubectl with its kubeconfig, kubectl's options passed through.
     names = cluster.run("kubectl", "get", "nodes", "-o", "name").stdout.split()
     assert sorted(names) == [f"node/{n}" for n in sorted(IPS)], names
+
+
+def test_a_claim_gets_a_directory_on_its_pods_node_and_loses_it_with_the_claim(cluster: Cluster) -> None:
+    """The storage add-on as a user meets it: a claim with no StorageClass named, a pod that writes
+    into it; the volume is a directory on that pod's node; deleting the claim removes the directory
+    (the helper pod's teardown, which verify's own check does not wait for)."""
+    ns = "it-storage"
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data", "namespace": ns},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "8Mi"}}},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "writer", "namespace": ns},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "w",
+                            "image": smoke_image(),
+                            "imagePullPolicy": "Never",
+                            "command": ["/smoke-web", "-write", "/data/file", "-text", "kept"],
+                            "volumeMounts": [{"name": "d", "mountPath": "/data"}],
+                        }
+                    ],
+                    "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}],
+                },
+            },
+        ],
+    }
+    path = cluster.root / "it-storage.json"
+    path.write_text(json.dumps(manifest))
+    kubectl(cluster, "apply", "-f", str(path))
+    try:
+        kubectl(cluster, "-n", ns, "wait", "pod/writer", "--for=jsonpath={.status.phase}=Succeeded", "--timeout=150s")
+        pod = json.loads(kubectl(cluster, "-n", ns, "get", "pod", "writer", "-o", "json"))
+        volume = json.loads(kubectl(cluster, "-n", ns, "get", "pvc", "data", "-o", "json"))["spec"]["volumeName"]
+        node = pod["spec"]["nodeName"]
+        found = subprocess.run(
+            ["docker", "exec", f"{NAME}-{node}", "sh", "-c", "cat /opt/local-path-provisioner/*/file"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert found.stdout == "kept", (node, found.stdout, found.stderr)
+    finally:
+        kubectl(cluster, "delete", "namespace", ns, "--wait=true", "--timeout=150s")
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        left = subprocess.run(
+            [
+                "docker",
+                "exec",
+                f"{NAME}-{node}",
+                "sh",
+                "-c",
+                f"ls -d /opt/local-path-provisioner/{volume}_* 2>/dev/null",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if not left:
+            break
+        time.sleep(2)
+    assert not left, f"the claim is gone but its directory stays on {node}: {left}"
+
+
+def smoke_image() -> str:
+    found = bundle.find(bundle.resolve_versions(None, None))
+    assert found is not None, "the bundle is gone"
+    return bundle.smoke_image(found)
 
 
 def test_a_second_cluster_with_the_same_name_or_network_is_refused_and_its_destroy_spares_this_one(

@@ -28,8 +28,8 @@ NETWORK = "192.168.156.0/24"
 
 # Check mode of the Kubernetes stages: every URL the roles would fetch points at a tiny HTTP
 # server on each node's own loopback, started (and stopped) by the test.
-KUBE_ROLES = ("kube_packages", "kube_control_plane", "calico", "kube_join")
-KUBE_PLAYBOOKS = ("kube_packages", "control_plane", "cni", "join")
+KUBE_ROLES = ("kube_packages", "kube_control_plane", "calico", "kube_join", "local_path_storage")
+KUBE_PLAYBOOKS = ("kube_packages", "control_plane", "cni", "join", "addons")
 CHECK_PORT = 18680
 CHECK_UNIT = "it-kube-check-http"
 CHECK_DIR = "/run/it-kube-check-http"
@@ -233,6 +233,11 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     # join: the worker would join.
     assert set(recaps["join"]) == nodes
     assert "worker1 would join the cluster" in outputs["join"]
+    # addons: the storage add-on's manifest would be written on cp1; nothing to compare or wait for yet.
+    assert set(recaps["addons"]) == {"cp1"} and recaps["addons"]["cp1"]["changed"] > 0
+    addons = _task_sections(outputs["addons"])
+    assert _changed_hosts(addons, "Storage | Render the add-on's manifest") == {"cp1"}
+    assert "skipping: [cp1]" in _section(addons, "Storage | Compare the manifest with the cluster (server-side)")
     # Nothing left the machine: every URL in the task output is on loopback.
     for name, out in outputs.items():
         task_lines = [line for line in out.splitlines() if not line.startswith(("[WARNING]", "[DEPRECATION"))]
@@ -246,6 +251,7 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
         cluster,
         "test ! -e /etc/apt/sources.list.d/kubernetes.sources && test ! -e /etc/apt/keyrings/kubernetes-apt-keyring.asc"
         " && test ! -e /etc/kubernetes/kubeadm-config.yaml && test ! -e /etc/kubernetes/calico"
+        " && test ! -e /etc/kubernetes/addons"
         " && ! command -v kubeadm >/dev/null && ! systemctl is-active --quiet " + CHECK_UNIT,
     )
     assert untouched.returncode == 0, untouched.stdout + untouched.stderr

@@ -83,7 +83,7 @@ def test_corrupt_state_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_stage_order_and_selection() -> None:
     all_kube = [s.name for s in stages.stages_for("kubernetes", available_only=False)]
-    assert all_kube == ["prepare", "runtime", "kube_packages", "control_plane", "cni", "join"]
+    assert all_kube == ["prepare", "runtime", "kube_packages", "control_plane", "cni", "join", "addons"]
     assert [s.name for s in stages.stages_for("swarm", available_only=False)] == ["prepare", "runtime", "swarm"]
     with pytest.raises(ProvisionError, match="stage 'bogus' does not exist"):
         stages.select("swarm", only="bogus")

@@ -5,6 +5,8 @@
 //	smoke-web [-listen :8080]   serve
 //	smoke-web -get URL          print the body of URL (exit 1 on failure)
 //	smoke-web -lookup NAME      print NAME's addresses, one per line, from the pod's resolver
+//	smoke-web -write FILE -text T   write T to FILE and sync it (a volume check's first pod)
+//	smoke-web -read FILE        print FILE (the same check's second pod)
 package main
 
 import (
@@ -26,6 +28,9 @@ func main() {
 	listen := flag.String("listen", ":8080", "address to listen on")
 	get := flag.String("get", "", "fetch this URL, print its body and exit")
 	lookup := flag.String("lookup", "", "resolve this name, print its addresses and exit")
+	write := flag.String("write", "", "write -text to this file, sync it and exit")
+	text := flag.String("text", "", "what -write writes")
+	read := flag.String("read", "", "print this file and exit")
 	timeout := flag.Duration("timeout", 5*time.Second, "timeout of -get and -lookup")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
@@ -36,6 +41,10 @@ func main() {
 		os.Exit(fetch(*get, *timeout))
 	case *lookup != "":
 		os.Exit(resolve(*lookup, *timeout))
+	case *write != "":
+		os.Exit(writeFile(*write, *text))
+	case *read != "":
+		os.Exit(readFile(*read))
 	default:
 		serve(*listen)
 	}
@@ -73,6 +82,34 @@ func resolve(name string, timeout time.Duration) int {
 	for _, a := range addrs {
 		fmt.Println(a)
 	}
+	return 0
+}
+
+func writeFile(path, text string) int {
+	f, err := os.Create(path)
+	if err == nil {
+		_, err = f.WriteString(text)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "smoke-web:", err)
+		return 1
+	}
+	return 0
+}
+
+func readFile(path string) int {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "smoke-web:", err)
+		return 1
+	}
+	fmt.Print(string(data))
 	return 0
 }
 

@@ -1,0 +1,146 @@
+"""Add-on checks (stage addons): each add-on used for real, once per cluster, from the first control plane.
+
+Run: pytest tests/infra/test_addons.py --ansible-inventory=INV --connection=ansible
+Storage: a PersistentVolumeClaim that names no StorageClass (so the default one serves it) is bound
+by a first pod that writes a token into it; that pod is deleted, and a new pod reads the token back
+from the same claim. Its namespace is deleted at the end (the volume's directory with it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+from tests.infra.test_kubernetes import (  # noqa: F401  (fixtures)
+    ATTEMPTS,
+    DELAY,
+    KUBECTL,
+    control_plane,
+    inventory,
+    kubectl,
+    kubectl_json,
+    retry,
+)
+
+# Each run gets a namespace of its own (NAMESPACE-<random>), labelled LABEL: the last run's is deleted
+# without waiting for it, so a rerun never waits on the previous claim's teardown.
+NAMESPACE = "provisioner-verify-storage"
+LABEL = "provisioner.local/verify=storage"
+CLAIM = "proof"
+# Pod phases are polled four times as often as the other checks poll, within the same bound.
+FAST_ATTEMPTS, FAST_DELAY = ATTEMPTS * 4, DELAY / 4
+
+
+def storage_pod(ns: str, name: str, image: str, args: list[str]) -> dict[str, Any]:
+    """A pod of the smoke image that runs once with the claim at /data (the image has no shell: the
+    smoke program writes and reads the file itself)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "check",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["/smoke-web", *args],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            ],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": CLAIM}}],
+        },
+    }
+
+
+def storage_manifest(ns: str, image: str, token: str) -> str:
+    """The namespace, a 16 MiB claim without a StorageClass name, and the pod that writes `token`."""
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": dict([LABEL.split("=")])}},
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": CLAIM, "namespace": ns},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}},
+        },
+        storage_pod(ns, "writer", image, ["-write", "/data/proof", "-text", token]),
+    ]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def apply(cp: Any, manifest: str) -> None:
+    with cp.sudo():
+        result = cp.run(f"{KUBECTL} apply -f - <<'EOF'\n{manifest}\nEOF")
+    assert result.rc == 0, f"applying the storage check failed: {result.stderr.strip()[-400:]}"
+
+
+def wait_succeeded(cp: Any, ns: str, pod: str) -> dict[str, Any]:
+    def done() -> dict[str, Any]:
+        data = kubectl_json(cp, f"-n {ns} get pod {pod}")
+        phase = data.get("status", {}).get("phase", "")
+        if phase == "Failed":
+            logs = kubectl(cp, f"-n {ns} logs {pod} --tail 5")
+            raise RuntimeError(f"pod {pod} failed: {logs.strip()[-300:]}")
+        assert phase == "Succeeded", f"pod {pod} is {phase or 'not started'}"
+        return data
+
+    return retry(done, f"storage pod {pod}", attempts=FAST_ATTEMPTS, delay=FAST_DELAY)
+
+
+@pytest.fixture(scope="module")
+def storage(inventory: str, control_plane: Any) -> Iterator[dict[str, Any]]:  # noqa: F811
+    runner = AnsibleRunner(inventory)
+    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    if not variables.get("local_path_storage_enabled", True):
+        pytest.skip("not configured: the spec's storage add-on is off (storage: false)")
+    image = str(variables.get("kube_smoke_image") or "")
+    if not image:
+        pytest.fail("kube_smoke_image is not set in the inventory: the storage check runs the smoke image")
+    kubectl(control_plane, f"delete namespace -l {LABEL} --wait=false")
+    token = secrets.token_hex(8)
+    ns = f"{NAMESPACE}-{token[:6]}"
+    try:
+        yield {"image": image, "token": token, "ns": ns}
+    finally:
+        with control_plane.sudo():
+            control_plane.run(f"{KUBECTL} delete namespace {ns} --ignore-not-found --wait=false")
+
+
+def test_storage_default_class_keeps_data_for_a_new_pod(control_plane: Any, storage: dict[str, Any]) -> None:  # noqa: F811
+    classes = kubectl_json(control_plane, "get storageclass")["items"]
+    defaults = [
+        c["metadata"]["name"]
+        for c in classes
+        if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class") == "true"
+    ]
+    assert len(defaults) == 1, f"the cluster has {len(defaults)} default StorageClasses ({defaults}), not one"
+
+    ns = storage["ns"]
+    apply(control_plane, storage_manifest(ns, storage["image"], storage["token"]))
+    writer = wait_succeeded(control_plane, ns, "writer")
+    claim = kubectl_json(control_plane, f"-n {ns} get pvc {CLAIM}")
+    assert claim["status"].get("phase") == "Bound", f"claim {CLAIM} is {claim['status'].get('phase')}"
+    assert claim["spec"].get("storageClassName") == defaults[0], (
+        f"claim {CLAIM} got class {claim['spec'].get('storageClassName')!r}, not the default {defaults[0]!r}"
+    )
+    volume = kubectl_json(control_plane, f"get pv {claim['spec']['volumeName']}")
+    terms = volume["spec"].get("nodeAffinity", {}).get("required", {}).get("nodeSelectorTerms", [])
+    nodes = [v for t in terms for e in t.get("matchExpressions", []) for v in e.get("values", [])]
+    assert nodes == [writer["spec"]["nodeName"]], (
+        f"volume {volume['metadata']['name']} is bound to {nodes}, not to the writer's node {writer['spec']['nodeName']}"
+    )
+
+    # The first pod is gone; a new one reads the claim back.
+    kubectl(control_plane, f"-n {ns} delete pod writer --wait=true --timeout={int(ATTEMPTS * DELAY)}s")
+    apply(control_plane, yaml.safe_dump(storage_pod(ns, "reader", storage["image"], ["-read", "/data/proof"])))
+    wait_succeeded(control_plane, ns, "reader")
+    read = kubectl(control_plane, f"-n {ns} logs reader").strip()
+    assert read == storage["token"], f"the new pod read {read!r} from claim {CLAIM}, not the token {storage['token']!r}"
