@@ -60,9 +60,11 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
         _remove_nodes(ws, leaving, progress, timings, opts.verbose, out)
     ws.save_spec(spec, inputs, vagrant_extra)
     vg = Vagrant(ws.root, spec.provider)
-    new_nodes = _machines_stage(ws, spec, provider, vg, state, progress, timings, started)
+    # A rerun whose docker machines all run as the last inventory says: no Vagrant call at all.
+    running = vg.running_docker_machines([n.name for n in spec.nodes], ws.inventory) if not leaving else None
+    new_nodes = _machines_stage(ws, spec, provider, vg, state, progress, timings, started, running is not None)
 
-    ssh = vg.ssh_config([n.name for n in spec.nodes])
+    ssh = running or vg.ssh_config([n.name for n in spec.nodes])
     inventory.write_inventory(inventory.build_inventory(spec, ssh, ws.root, kube_bundle), ws.inventory)
     out.write(f"    inventory: {ws.inventory}\n")
     # The cluster as it was before the new nodes, as a converge would see it: when that is what the
@@ -210,9 +212,14 @@ def _machines_stage(
     progress: Progress,
     timings: dict[str, float],
     started: float,
+    all_running: bool = False,
 ) -> list[str]:
-    """`vagrant up` of the machines that are not running; returns their names."""
-    before = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
+    """`vagrant up` of the machines that are not running; returns their names. `all_running`: the
+    caller saw every machine running (Vagrant.running_docker_machines), so Vagrant is not asked."""
+    if all_running:
+        before = {n.name: "running" for n in spec.nodes}
+    else:
+        before = {m.name: m.state for m in vg.status()} if (ws.root / "vagrant").exists() else {}
     new_nodes = [n.name for n in spec.nodes if before.get(n.name) != "running"]
     provider.keys(ws.root, spec, before)
     progress.start(f"machines ({spec.provider}, {len(spec.nodes)} nodes)", _vagrant_detail_tracker(progress))

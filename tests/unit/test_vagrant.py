@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from provisioner import vagrant as vagrant_mod
 from provisioner.errors import ProvisionError
@@ -148,3 +149,72 @@ def test_up_is_retried_once_after_the_docker_network_race(tmp_path: Path, monkey
     fake.write_text("#!/bin/sh\necho 'Stderr: The box could not be found'\nexit 1\n")
     with pytest.raises(ProvisionError, match="vagrant up failed"):
         vg.up(["cp1"], tmp_path / "machines2.log")
+
+
+def _running_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_out: str, rc: int = 0
+) -> tuple[Vagrant, Path]:
+    """Two recorded docker machines, the last inventory, and a `docker` that prints `docker_out`."""
+    root = tmp_path / "ws"
+    for node, cid in (("cp1", "aaa"), ("worker1", "bbb")):
+        d = root / "vagrant" / "machines" / node / "docker"
+        d.mkdir(parents=True)
+        (d / "id").write_text(cid + "\n")
+    inventory = root / "inventory" / "hosts.yml"
+    inventory.parent.mkdir(parents=True)
+    hosts = {
+        node: {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": port,
+            "ansible_user": "vagrant",
+            "ansible_ssh_private_key_file": str(root / "ssh" / "id_ed25519"),
+        }
+        for node, port in (("cp1", 2200), ("worker1", 2201))
+    }
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(
+        f"#!/bin/sh\necho \"$@\" > {tmp_path}/docker-args\nprintf '{docker_out}'\nexit {rc}\n"
+    )
+    (bindir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return Vagrant(root, "docker"), inventory
+
+
+def test_running_docker_machines_come_from_docker_and_the_last_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vg, inventory = _running_setup(
+        tmp_path,
+        monkeypatch,
+        'true [{"HostIp":"127.0.0.1","HostPort":"2200"}]\\ntrue [{"HostIp":"127.0.0.1","HostPort":"2201"}]\\n',
+    )
+    found = vg.running_docker_machines(["cp1", "worker1"], inventory)
+    assert found is not None
+    assert {n: (i.hostname, i.port, i.user) for n, i in found.items()} == {
+        "cp1": ("127.0.0.1", 2200, "vagrant"),
+        "worker1": ("127.0.0.1", 2201, "vagrant"),
+    }
+    assert (tmp_path / "docker-args").read_text().split()[-2:] == ["aaa", "bbb"]
+
+
+@pytest.mark.parametrize(
+    ("out", "rc", "nodes"),
+    [
+        ('true [{"HostIp":"127.0.0.1","HostPort":"2200"}]\\nfalse null\\n', 0, ["cp1", "worker1"]),  # a node stopped
+        (
+            'true [{"HostIp":"127.0.0.1","HostPort":"2200"}]\\ntrue [{"HostIp":"127.0.0.1","HostPort":"2299"}]\\n',
+            0,
+            ["cp1", "worker1"],
+        ),  # SSH moved
+        ("", 1, ["cp1", "worker1"]),  # a container is gone
+        ('true [{"HostIp":"127.0.0.1","HostPort":"2200"}]\\n', 0, ["cp1", "worker1", "worker2"]),  # a node not made yet
+    ],
+)
+def test_any_doubt_leaves_the_machines_to_vagrant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, rc: int, nodes: list[str]
+) -> None:
+    vg, inventory = _running_setup(tmp_path, monkeypatch, out, rc)
+    assert vg.running_docker_machines(nodes, inventory) is None
+    assert Vagrant(vg.provision_dir, "libvirt").running_docker_machines(["cp1"], inventory) is None
