@@ -356,10 +356,7 @@ def _stages_and_verify(
                 f"stage {stage.name} ({stage.description})" + (f" on {limit}" if limit else ""),
                 verbose=opts.verbose,
                 limit=limit,
-                # join, later in this run, waits for calico-node on every node (playbooks/cni.yml).
-                extra_vars={"calico_wait_for_nodes": False}
-                if stage.name == "cni" and "join" in [s.name for s in todo]
-                else None,
+                extra_vars=_stage_vars(stage.name, [s.name for s in todo], growth, spec, new_nodes),
             )
         except ProvisionError as exc:
             err = lost_machines_error(exc, vg, stage.name)
@@ -389,6 +386,19 @@ def _stages_and_verify(
 
 # What a converge applies besides the inventory: the playbooks, the roles and the plugins they use.
 CONVERGE_INPUTS = ("ansible.cfg", "playbooks", "roles", "filter_plugins")
+
+
+def _stage_vars(
+    stage: str, todo: list[str], growth: bool, spec: ClusterSpec, new_nodes: list[str]
+) -> dict[str, Any] | None:
+    """Extra variables of one stage's playbook in this run."""
+    if stage == "cni" and "join" in todo:
+        # join, later in this run, waits for calico-node on every node (playbooks/cni.yml).
+        return {"calico_wait_for_nodes": False}
+    if stage == "prepare" and growth:
+        # The nodes the cluster had need only the new ones in their hosts file.
+        return {"node_prep_hosts_file_only_on": [n.name for n in spec.nodes if n.name not in new_nodes]}
+    return None
 
 
 def _growth(

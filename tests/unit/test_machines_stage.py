@@ -194,7 +194,8 @@ def _settled(tmp_path: Path, spec: Any) -> tuple[Workspace, State]:
     ("grown_from", "new", "converge", "expected"),
     [
         # Workers added to an unchanged cluster: they alone get the per-node stages, prepare runs on
-        # every node (the hosts file), join with the control plane, control_plane and cni not at all.
+        # every node (the others only write the hosts file), join with the control plane, control_plane,
+        # cni and addons not at all.
         (
             "before",
             ["worker3"],
@@ -241,6 +242,8 @@ def test_growth_runs_the_stages_on_the_new_workers_only_when_the_rest_is_unchang
     assert state.last_run == "done" and all(state.done(s.name) for s in stages.stages_for("kubernetes"))
     if expected is not None:
         assert "nothing to do for new workers" in out.getvalue()
+        # prepare runs on every node, but the nodes the cluster had only update their hosts file.
+        assert extra["prepare"] == {"node_prep_hosts_file_only_on": ["cp1", "worker1", "worker2"]}, extra
     else:
         # join follows cni in this run: join waits for calico-node, cni does not.
         assert extra["cni"] == {"calico_wait_for_nodes": False} and extra["join"] is None, extra
