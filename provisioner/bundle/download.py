@@ -316,6 +316,10 @@ def save_images(stage: Bundle, versions: Versions, mirrors: Mirrors, on_progress
     manifest = stage.path / "manifests" / f"calico-{versions.calico}.yaml"
     for name in manifest_images(manifest.read_text(encoding="utf-8"), str(manifest)):
         wanted.append((name, "calico", versions.calico))
+    from provisioner.bundle import source
+
+    for name in source.addon_images(kind="download"):
+        wanted.append((name, "addons", ImageRef.parse(name).tag or "latest"))
     unique: dict[str, tuple[str, str, str]] = {}
     for item in wanted:
         unique.setdefault(ImageRef.parse(item[0]).name, item)

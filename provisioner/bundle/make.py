@@ -78,8 +78,18 @@ def _build_lock(versions: Versions) -> Iterator[None]:
         yield
 
 
-def ensure(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdout, verbose: bool = False) -> Bundle:
-    """The finished bundle for `versions`, built first when missing (or with `force`)."""
+def ensure(
+    versions: Versions,
+    wanted: str,
+    force: bool,
+    out: TextIO = sys.stdout,
+    verbose: bool = False,
+    addons: bool = False,
+) -> Bundle:
+    """The finished bundle for `versions`, built first when missing (or with `force`). With `addons`
+    (the cluster wants its add-ons), a bundle made before it carried the add-on images is made again
+    from its own source; when that cannot be done here, the bundle is kept as it is, with a note (the
+    nodes then pull the add-ons' images)."""
     with _build_lock(versions):
         existing = _find_usable(versions, force)
         if existing is not None and not force:
@@ -95,13 +105,21 @@ def ensure(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdou
             else:
                 from provisioner.bundle import source
 
-                lacking = source.missing_addon_images(existing)
+                lacking = source.missing_addon_images(existing) if addons else []
                 if not lacking:
                     return existing
                 out.write(
                     f"bundle {versions.name} predates the add-on image {lacking[0]} ({len(lacking)} in all): "
-                    "building it again (the binaries it has come from the build cache)\n"
+                    f"making it again from {existing.source} (what it already has comes from the caches)\n"
                 )
+                try:
+                    return _build(versions, existing.source, out, verbose)
+                except ProvisionError as exc:
+                    out.write(
+                        f"note: bundle {versions.name} could not be made again ({exc.message}); it is kept as it was, "
+                        "and the nodes pull the add-ons' images from their registries\n"
+                    )
+                    return existing
         return _build(versions, wanted, out, verbose)
 
 

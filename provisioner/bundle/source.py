@@ -255,18 +255,18 @@ def image_specs(
     return specs
 
 
-def addon_images(data: dict[str, Any] | None = None) -> list[str]:
-    """The add-ons' images a source bundle carries (components.yaml `addon_images`)."""
-    return [str(name) for name in (load_components() if data is None else data).get("addon_images") or []]
+def addon_images(data: dict[str, Any] | None = None, kind: str = "source") -> list[str]:
+    """The add-ons' images a bundle carries: built (components.yaml `addon_images`) in a source
+    bundle, saved from their registries (`download_addon_images`) in a download bundle."""
+    key = "addon_images" if kind == "source" else "download_addon_images"
+    return [str(name) for name in (load_components() if data is None else data).get(key) or []]
 
 
 def missing_addon_images(bundle: Bundle) -> list[str]:
-    """The add-on images this toolkit's recipe puts in a source bundle that `bundle` lacks (it was
-    built before they were added); empty for download bundles, whose add-ons come from registries."""
-    if bundle.source != "source":
-        return []
+    """The add-on images this toolkit's recipe puts in a bundle of `bundle`'s source that it lacks
+    (it was made before they were added)."""
     have = {f.image for f in bundle.images}
-    return [name for name in addon_images() if name not in have]
+    return [name for name in addon_images(kind=bundle.source) if name not in have]
 
 
 def calico_manifest_source(outputs_versions: dict[str, str], data: dict[str, Any]) -> Path:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 from provisioner import libvirt, preflight, stages
 from provisioner.command.up import UpOptions
 from provisioner.kubeimage import is_kube_image
 from provisioner.kubesource import host_cgroup_version, kube_source_choice, kubernetes_blocker
 from provisioner.spec import DEFAULT_SWARM_POOL, SWARM_POOL_MASK, ClusterSpec, group_of
+from provisioner.state import State
 from provisioner.workspace import Workspace
 
 
@@ -59,7 +60,7 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         blocker = kubernetes_blocker(spec.with_provider(chosen))
         source, why = kube_source_choice(spec.with_provider(chosen)) if not blocker else ("none", blocker)
         out.write(f"kubernetes   binaries and images: {source} ({why})\n")
-        out.write(f"add-ons      {addons_line(spec, saved)}\n")
+        out.write(f"add-ons      {addons_line(spec, State.load(ws.state_file).done('addons'))}\n")
         named = str(checked.inputs.get("image") or "")
         if chosen == "docker" and not blocker and source == "bundle" and (not named or is_kube_image(named)):
             out.write(
@@ -74,13 +75,12 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def addons_line(spec: ClusterSpec, saved: dict[str, Any] | None) -> str:
-    """What the addons stage installs, or why not."""
+def addons_line(spec: ClusterSpec, installed: bool) -> str:
+    """What the addons stage installs, or why not (`installed`: the cluster's addons stage ran)."""
     if spec.storage:
         return (
             "storage: a default StorageClass local-path (local-path-provisioner; volumes in "
             "/opt/local-path-provisioner on the node that runs the claim's first pod)"
         )
-    was_on = saved is not None and saved["spec"].get("storage", True)
-    left = "; the add-on installed earlier stays, with its volumes" if was_on else ""
+    left = "; an add-on installed earlier stays, with its volumes" if installed else ""
     return f"storage: off (--storage turns it on){left}"

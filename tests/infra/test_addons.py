@@ -122,6 +122,10 @@ def test_storage_default_class_keeps_data_for_a_new_pod(control_plane: Any, stor
         if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class") == "true"
     ]
     assert len(defaults) == 1, f"the cluster has {len(defaults)} default StorageClasses ({defaults}), not one"
+    (default,) = [c for c in classes if c["metadata"]["name"] == defaults[0]]
+    assert default["provisioner"] == "rancher.io/local-path", (
+        f"the default StorageClass {defaults[0]} is served by {default['provisioner']}, not the storage add-on"
+    )
 
     ns = storage["ns"]
     apply(control_plane, storage_manifest(ns, storage["image"], storage["token"]))

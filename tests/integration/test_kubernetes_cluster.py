@@ -132,7 +132,9 @@ def test_kubeconfig_on_the_host_shows_three_ready_nodes_on_the_node_network(clus
     assert sorted(names) == [f"node/{n}" for n in sorted(IPS)], names
 
 
-def test_a_claim_gets_a_directory_on_its_pods_node_and_loses_it_with_the_claim(cluster: Cluster) -> None:
+def test_a_claim_gets_a_directory_on_its_pods_node_and_loses_it_with_the_claim(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     """The storage add-on as a user meets it: a claim with no StorageClass named, a pod that writes
     into it; the volume is a directory on that pod's node; deleting the claim removes the directory
     (the helper pod's teardown, which verify's own check does not wait for)."""
@@ -168,7 +170,7 @@ def test_a_claim_gets_a_directory_on_its_pods_node_and_loses_it_with_the_claim(c
             },
         ],
     }
-    path = cluster.root / "it-storage.json"
+    path = tmp_path / "it-storage.json"  # not in the state directory: destroy keeps what it did not make
     path.write_text(json.dumps(manifest))
     kubectl(cluster, "apply", "-f", str(path))
     try:

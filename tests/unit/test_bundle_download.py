@@ -42,7 +42,9 @@ from provisioner.errors import ProvisionError, ToolMissing
 VERSIONS = Versions(kubernetes="1.37.2", calico="3.31.0")
 KUBEADM_IMAGES = ["registry.k8s.io/kube-apiserver:v1.37.2", "registry.k8s.io/pause:3.10"]
 CALICO_IMAGES = ["docker.io/calico/cni:v3.31.0", "docker.io/calico/node:v3.31.0", "calico/kube-controllers:v3.31.0"]
-ALL_IMAGES = KUBEADM_IMAGES + CALICO_IMAGES
+# The add-ons' images a download bundle saves from their registries (bundle/components.yaml).
+ADDON_IMAGES = source.addon_images(kind="download")
+ALL_IMAGES = KUBEADM_IMAGES + CALICO_IMAGES + ADDON_IMAGES
 
 KUBEADM = f"""#!/bin/sh
 # A stand-in for kubeadm: answers only `config images list --kubernetes-version v1.37.2`.
@@ -689,14 +691,17 @@ def test_a_full_download_fills_the_staged_bundle(
         assert tags == [entry.image]  # the name kubeadm / the manifest asks for
         assert hello == entry.image.encode()  # and the image pulled for it through the mirror
         assert entry.source.startswith(f"docker://{registry.host}/")
-        component = "kubernetes" if entry.image in KUBEADM_IMAGES else "calico"
+        component = (
+            "kubernetes" if entry.image in KUBEADM_IMAGES else "addons" if entry.image in ADDON_IMAGES else "calico"
+        )
         assert entry.component == component
     assert (bundle.path / "images/registry.k8s.io_kube-apiserver_v1.37.2.tar").is_file()
     by_image = {f.image: f for f in loaded.images}
     assert by_image["docker.io/calico/cni:v3.31.0"].version == "3.31.0"
     assert by_image["registry.k8s.io/pause:3.10"].version == "1.37.2"
     assert {f.path for f in loaded.files if not f.image} >= {"bin/kubeadm", "bin/crictl", "bin/cni/loopback"}
-    assert any(n.startswith("image 5/5: ") for n in notes), notes
+    assert any(n.startswith(f"image {len(ALL_IMAGES)}/{len(ALL_IMAGES)}: ") for n in notes), notes
+    assert by_image["docker.io/library/busybox:1.37.0"].version == "1.37.0"
 
 
 def test_without_go_the_download_is_refused_before_anything_is_fetched(tmp_path: Path, release: Release) -> None:

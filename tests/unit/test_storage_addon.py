@@ -88,8 +88,14 @@ def test_a_source_bundle_made_before_the_add_ons_is_found_lacking(tmp_path: Path
     wanted = source.addon_images()
     assert source.missing_addon_images(_bundle(tmp_path, ["registry.k8s.io/pause:3.10"])) == wanted
     assert source.missing_addon_images(_bundle(tmp_path, wanted)) == []
-    # A download bundle's add-ons come from their registries.
-    assert source.missing_addon_images(_bundle(tmp_path, [], src="download")) == []
+    # A download bundle saves upstream's provisioner and busybox from their registries.
+    downloaded = source.addon_images(kind="download")
+    assert source.missing_addon_images(_bundle(tmp_path, [], src="download")) == downloaded
+    assert source.missing_addon_images(_bundle(tmp_path, downloaded, src="download")) == []
+    # What the role falls back to without a helper of the toolkit's own is what a download bundle saves.
+    assert DEFAULTS["local_path_storage_image"] in downloaded
+    assert "'docker.io/library/busybox:1.37.0'" in DEFAULTS["local_path_storage_helper_image"]
+    assert "docker.io/library/busybox:1.37.0" in downloaded
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +194,9 @@ def test_the_addons_stage_follows_join_and_new_workers_do_not_rerun_it() -> None
 def test_plan_says_what_storage_the_cluster_gets() -> None:
     on = build_spec()
     off = build_spec({"storage": False})
-    assert "default StorageClass local-path" in addons_line(on, None)
-    assert addons_line(off, None) == "storage: off (--storage turns it on)"
-    assert "stays, with its volumes" in addons_line(off, {"spec": on.to_dict()})
+    assert "default StorageClass local-path" in addons_line(on, False)
+    assert addons_line(off, False) == "storage: off (--storage turns it on)"
+    assert "stays, with its volumes" in addons_line(off, True)
 
 
 def test_verify_claims_without_a_class_name_and_writes_the_token() -> None:
@@ -200,3 +206,34 @@ def test_verify_claims_without_a_class_name_and_writes_the_token() -> None:
     pod = _kind(docs, "Pod")
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == CLAIM == claim["metadata"]["name"]
     assert pod["spec"]["containers"][0]["command"] == ["/smoke-web", "-write", "/data/proof", "-text", "abc123"]
+
+
+def test_a_bundle_lacking_the_add_ons_is_made_again_from_its_own_source_or_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from provisioner.bundle import make
+    from provisioner.errors import ToolMissing
+
+    old = _bundle(tmp_path, ["registry.k8s.io/pause:3.10"], src="source")
+    for entry in old.files:  # every file it lists is there: only the add-on images are missing
+        (tmp_path / entry.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / entry.path).write_bytes(b"x")
+    monkeypatch.setattr(make, "_find_usable", lambda versions, force: old)
+    monkeypatch.setattr(make, "_build_lock", lambda versions: __import__("contextlib").nullcontext())
+    asked: list[str] = []
+
+    def build(versions: Any, wanted: str, out: Any, verbose: bool) -> Bundle:
+        asked.append(wanted)
+        raise ToolMissing("Go 1.26 or newer", "run scripts/setup.sh")
+
+    monkeypatch.setattr(make, "_build", build)
+    out = io.StringIO()
+    # A cluster without storage does not ask for the add-on images.
+    assert make.ensure(old.versions, "auto", force=False, out=out, addons=False) is old and asked == []
+    # With storage: made again from the bundle's own source ("source", not "auto"); when that cannot be
+    # done here, the bundle is kept, with a note.
+    assert make.ensure(old.versions, "auto", force=False, out=out, addons=True) is old
+    assert asked == ["source"]
+    assert "could not be made again" in out.getvalue() and "pull the add-ons' images" in out.getvalue()
