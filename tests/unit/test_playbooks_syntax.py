@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -47,6 +48,30 @@ def _ansible_playbook() -> str:
     if found is None:
         pytest.skip("ansible-playbook is not installed")
     return found
+
+
+def run_local_play(root: Path, inventory: dict[str, Any], play: list[dict[str, Any]]) -> None:
+    """Write `inventory` and `play` under `root` and run the play with the project's ansible.cfg, its
+    roles and filter plugins; fail the test with Ansible's output unless it passes."""
+    (root / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (root / "play.yml").write_text(yaml.safe_dump(play))
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+        "ANSIBLE_FILTER_PLUGINS": str(REPO / "filter_plugins"),
+        "ANSIBLE_LOCAL_TEMP": str(root / "tmp"),
+    }
+    proc = subprocess.run(
+        [_ansible_playbook(), "-i", str(root / "hosts.yml"), str(root / "play.yml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 def _missing_imports(playbook: Path) -> list[str]:

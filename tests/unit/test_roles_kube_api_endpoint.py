@@ -3,9 +3,7 @@ kernel setting that lets a control plane without the virtual IP bind it. No mach
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_playbooks_syntax import _ansible_playbook
+from tests.unit.test_playbooks_syntax import run_local_play
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "kube_api_endpoint"
@@ -39,7 +37,6 @@ def haproxy_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             },
         }
     }
-    (root / "hosts.yml").write_text(yaml.safe_dump(inventory))
     play = [
         {
             "hosts": "kube_control_plane",
@@ -67,18 +64,7 @@ def haproxy_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             ],
         }
     ]
-    (root / "play.yml").write_text(yaml.safe_dump(play))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(root / "tmp")}
-    proc = subprocess.run(
-        [_ansible_playbook(), "-i", str(root / "hosts.yml"), str(root / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    run_local_play(root, inventory, play)
     return {name: (root / f"{name}.cfg").read_text() for name in CONTROL_PLANES}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_playbooks_syntax import _ansible_playbook
+from tests.unit.test_playbooks_syntax import _ansible_playbook, run_local_play
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "roles" / "node_prep" / "filter_plugins" / "node_prep.py"
@@ -266,7 +266,6 @@ def role_plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
             },
         }
     }
-    (root / "hosts.yml").write_text(yaml.safe_dump(inventory))
     play = [
         {
             "hosts": "all",
@@ -283,23 +282,7 @@ def role_plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
             ],
         }
     ]
-    (root / "play.yml").write_text(yaml.safe_dump(play))
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-        "ANSIBLE_LOCAL_TEMP": str(root / "tmp"),
-    }
-    proc = subprocess.run(
-        [_ansible_playbook(), "-i", str(root / "hosts.yml"), str(root / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    run_local_play(root, inventory, play)
     return {host: json.loads((root / f"{host}.json").read_text()) for host in HOSTS}
 
 

@@ -5,9 +5,7 @@ and verify's check manifest. No machine, no network."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from provisioner.command.plan import addons_line
 from provisioner.errors import SpecError
 from provisioner.spec import ClusterSpec, build_spec, check_engine_fields, load_file
 from tests.infra.test_addons import CLAIM, storage_manifest
-from tests.unit.test_playbooks_syntax import _ansible_playbook
+from tests.unit.test_playbooks_syntax import run_local_play
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "local_path_storage"
@@ -116,7 +114,6 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
             "hosts": {"with-bundle": {"kube_bundle_dir": str(bundle)}, "connected": {}},
         }
     }
-    (root / "hosts.yml").write_text(yaml.safe_dump(inventory))
     play = [
         {
             "hosts": "all",
@@ -133,18 +130,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
             ],
         }
     ]
-    (root / "play.yml").write_text(yaml.safe_dump(play))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(root / "tmp")}
-    proc = subprocess.run(
-        [_ansible_playbook(), "-i", str(root / "hosts.yml"), str(root / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    run_local_play(root, inventory, play)
     return {h: list(yaml.safe_load_all((root / f"{h}.yaml").read_text())) for h in ("with-bundle", "connected")}
 
 
