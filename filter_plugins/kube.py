@@ -1,8 +1,9 @@
-"""Ansible filters for the Kubernetes stages: thin wrappers over provisioner.kubeconf.
+"""Ansible filters for the Kubernetes stages: thin wrappers over the provisioner.kube package.
 
-The logic lives in provisioner/kubeconf.py (pure, typed, unit-tested); this plugin only makes it
-callable from the roles and turns its errors into AnsibleFilterError. Enable it with
-`filter_plugins = ./filter_plugins` in ansible.cfg.
+The logic lives in provisioner/kube/ (pure, typed, unit-tested: packages, nodeip, cahash, kubeadm,
+calico and clusterstate); this plugin only makes it callable from the roles and turns its errors
+(KubeConfigError) into AnsibleFilterError. Enable it with `filter_plugins = ./filter_plugins` in
+ansible.cfg.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if _REPO_ROOT not in sys.path:
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
-from provisioner import kubeconf  # noqa: E402
+from provisioner.kube import KubeConfigError, cahash, calico, clusterstate, kubeadm, nodeip, packages  # noqa: E402
 
 
 def _wrap(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,7 +28,7 @@ def _wrap(function: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
-        except kubeconf.KubeConfigError as exc:
+        except KubeConfigError as exc:
             raise AnsibleFilterError(str(exc)) from None
 
     return call
@@ -38,30 +39,30 @@ class FilterModule:
 
     def filters(self) -> dict[str, Callable[..., Any]]:
         table: dict[str, Callable[..., Any]] = {
-            "kube_version_info": kubeconf.kube_version_info,
-            "kube_pkgs_repository": kubeconf.pkgs_repository,
-            "kube_apt_sources": kubeconf.apt_sources,
-            "kube_package_pins": kubeconf.package_pins,
-            "kube_installed_packages": kubeconf.installed_packages,
-            "kube_cgroup_error": kubeconf.cgroup_error,
-            "kube_cgroup_v1_settings": kubeconf.cgroup_v1_settings,
-            "kube_offline_plan": kubeconf.offline_plan,
-            "kube_installed_version_matches": kubeconf.installed_version_matches,
-            "kube_resolve_version": kubeconf.resolve_kubernetes_version,
-            "kube_node_ip": kubeconf.select_node_ip,
-            "kube_controller_kubeconfig": kubeconf.controller_kubeconfig,
-            "kube_ca_cert_hash": kubeconf.ca_cert_hash,
-            "kube_init_documents": kubeconf.kubeadm_init_documents,
-            "kube_join_documents": kubeconf.kubeadm_join_documents,
-            "kube_api_server_endpoint": kubeconf.api_server_endpoint,
-            "kube_resource_drift": kubeconf.resource_drift,
-            "kube_node_problems": kubeconf.node_problems,
-            "kube_control_plane_taint_targets": kubeconf.control_plane_taint_targets,
-            "kube_interface_names": kubeconf.interface_names,
-            "kube_interface_for_ip": kubeconf.interface_for_ip,
-            "kube_api_endpoint_plan": kubeconf.api_endpoint_plan,
-            "calico_manifest_url": kubeconf.calico_manifest_url,
-            "calico_manifest_documents": kubeconf.calico_manifest_documents,
-            "calico_node_problems": kubeconf.calico_node_problems,
+            "kube_version_info": packages.kube_version_info,
+            "kube_pkgs_repository": packages.pkgs_repository,
+            "kube_apt_sources": packages.apt_sources,
+            "kube_package_pins": packages.package_pins,
+            "kube_installed_packages": packages.installed_packages,
+            "kube_cgroup_error": packages.cgroup_error,
+            "kube_cgroup_v1_settings": packages.cgroup_v1_settings,
+            "kube_offline_plan": packages.offline_plan,
+            "kube_installed_version_matches": packages.installed_version_matches,
+            "kube_resolve_version": packages.resolve_kubernetes_version,
+            "kube_node_ip": nodeip.select_node_ip,
+            "kube_controller_kubeconfig": packages.controller_kubeconfig,
+            "kube_ca_cert_hash": cahash.ca_cert_hash,
+            "kube_init_documents": kubeadm.kubeadm_init_documents,
+            "kube_join_documents": kubeadm.kubeadm_join_documents,
+            "kube_api_server_endpoint": kubeadm.api_server_endpoint,
+            "kube_resource_drift": calico.resource_drift,
+            "kube_node_problems": clusterstate.node_problems,
+            "kube_control_plane_taint_targets": clusterstate.control_plane_taint_targets,
+            "kube_interface_names": clusterstate.interface_names,
+            "kube_interface_for_ip": kubeadm.interface_for_ip,
+            "kube_api_endpoint_plan": kubeadm.api_endpoint_plan,
+            "calico_manifest_url": calico.calico_manifest_url,
+            "calico_manifest_documents": calico.calico_manifest_documents,
+            "calico_node_problems": clusterstate.calico_node_problems,
         }
         return {name: _wrap(function) for name, function in table.items()}

@@ -22,7 +22,7 @@ def host_cgroup_version() -> int:
 
 def kubernetes_blocker(spec: ClusterSpec) -> str:
     """Why the Kubernetes stages cannot run on these nodes at all ("" when they can be tried)."""
-    from provisioner.kubeconf import LAST_CGROUP_V1_MINOR
+    from provisioner.kube.packages import LAST_CGROUP_V1_MINOR
 
     if spec.engine != "kubernetes" or spec.provider != "docker":
         return ""

@@ -22,7 +22,7 @@ import pytest
 import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-from provisioner import kubeconf
+from provisioner.kube import clusterstate, nodeip, packages
 
 testinfra_hosts = ["ansible://k8s_cluster"]
 
@@ -90,7 +90,7 @@ def node_ip_of(host: Any) -> str:
         listed = host.run("ip -4 -o addr show")
         assert listed.rc == 0, f"{key}: `ip -4 -o addr show` failed: {listed.stderr.strip()[-300:]}"
         facts = {"all_ipv4_addresses": [line.split()[3].split("/")[0] for line in listed.stdout.splitlines()]}
-        _NODE_IPS[key] = kubeconf.select_node_ip(
+        _NODE_IPS[key] = nodeip.select_node_ip(
             facts, str(variables.get("node_network_cidr", "192.168.56.0/24")), variables.get("node_ip", "")
         )
     return _NODE_IPS[key]
@@ -106,7 +106,7 @@ def node_name_of(host: Any, control_plane: Any) -> str:
     if ip not in _NODE_NAMES:
         names = [
             name
-            for name, address in kubeconf.node_addresses(kubectl(control_plane, "get nodes -o json")).items()
+            for name, address in clusterstate.node_addresses(kubectl(control_plane, "get nodes -o json")).items()
             if address == ip
         ]
         assert names, f"{host.backend.get_pytest_id()}: no Node has InternalIP {ip}"
@@ -129,7 +129,7 @@ def test_binaries_match_kube_version(host: Any, package: str) -> None:
     out = result.stdout.strip()
     version = json.loads(out)["clientVersion"]["gitVersion"] if package == "kubectl" else out.split()[-1]
     if wanted:
-        assert kubeconf.installed_version_matches(wanted, version), (
+        assert packages.installed_version_matches(wanted, version), (
             f"{host.backend.get_pytest_id()}: {package} is {version}, kube_version is {wanted}"
         )
 
@@ -138,7 +138,7 @@ def test_node_ready(host: Any, control_plane: Any) -> None:
     ip = node_ip_of(host)
 
     def ready() -> None:
-        problems = kubeconf.node_problems(kubectl(control_plane, "get nodes -o json"), [ip])
+        problems = clusterstate.node_problems(kubectl(control_plane, "get nodes -o json"), [ip])
         assert not problems, "; ".join(problems)
 
     retry(ready, f"{host.backend.get_pytest_id()} node-ready")
@@ -147,10 +147,10 @@ def test_node_ready(host: Any, control_plane: Any) -> None:
 def test_internal_ip_in_node_network_and_unique(host: Any, control_plane: Any) -> None:
     cidr = ipaddress.IPv4Network(str(host.ansible.get_variables().get("node_network_cidr", "192.168.56.0/24")))
     name = node_name_of(host, control_plane)
-    addresses = kubeconf.node_addresses(kubectl(control_plane, "get nodes -o json"))
+    addresses = clusterstate.node_addresses(kubectl(control_plane, "get nodes -o json"))
     mine = addresses[name]
     assert ipaddress.IPv4Address(mine) in cidr, f"node {name}: InternalIP {mine} is outside node_network_cidr {cidr}"
-    assert mine != kubeconf.VAGRANT_NAT_ADDRESS, f"node {name}: InternalIP is the Vagrant NAT address"
+    assert mine != nodeip.VAGRANT_NAT_ADDRESS, f"node {name}: InternalIP is the Vagrant NAT address"
     others = [n for n, a in addresses.items() if a == mine and n != name]
     assert not others, f"node {name}: InternalIP {mine} is shared with {', '.join(others)}"
 
@@ -171,7 +171,7 @@ def test_calico_node_ready(host: Any, control_plane: Any) -> None:
 
     def ready() -> None:
         state = kubectl(control_plane, "get nodes,pods -n kube-system -o json")
-        problems = [p for p in kubeconf.calico_node_problems(state) if p.startswith(f"node {name}:")]
+        problems = [p for p in clusterstate.calico_node_problems(state) if p.startswith(f"node {name}:")]
         assert not problems, "; ".join(problems)
 
     retry(ready, f"node {name} calico-node")
@@ -179,7 +179,7 @@ def test_calico_node_ready(host: Any, control_plane: Any) -> None:
 
 def test_system_pods_running_and_ready(control_plane: Any) -> None:
     def ready() -> None:
-        problems = kubeconf.pod_problems(kubectl(control_plane, "get pods -n kube-system -o json"))
+        problems = clusterstate.pod_problems(kubectl(control_plane, "get pods -n kube-system -o json"))
         assert not problems, "; ".join(problems)
 
     retry(ready, "cluster kube-system pods")
@@ -205,7 +205,7 @@ def workload(control_plane: Any, smoke_image: str) -> Iterator[dict[str, Any]]:
     """The toolkit's smoke web server on every node (a DaemonSet that tolerates the control plane)
     exposed as a NodePort, in NAMESPACE; deleted with the namespace at the end."""
     kubectl(control_plane, f"delete namespace {NAMESPACE} --ignore-not-found --wait=true --timeout=120s")
-    manifest = kubeconf.smoke_manifest(NAMESPACE, smoke_image)
+    manifest = clusterstate.smoke_manifest(NAMESPACE, smoke_image)
     try:
         with control_plane.sudo():
             result = control_plane.run(f"{KUBECTL} apply -f - <<'EOF'\n{manifest}\nEOF")
@@ -369,7 +369,7 @@ def test_etcd_members_healthy_with_one_leader(control_plane: Any, inventory: str
             result = control_plane.run(f"python3 - {' '.join(ips)} <<'EOF'\n{ETCD_PROBE}\nEOF")
         assert result.rc == 0, f"the etcd probe failed on the first control plane: {result.stderr.strip()[-500:]}"
         data = json.loads(result.stdout)
-        problems = kubeconf.etcd_problems(data["statuses"], data["members"], len(ips))
+        problems = clusterstate.etcd_problems(data["statuses"], data["members"], len(ips))
         assert not problems, "; ".join(problems)
 
     retry(healthy, "etcd members")

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from provisioner import kubeconf
-from provisioner.kubeconf import KubeConfigError
+from provisioner.kube import KubeConfigError, cahash
 
 KeyKind = str
 
@@ -61,14 +60,14 @@ def _independent_hash(certificate: x509.Certificate) -> str:
 def test_hash_matches_cryptography(kind: KeyKind, with_extensions: bool) -> None:
     certificate = _certificate(kind, with_extensions)
     pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
-    assert kubeconf.ca_cert_hash(pem) == _independent_hash(certificate)
-    assert kubeconf.ca_cert_hash(certificate.public_bytes(serialization.Encoding.DER)) == _independent_hash(certificate)
+    assert cahash.ca_cert_hash(pem) == _independent_hash(certificate)
+    assert cahash.ca_cert_hash(certificate.public_bytes(serialization.Encoding.DER)) == _independent_hash(certificate)
 
 
 def test_first_certificate_of_a_bundle_counts() -> None:
     first, second = _certificate("rsa"), _certificate("ecdsa")
     bundle = "\n".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in (first, second))
-    assert kubeconf.ca_cert_hash(bundle) == _independent_hash(first)
+    assert cahash.ca_cert_hash(bundle) == _independent_hash(first)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed on this machine")
@@ -89,7 +88,7 @@ def test_hash_matches_the_roles_openssl_pipeline(kind: KeyKind, tmp_path: Path) 
         text=True,
         check=True,
     )
-    assert kubeconf.ca_cert_hash(path.read_text()) == "sha256:" + result.stdout.strip()
+    assert cahash.ca_cert_hash(path.read_text()) == "sha256:" + result.stdout.strip()
 
 
 @pytest.mark.parametrize(
@@ -102,4 +101,4 @@ def test_hash_matches_the_roles_openssl_pipeline(kind: KeyKind, tmp_path: Path) 
 )
 def test_broken_input_is_refused(text: str, message: str) -> None:
     with pytest.raises(KubeConfigError, match=message):
-        kubeconf.ca_cert_hash(text)
+        cahash.ca_cert_hash(text)

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import kubeconf
-from provisioner.kubeconf import KubeConfigError
+from provisioner.kube import KubeConfigError, calico, clusterstate
 
 
 def node(name: str, ip: str, ready: bool = True, reason: str = "KubeletReady") -> dict[str, Any]:
@@ -40,23 +39,23 @@ def as_list(*items: dict[str, Any]) -> str:
 
 def test_all_nodes_ready() -> None:
     nodes = as_list(node("cp1", "192.168.56.10"), node("w1", "192.168.56.11"))
-    assert kubeconf.node_problems(nodes) == []
-    assert kubeconf.node_addresses(nodes) == {"cp1": "192.168.56.10", "w1": "192.168.56.11"}
+    assert clusterstate.node_problems(nodes) == []
+    assert clusterstate.node_addresses(nodes) == {"cp1": "192.168.56.10", "w1": "192.168.56.11"}
 
 
 def test_not_ready_node_is_named_with_its_reason() -> None:
     nodes = as_list(node("cp1", "192.168.56.10"), node("w1", "192.168.56.11", False, "KubeletNotReady"))
-    assert kubeconf.node_problems(nodes) == ["node w1 (192.168.56.11) not Ready: KubeletNotReady"]
+    assert clusterstate.node_problems(nodes) == ["node w1 (192.168.56.11) not Ready: KubeletNotReady"]
 
 
 def test_expected_ips_limit_the_check_and_must_be_registered() -> None:
     nodes = as_list(node("cp1", "192.168.56.10", False), node("w1", "192.168.56.11"))
-    assert kubeconf.node_problems(nodes, ["192.168.56.11"]) == []
-    assert kubeconf.node_problems(nodes, ["192.168.56.12"]) == ["no node registered with InternalIP 192.168.56.12"]
+    assert clusterstate.node_problems(nodes, ["192.168.56.11"]) == []
+    assert clusterstate.node_problems(nodes, ["192.168.56.12"]) == ["no node registered with InternalIP 192.168.56.12"]
 
 
 def test_no_nodes() -> None:
-    assert kubeconf.node_problems(as_list()) == ["no nodes registered"]
+    assert clusterstate.node_problems(as_list()) == ["no nodes registered"]
 
 
 def test_calico_ready_everywhere() -> None:
@@ -67,7 +66,7 @@ def test_calico_ready_everywhere() -> None:
         pod("calico-node-b", "w1", True),
         pod("calico-typha-x", "w1", False, app="calico-typha"),
     )
-    assert kubeconf.calico_node_problems(state) == []
+    assert clusterstate.calico_node_problems(state) == []
 
 
 def test_calico_problems_name_the_node() -> None:
@@ -78,19 +77,21 @@ def test_calico_problems_name_the_node() -> None:
         pod("calico-node-a", "cp1", True),
         pod("calico-node-b", "w1", False),
     )
-    assert kubeconf.calico_node_problems(state) == [
+    assert clusterstate.calico_node_problems(state) == [
         "node w1: calico-node pod calico-node-b not ready (Pending)",
         "node w2: no calico-node pod yet",
     ]
 
 
 def test_calico_before_the_operator_created_anything() -> None:
-    assert kubeconf.calico_node_problems(as_list(node("cp1", "192.168.56.10"))) == ["node cp1: no calico-node pod yet"]
+    assert clusterstate.calico_node_problems(as_list(node("cp1", "192.168.56.10"))) == [
+        "node cp1: no calico-node pod yet"
+    ]
 
 
 def test_kubectl_error_text_is_not_json() -> None:
     with pytest.raises(KubeConfigError, match="did not return JSON"):
-        kubeconf.calico_node_problems("The connection to the server was refused")
+        clusterstate.calico_node_problems("The connection to the server was refused")
 
 
 DESIRED = [
@@ -137,18 +138,18 @@ def live_installation(encapsulation: str = "VXLANCrossSubnet") -> dict[str, Any]
 
 def test_no_drift_when_operator_only_added_defaults() -> None:
     live = as_list(live_installation(), {"kind": "APIServer", "metadata": {"name": "default"}, "spec": {}})
-    assert kubeconf.resource_drift(DESIRED, live) == []
+    assert calico.resource_drift(DESIRED, live) == []
 
 
 def test_drift_names_the_field() -> None:
     live = as_list(live_installation("IPIP"), {"kind": "APIServer", "metadata": {"name": "default"}, "spec": {}})
-    assert kubeconf.resource_drift(DESIRED, live) == [
+    assert calico.resource_drift(DESIRED, live) == [
         "Installation/default.spec.calicoNetwork.ipPools[0].encapsulation: 'IPIP' -> 'VXLANCrossSubnet'"
     ]
 
 
 def test_absent_resources_drift() -> None:
-    assert kubeconf.resource_drift(DESIRED, as_list()) == ["Installation/default: absent", "APIServer/default: absent"]
+    assert calico.resource_drift(DESIRED, as_list()) == ["Installation/default: absent", "APIServer/default: absent"]
 
 
 def test_interface_names_from_ip_link() -> None:
@@ -161,14 +162,14 @@ def test_interface_names_from_ip_link() -> None:
             "7: tunl0@NONE: <NOARP,UP,LOWER_UP> mtu 1480 qdisc noqueue state UNKNOWN",
         ]
     )
-    assert kubeconf.interface_names(output) == ["lo", "eth0", "cali1a2b3c4d5e6", "vxlan.calico", "tunl0"]
+    assert clusterstate.interface_names(output) == ["lo", "eth0", "cali1a2b3c4d5e6", "vxlan.calico", "tunl0"]
 
 
 def test_manifest_url_is_the_releases_vxlan_manifest() -> None:
-    assert kubeconf.calico_manifest_url("3.31.0") == (
+    assert calico.calico_manifest_url("3.31.0") == (
         "https://raw.githubusercontent.com/projectcalico/calico/v3.31.0/manifests/calico-vxlan.yaml"
     )
-    assert kubeconf.calico_manifest_url("v3.31.0", "https://mirror.example.test/calico/") == (
+    assert calico.calico_manifest_url("v3.31.0", "https://mirror.example.test/calico/") == (
         "https://mirror.example.test/calico/v3.31.0/manifests/calico-vxlan.yaml"
     )
 
@@ -176,13 +177,13 @@ def test_manifest_url_is_the_releases_vxlan_manifest() -> None:
 @pytest.mark.parametrize("version", ["3.31", "latest", "4.0.0"])
 def test_manifest_url_needs_an_exact_release(version: str) -> None:
     with pytest.raises(KubeConfigError, match="exact release"):
-        kubeconf.calico_manifest_url(version)
+        calico.calico_manifest_url(version)
 
 
 def labelled(item: dict[str, Any], control_plane: bool, taints: list[dict[str, str]] | None = None) -> dict[str, Any]:
     item["metadata"]["labels"] = {"kubernetes.io/hostname": item["metadata"]["name"]}
     if control_plane:
-        item["metadata"]["labels"][kubeconf.CONTROL_PLANE_LABEL] = ""
+        item["metadata"]["labels"][clusterstate.CONTROL_PLANE_LABEL] = ""
     if taints is not None:
         item["spec"] = {"taints": taints}
     return item
@@ -210,7 +211,7 @@ def test_control_plane_taint_targets(
 ) -> None:
     items = [labelled(node("cp1", "192.168.56.10"), True, cp_taints)]
     items += [labelled(node(f"w{i}", f"192.168.56.{11 + i}"), False) for i in range(workers)]
-    assert kubeconf.control_plane_taint_targets(as_list(*items), schedulable) == expected
+    assert clusterstate.control_plane_taint_targets(as_list(*items), schedulable) == expected
 
 
 def test_taint_targets_read_kubectl_json_text_and_ignore_tainted_workers() -> None:
@@ -219,5 +220,5 @@ def test_taint_targets_read_kubectl_json_text_and_ignore_tainted_workers() -> No
         labelled(node("cp1", "192.168.56.10"), True, []),
         labelled(node("w1", "192.168.56.11"), False, [{"key": "gpu", "effect": "NoSchedule"}]),
     ]
-    assert kubeconf.control_plane_taint_targets(as_list(*items)) == [TAINT_CP1]
-    assert kubeconf.control_plane_taint_targets(as_list()) == []
+    assert clusterstate.control_plane_taint_targets(as_list(*items)) == [TAINT_CP1]
+    assert clusterstate.control_plane_taint_targets(as_list()) == []

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner import kubeconf
-from provisioner.kubeconf import KubeConfigError
+from provisioner.kube import KubeConfigError, packages
 from tests.unit.test_playbooks_syntax import _ansible_playbook
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,8 +82,8 @@ def test_both_roles_follow_kube_kubeconfig_dest(tmp_path: Path) -> None:
 
 
 def test_controller_kubeconfig() -> None:
-    assert kubeconf.controller_kubeconfig("", "/repo/playbooks/") == "/repo/playbooks/../.provision/kubeconfig"
-    assert kubeconf.controller_kubeconfig(None, "/repo/playbooks") == "/repo/playbooks/../.provision/kubeconfig"
-    assert kubeconf.controller_kubeconfig(" /k/config ", "/repo/playbooks") == "/k/config"
+    assert packages.controller_kubeconfig("", "/repo/playbooks/") == "/repo/playbooks/../.provision/kubeconfig"
+    assert packages.controller_kubeconfig(None, "/repo/playbooks") == "/repo/playbooks/../.provision/kubeconfig"
+    assert packages.controller_kubeconfig(" /k/config ", "/repo/playbooks") == "/k/config"
     with pytest.raises(KubeConfigError, match="set kube_kubeconfig_dest"):
-        kubeconf.controller_kubeconfig("", "")
+        packages.controller_kubeconfig("", "")

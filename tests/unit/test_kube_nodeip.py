@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import kubeconf
-from provisioner.kubeconf import KubeConfigError
+from provisioner.kube import KubeConfigError, clusterstate, kubeadm, nodeip
 
 
 def facts(interfaces: dict[str, list[str]]) -> dict[str, Any]:
@@ -29,41 +28,41 @@ VAGRANT_VM = facts({"eth0": ["10.0.2.15"], "eth1": ["192.168.56.11"]})
 
 
 def test_vagrant_vm_picks_the_private_network_not_nat() -> None:
-    assert kubeconf.select_node_ip(VAGRANT_VM, "192.168.56.0/24") == "192.168.56.11"
+    assert nodeip.select_node_ip(VAGRANT_VM, "192.168.56.0/24") == "192.168.56.11"
 
 
 def test_nat_address_is_never_picked_even_inside_the_cidr() -> None:
     vm = facts({"eth0": ["10.0.2.15"], "eth1": ["10.0.2.20"]})
-    assert kubeconf.select_node_ip(vm, "10.0.2.0/24") == "10.0.2.20"
+    assert nodeip.select_node_ip(vm, "10.0.2.0/24") == "10.0.2.20"
 
 
 def test_explicit_node_ip_wins() -> None:
     vm = facts({"eth0": ["10.0.2.15"], "eth1": ["192.168.56.11", "192.168.56.50"]})
-    assert kubeconf.select_node_ip(vm, "192.168.56.0/24", "192.168.56.50") == "192.168.56.50"
+    assert nodeip.select_node_ip(vm, "192.168.56.0/24", "192.168.56.50") == "192.168.56.50"
 
 
 def test_explicit_node_ip_without_facts_is_trusted() -> None:
-    assert kubeconf.select_node_ip({}, "192.168.56.0/24", "192.168.56.12") == "192.168.56.12"
+    assert nodeip.select_node_ip({}, "192.168.56.0/24", "192.168.56.12") == "192.168.56.12"
 
 
 def test_container_node_with_dashed_interface_name() -> None:
     node = facts({"eth0": ["172.17.0.3"], "br-private": ["192.168.94.21"]})
-    assert kubeconf.select_node_ip(node, "192.168.94.0/24") == "192.168.94.21"
+    assert nodeip.select_node_ip(node, "192.168.94.0/24") == "192.168.94.21"
 
 
 def test_secondary_address_is_found() -> None:
     node = facts({"eth0": ["203.0.113.7", "192.168.56.30"]})
-    assert kubeconf.select_node_ip(node, "192.168.56.0/24") == "192.168.56.30"
+    assert nodeip.select_node_ip(node, "192.168.56.0/24") == "192.168.56.30"
 
 
 def test_primary_addresses_come_before_secondaries() -> None:
     node = facts({"eth0": ["203.0.113.7", "192.168.56.99"], "eth1": ["192.168.56.13"]})
-    assert kubeconf.select_node_ip(node, "192.168.56.0/24") == "192.168.56.13"
+    assert nodeip.select_node_ip(node, "192.168.56.0/24") == "192.168.56.13"
 
 
 def test_no_address_in_cidr_is_a_clear_error() -> None:
     with pytest.raises(KubeConfigError) as info:
-        kubeconf.select_node_ip(facts({"eth0": ["10.0.2.15"]}), "192.168.56.0/24")
+        nodeip.select_node_ip(facts({"eth0": ["10.0.2.15"]}), "192.168.56.0/24")
     message = str(info.value)
     assert "no address of this host lies inside node_network_cidr 192.168.56.0/24" in message
     assert "10.0.2.15" in message
@@ -72,7 +71,7 @@ def test_no_address_in_cidr_is_a_clear_error() -> None:
 
 def test_no_facts_at_all_says_so() -> None:
     with pytest.raises(KubeConfigError, match=r"were facts gathered"):
-        kubeconf.select_node_ip({}, "192.168.56.0/24")
+        nodeip.select_node_ip({}, "192.168.56.0/24")
 
 
 @pytest.mark.parametrize(
@@ -85,12 +84,12 @@ def test_no_facts_at_all_says_so() -> None:
 )
 def test_bad_explicit_node_ip(node_ip: str, message: str) -> None:
     with pytest.raises(KubeConfigError, match=message):
-        kubeconf.select_node_ip(VAGRANT_VM, "192.168.56.0/24", node_ip)
+        nodeip.select_node_ip(VAGRANT_VM, "192.168.56.0/24", node_ip)
 
 
 def test_bad_cidr() -> None:
     with pytest.raises(KubeConfigError, match="node_network_cidr"):
-        kubeconf.select_node_ip(VAGRANT_VM, "192.168.56.0/33")
+        nodeip.select_node_ip(VAGRANT_VM, "192.168.56.0/33")
 
 
 # The API endpoint of several control planes (role kube_api_endpoint)
@@ -104,9 +103,7 @@ HA_FACTS = {
 
 
 def test_api_endpoint_plan_puts_the_vip_on_the_node_network_interface() -> None:
-    from provisioner import kubeconf
-
-    plan = kubeconf.api_endpoint_plan(
+    plan = kubeadm.api_endpoint_plan(
         HA_FACTS,
         "192.168.56.9",
         "192.168.56.0/24",
@@ -131,17 +128,13 @@ def test_api_endpoint_plan_puts_the_vip_on_the_node_network_interface() -> None:
     ],
 )
 def test_api_endpoint_plan_refuses(vip: str, port: int, message: str) -> None:
-    from provisioner import kubeconf
-
-    with pytest.raises(kubeconf.KubeConfigError, match=message):
-        kubeconf.api_endpoint_plan(HA_FACTS, vip, "192.168.56.0/24", "192.168.56.11", ["192.168.56.10"], port)
+    with pytest.raises(KubeConfigError, match=message):
+        kubeadm.api_endpoint_plan(HA_FACTS, vip, "192.168.56.0/24", "192.168.56.11", ["192.168.56.10"], port)
 
 
 def test_interface_for_ip_names_a_missing_address() -> None:
-    from provisioner import kubeconf
-
-    with pytest.raises(kubeconf.KubeConfigError, match=r"no interface holds 192\.168\.56\.99"):
-        kubeconf.interface_for_ip(HA_FACTS, "192.168.56.99")
+    with pytest.raises(KubeConfigError, match=r"no interface holds 192\.168\.56\.99"):
+        kubeadm.interface_for_ip(HA_FACTS, "192.168.56.99")
 
 
 def _status(leader: str) -> dict[str, Any]:
@@ -153,15 +146,15 @@ MEMBERS = {"members": [{"ID": "1", "name": "cp1"}, {"ID": "2", "name": "cp2"}, {
 
 def test_etcd_healthy_with_one_leader() -> None:
     statuses = {ip: _status("2") for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3")}
-    assert kubeconf.etcd_problems(statuses, MEMBERS, 3) == []
+    assert clusterstate.etcd_problems(statuses, MEMBERS, 3) == []
 
 
 def test_etcd_problems_are_named() -> None:
     statuses = {"10.0.0.1": _status("2"), "10.0.0.2": _status("3"), "10.0.0.3": {"error": "timed out"}}
-    problems = kubeconf.etcd_problems(statuses, {"members": MEMBERS["members"][:2]}, 3)
+    problems = clusterstate.etcd_problems(statuses, {"members": MEMBERS["members"][:2]}, 3)
     assert problems == [
         "etcd has 2 members (cp1, cp2), expected 3",
         "etcd on 10.0.0.3 does not answer: timed out",
         "the members disagree on the leader (2, 3)",
     ]
-    assert kubeconf.etcd_problems({"a": _status("0")}, MEMBERS, 3) == ["the leader 0 is not a member"]
+    assert clusterstate.etcd_problems({"a": _status("0")}, MEMBERS, 3) == ["the leader 0 is not a member"]

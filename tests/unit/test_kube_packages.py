@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner import kubeconf
-from provisioner.kubeconf import KubeConfigError
+from provisioner.kube import KubeConfigError, packages
 
 
 @pytest.mark.parametrize(
@@ -50,19 +49,19 @@ from provisioner.kubeconf import KubeConfigError
     ],
 )
 def test_repository_urls(version: str, family: str, url: str, key_url: str) -> None:
-    repo = kubeconf.pkgs_repository(version, family)
+    repo = packages.pkgs_repository(version, family)
     assert repo["url"] == url
     assert repo["key_url"] == key_url
 
 
 def test_repository_mirror_base() -> None:
-    repo = kubeconf.pkgs_repository("1.36.2", "deb", "https://mirror.example.test/k8s/")
+    repo = packages.pkgs_repository("1.36.2", "deb", "https://mirror.example.test/k8s/")
     assert repo["url"] == "https://mirror.example.test/k8s/v1.36/deb/"
 
 
 @pytest.mark.parametrize("version", ["1.36", "1.36.2"])
 def test_apt_deb822_source(version: str) -> None:
-    text = kubeconf.apt_sources(version, "/etc/apt/keyrings/kubernetes-apt-keyring.asc")
+    text = packages.apt_sources(version, "/etc/apt/keyrings/kubernetes-apt-keyring.asc")
     fields = dict(line.split(": ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert fields == {
         "Types": "deb",
@@ -75,7 +74,7 @@ def test_apt_deb822_source(version: str) -> None:
 
 def test_apt_source_needs_an_absolute_keyring() -> None:
     with pytest.raises(KubeConfigError, match="must be absolute"):
-        kubeconf.apt_sources("1.36", "keyring.asc")
+        packages.apt_sources("1.36", "keyring.asc")
 
 
 @pytest.mark.parametrize(
@@ -88,14 +87,14 @@ def test_apt_source_needs_an_absolute_keyring() -> None:
     ],
 )
 def test_package_pins(version: str, family: str, expected: list[str]) -> None:
-    assert kubeconf.package_pins(version, family) == expected
+    assert packages.package_pins(version, family) == expected
 
 
 @pytest.mark.parametrize("family", ["deb", "rpm"])
 @pytest.mark.parametrize("version", ["1.36", "1.36.2", "1.38.0"])
 def test_cri_tools_is_never_pinned_to_the_kubernetes_version(version: str, family: str) -> None:
     """A per-minor repository need not carry the cri-tools of its minor: cri-tools goes in by name (and is held)."""
-    assert kubeconf.package_pins(version, family, ["kubeadm", "cri-tools"])[1] == "cri-tools"
+    assert packages.package_pins(version, family, ["kubeadm", "cri-tools"])[1] == "cri-tools"
 
 
 DPKG_QUERY = """hi |kubelet|1.36.2-1.1
@@ -111,16 +110,16 @@ package kubectl is not installed
 
 def test_installed_packages_from_dpkg_query() -> None:
     """Held (hi) and installed (ii) packages count; a removed one (rc: config files left) does not."""
-    assert kubeconf.installed_packages(DPKG_QUERY, "deb") == {
+    assert packages.installed_packages(DPKG_QUERY, "deb") == {
         "kubelet": "1.36.2-1.1",
         "kubeadm": "1.36.2-1.1",
         "kubectl": "1.36.2-1.1",
     }
-    assert kubeconf.installed_packages("", "deb") == {}
+    assert packages.installed_packages("", "deb") == {}
 
 
 def test_installed_packages_from_rpm_query() -> None:
-    assert kubeconf.installed_packages(RPM_QUERY, "rpm") == {
+    assert packages.installed_packages(RPM_QUERY, "rpm") == {
         "kubelet": "1.36.2-150500.1.1",
         "kubeadm": "1.36.2-150500.1.1",
     }
@@ -129,7 +128,7 @@ def test_installed_packages_from_rpm_query() -> None:
 @pytest.mark.parametrize(("family", "output"), [("deb", "kubeadm 1.36.2-1.1"), ("rpm", "error: rpmdb open failed")])
 def test_installed_packages_refuses_what_it_cannot_read(family: str, output: str) -> None:
     with pytest.raises(KubeConfigError, match="cannot read"):
-        kubeconf.installed_packages(output, family)
+        packages.installed_packages(output, family)
 
 
 def _apt_would_upgrade(pin: str, installed: str, candidate: str) -> bool:
@@ -145,14 +144,14 @@ def _apt_would_upgrade(pin: str, installed: str, candidate: str) -> bool:
 def test_a_later_converge_keeps_the_installed_packages(version: str, candidate: str) -> None:
     """Once installed, kubelet/kubeadm/kubectl are pinned to exactly what the node has, so a newer
     patch (or build) published in the repository is not installed over the held packages."""
-    installed = kubeconf.installed_packages(DPKG_QUERY, "deb")
-    pins = kubeconf.package_pins(version, "deb", ["kubelet", "kubeadm", "kubectl", "cri-tools"], installed)
+    installed = packages.installed_packages(DPKG_QUERY, "deb")
+    pins = packages.package_pins(version, "deb", ["kubelet", "kubeadm", "kubectl", "cri-tools"], installed)
     assert pins == ["kubelet=1.36.2-1.1", "kubeadm=1.36.2-1.1", "kubectl=1.36.2-1.1", "cri-tools"]
     assert not any(_apt_would_upgrade(pin, "1.36.2-1.1", candidate) for pin in pins[:3])
 
 
 def test_first_install_of_a_minor_takes_the_newest_patch() -> None:
-    pins = kubeconf.package_pins("1.36", "deb", ["kubelet", "kubeadm"], {})
+    pins = packages.package_pins("1.36", "deb", ["kubelet", "kubeadm"], {})
     assert pins == ["kubelet=1.36.*", "kubeadm=1.36.*"]
     assert _apt_would_upgrade(pins[0], "", "1.36.3-1.1")
 
@@ -160,12 +159,12 @@ def test_first_install_of_a_minor_takes_the_newest_patch() -> None:
 def test_a_package_added_later_follows_the_installed_patch() -> None:
     """kubectl missing while kubeadm and kubelet are at 1.36.2: kubectl comes at 1.36.2 too, not the newest."""
     installed = {"kubelet": "1.36.2-1.1", "kubeadm": "1.36.2-1.1"}
-    assert kubeconf.package_pins("1.36", "deb", ["kubelet", "kubeadm", "kubectl"], installed) == [
+    assert packages.package_pins("1.36", "deb", ["kubelet", "kubeadm", "kubectl"], installed) == [
         "kubelet=1.36.2-1.1",
         "kubeadm=1.36.2-1.1",
         "kubectl=1.36.2-*",
     ]
-    assert kubeconf.package_pins("1.36", "rpm", ["kubeadm", "kubectl"], {"kubeadm": "1.36.2-150500.1.1"}) == [
+    assert packages.package_pins("1.36", "rpm", ["kubeadm", "kubectl"], {"kubeadm": "1.36.2-150500.1.1"}) == [
         "kubeadm-1.36.2-150500.1.1",
         "kubectl-1.36.2",
     ]
@@ -180,18 +179,18 @@ def test_a_package_added_later_follows_the_installed_patch() -> None:
 )
 def test_asking_for_another_version_moves_the_pins(version: str, expected: list[str]) -> None:
     installed = {"kubelet": "1.36.2-1.1", "kubeadm": "1.36.2-1.1"}
-    assert kubeconf.package_pins(version, "deb", ["kubelet", "kubeadm"], installed) == expected
+    assert packages.package_pins(version, "deb", ["kubelet", "kubeadm"], installed) == expected
 
 
 def test_installed_rpm_and_epoch_versions_are_pinned_exactly() -> None:
-    installed = kubeconf.installed_packages(RPM_QUERY, "rpm")
-    assert kubeconf.package_pins("1.36", "rpm", ["kubelet", "kubeadm", "kubectl", "cri-tools"], installed) == [
+    installed = packages.installed_packages(RPM_QUERY, "rpm")
+    assert packages.package_pins("1.36", "rpm", ["kubelet", "kubeadm", "kubectl", "cri-tools"], installed) == [
         "kubelet-1.36.2-150500.1.1",
         "kubeadm-1.36.2-150500.1.1",
         "kubectl-1.36.2",
         "cri-tools",
     ]
-    assert kubeconf.package_pins("1.36", "deb", ["kubeadm"], {"kubeadm": "1:1.36.2-1.1"}) == ["kubeadm=1:1.36.2-1.1"]
+    assert packages.package_pins("1.36", "deb", ["kubeadm"], {"kubeadm": "1:1.36.2-1.1"}) == ["kubeadm=1:1.36.2-1.1"]
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -246,7 +245,7 @@ def test_the_roles_dpkg_query_reads_this_host(tmp_path: Path) -> None:
 
 
 def test_pins_leave_other_packages_to_the_repository() -> None:
-    assert kubeconf.package_pins("1.36.2", "deb", ["kubeadm", "kubernetes-cni"]) == [
+    assert packages.package_pins("1.36.2", "deb", ["kubeadm", "kubernetes-cni"]) == [
         "kubeadm=1.36.2-*",
         "kubernetes-cni",
     ]
@@ -255,17 +254,17 @@ def test_pins_leave_other_packages_to_the_repository() -> None:
 @pytest.mark.parametrize("version", ["1.36.x", "2.0", "latest", "", "1"])
 def test_bad_versions_are_refused(version: str) -> None:
     with pytest.raises(KubeConfigError, match="is not a Kubernetes version"):
-        kubeconf.parse_kube_version(version)
+        packages.parse_kube_version(version)
 
 
 def test_unknown_family_is_refused() -> None:
     with pytest.raises(KubeConfigError, match='"apk" is not supported'):
-        kubeconf.pkgs_repository("1.36", "apk")
+        packages.pkgs_repository("1.36", "apk")
 
 
 def test_version_info() -> None:
-    assert kubeconf.kube_version_info("1.36.2") == {"series": "1.36", "full": "1.36.2", "minor": 36, "patch": 2}
-    assert kubeconf.kube_version_info("1.36") == {"series": "1.36", "full": "", "minor": 36, "patch": -1}
+    assert packages.kube_version_info("1.36.2") == {"series": "1.36", "full": "1.36.2", "minor": 36, "patch": 2}
+    assert packages.kube_version_info("1.36") == {"series": "1.36", "full": "", "minor": 36, "patch": -1}
 
 
 @pytest.mark.parametrize(
@@ -280,7 +279,7 @@ def test_version_info() -> None:
     ],
 )
 def test_cgroup_check(version: str, v2: bool, allow: bool, fails: bool, fragment: str) -> None:
-    message = kubeconf.cgroup_error(version, v2, allow)
+    message = packages.cgroup_error(version, v2, allow)
     assert bool(message) == fails
     assert fragment in message
     if fails:
@@ -298,7 +297,7 @@ def test_cgroup_check(version: str, v2: bool, allow: bool, fails: bool, fragment
     ],
 )
 def test_cgroup_v1_settings_only_where_the_switch_exists(version: str, v2: bool, expected: dict[str, object]) -> None:
-    settings = kubeconf.cgroup_v1_settings(version, v2)
+    settings = packages.cgroup_v1_settings(version, v2)
     assert settings["kubelet_config"] == expected
     assert settings["ignore_preflight_errors"] == (["SystemVerification"] if expected else [])
     assert bool(settings["warning"]) == bool(expected)
@@ -318,7 +317,7 @@ def test_cgroup_v1_settings_only_where_the_switch_exists(version: str, v2: bool,
     ],
 )
 def test_installed_version_matches(installed: str, wanted: str, ok: bool) -> None:
-    assert kubeconf.installed_version_matches(wanted, installed) is ok
+    assert packages.installed_version_matches(wanted, installed) is ok
 
 
 def test_offline_plan_debs_in_dependency_order() -> None:
@@ -331,7 +330,7 @@ def test_offline_plan_debs_in_dependency_order() -> None:
         "/srv/k8s/kubeadm-1.36.2-150500.1.1.x86_64.rpm",
         "/srv/k8s/README",
     ]
-    plan = kubeconf.offline_plan(files, "deb")
+    plan = packages.offline_plan(files, "deb")
     assert plan == {
         "mode": "deb",
         "files": [
@@ -346,11 +345,11 @@ def test_offline_plan_debs_in_dependency_order() -> None:
 
 def test_offline_plan_rpms() -> None:
     files = ["kubeadm-1.36.2-150500.1.1.x86_64.rpm", "kubelet-1.36.2-150500.1.1.x86_64.rpm", "kubectl-1.36.2.rpm"]
-    assert kubeconf.offline_plan(files, "rpm")["mode"] == "rpm"
+    assert packages.offline_plan(files, "rpm")["mode"] == "rpm"
 
 
 def test_offline_plan_binaries() -> None:
-    assert kubeconf.offline_plan(["kubectl", "kubeadm", "kubelet", "crictl", "notes.txt"], "deb") == {
+    assert packages.offline_plan(["kubectl", "kubeadm", "kubelet", "crictl", "notes.txt"], "deb") == {
         "mode": "binaries",
         "files": ["crictl", "kubeadm", "kubectl", "kubelet"],
     }
@@ -358,9 +357,9 @@ def test_offline_plan_binaries() -> None:
 
 def test_offline_plan_missing_package_is_named() -> None:
     with pytest.raises(KubeConfigError, match="none for kubectl"):
-        kubeconf.offline_plan(["kubeadm_1.36.2_amd64.deb", "kubelet_1.36.2_amd64.deb"], "deb")
+        packages.offline_plan(["kubeadm_1.36.2_amd64.deb", "kubelet_1.36.2_amd64.deb"], "deb")
 
 
 def test_offline_plan_empty_directory() -> None:
     with pytest.raises(KubeConfigError, match=r"found: nothing"):
-        kubeconf.offline_plan([], "deb")
+        packages.offline_plan([], "deb")

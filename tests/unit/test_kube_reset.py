@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner import kubeconf
+from provisioner.kube import clusterstate
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((REPO / "roles" / "kube_reset" / "defaults" / "main.yml").read_text())
@@ -27,7 +27,7 @@ IP_LINK = """1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN
 
 def _deleted(ip_link_output: str) -> list[str]:
     """What the role's task loops over: kube_interface_names | select('match', regex) (re.match)."""
-    return [name for name in kubeconf.interface_names(ip_link_output) if re.match(REGEX, name)]
+    return [name for name in clusterstate.interface_names(ip_link_output) if re.match(REGEX, name)]
 
 
 def test_reset_deletes_the_cni_interfaces_but_not_tunl0() -> None:

@@ -1,0 +1,148 @@
+"""Calico (manifest install, VXLAN; see the calico role's README for why not the operator): the
+release's manifest URL, the manifest with the cluster's settings, and what live resources lack of
+the desired ones."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from provisioner.kube import KubeConfigError, ipv4_network, kubectl_json
+
+CALICO_MANIFEST_BASE = "https://raw.githubusercontent.com/projectcalico/calico"
+
+# calico_encapsulation -> the manifest's CALICO_IPV4POOL_VXLAN. The manifest install runs calico-node
+# with the vxlan backend (no BGP daemon), so IPIP, which needs BGP routes, is not offered.
+CALICO_VXLAN_MODES = {"VXLANCrossSubnet": "CrossSubnet", "VXLAN": "Always", "None": "Never"}
+
+
+def calico_manifest_url(calico_version: object, base_url: str = "") -> str:
+    """Where Calico publishes the VXLAN manifest of calico_version (base_url: a mirror of that layout)."""
+    version = str(calico_version).strip().lstrip("v")
+    if not re.match(r"^3\.\d+\.\d+$", version):
+        raise KubeConfigError(f'calico_version "{calico_version}" must be an exact release such as 3.31.0')
+    base = (base_url or CALICO_MANIFEST_BASE).rstrip("/")
+    return f"{base}/v{version}/manifests/calico-vxlan.yaml"
+
+
+def _set_env(container: dict[str, Any], values: Mapping[str, str]) -> None:
+    env = [e for e in container.get("env") or [] if e.get("name") not in values]
+    env += [{"name": k, "value": v} for k, v in values.items()]
+    container["env"] = env
+
+
+def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Calico's VXLAN manifest with the cluster's settings: the pod CIDR as the default IP pool, its
+    block size, encapsulation and outgoing NAT, node addresses autodetected inside the node network
+    (never Vagrant's NAT or a Docker bridge), the MTU, and an optional registry mirror."""
+    import yaml
+
+    pods = ipv4_network(values.get("pods_subnet"), "kube_pods_subnet")
+    nodes = ipv4_network(values.get("node_network_cidr"), "node_network_cidr")
+    if pods.overlaps(nodes):
+        raise KubeConfigError(f"kube_pods_subnet {pods} overlaps node_network_cidr {nodes}; pick disjoint ranges")
+    encapsulation = str(values.get("encapsulation") or "VXLANCrossSubnet")
+    if encapsulation not in CALICO_VXLAN_MODES:
+        raise KubeConfigError(
+            f'calico_encapsulation "{encapsulation}" is not one of {", ".join(CALICO_VXLAN_MODES)} '
+            "(the manifest install runs without BGP, which IPIP needs)"
+        )
+    block_size = int(values.get("block_size") or 26)
+    if not pods.prefixlen <= block_size <= 32 or block_size < 20:
+        raise KubeConfigError(
+            f"calico_block_size {block_size} must lie between 20 and 32 and not be larger than {pods}"
+        )
+    mtu = int(values.get("mtu") or 0)
+    registry = str(values.get("registry") or "").strip().rstrip("/")
+    docs = [d for d in yaml.safe_load_all(str(manifest)) if isinstance(d, dict)]
+    found = {"configmap": False, "daemonset": False}
+    for doc in docs:
+        kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name")
+        if kind == "ConfigMap" and name == "calico-config":
+            found["configmap"] = True
+            data = doc.setdefault("data", {})
+            data["calico_backend"] = "vxlan"
+            if mtu:
+                data["veth_mtu"] = str(mtu)
+        if kind == "DaemonSet" and name == "calico-node":
+            found["daemonset"] = True
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container.get("name") == "calico-node":
+                    _set_env(
+                        container,
+                        {
+                            "CALICO_IPV4POOL_CIDR": str(pods),
+                            "CALICO_IPV4POOL_BLOCK_SIZE": str(block_size),
+                            "CALICO_IPV4POOL_IPIP": "Never",
+                            "CALICO_IPV4POOL_VXLAN": CALICO_VXLAN_MODES[encapsulation],
+                            "CALICO_IPV4POOL_NAT_OUTGOING": "true" if values.get("nat_outgoing", True) else "false",
+                            "IP_AUTODETECTION_METHOD": f"cidr={nodes}",
+                        },
+                    )
+        if registry:
+            _rewrite_images(doc, registry)
+    if not all(found.values()):
+        raise KubeConfigError(
+            "the Calico manifest has no calico-config ConfigMap or calico-node DaemonSet; "
+            "give the release's calico-vxlan.yaml (calico_manifest_file or calico_manifest_base_url)"
+        )
+    return docs
+
+
+def _rewrite_images(node: Any, registry: str) -> None:
+    """Point every container image at `registry`, keeping the repository path and tag."""
+    if isinstance(node, dict):
+        for key in ("containers", "initContainers"):
+            for c in node.get(key) or []:
+                if isinstance(c, dict) and isinstance(c.get("image"), str):
+                    path = c["image"].split("/", 1)[1] if "." in c["image"].split("/", 1)[0] else c["image"]
+                    c["image"] = f"{registry}/{path}"
+        for value in node.values():
+            _rewrite_images(value, registry)
+    elif isinstance(node, list):
+        for value in node:
+            _rewrite_images(value, registry)
+
+
+def _subset_drift(desired: Any, live: Any, path: str) -> list[str]:
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return [f"{path}: missing"]
+        out: list[str] = []
+        for key, value in desired.items():
+            out += _subset_drift(value, live.get(key), f"{path}.{key}")
+        return out
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(live) != len(desired):
+            return [f"{path}: differs"]
+        out = []
+        for index, (want, have) in enumerate(zip(desired, live, strict=True)):
+            out += _subset_drift(want, have, f"{path}[{index}]")
+        return out
+    return [] if desired == live else [f"{path}: {live!r} -> {desired!r}"]
+
+
+def resource_drift(desired: Sequence[Mapping[str, Any]], live: object) -> list[str]:
+    """What the live objects lack of the desired ones, compared as subsets.
+
+    Operators fill defaults into their resources (the tigera operator does into Installation), so
+    only the fields the toolkit sets are compared; an empty list means nothing to apply.
+    `live` is `kubectl get ... -o json` output (a List) or its parsed form.
+    """
+    parsed = kubectl_json(live, "live resources")
+    items = parsed.get("items", [parsed] if parsed.get("kind") not in (None, "List") else [])
+    by_key = {
+        (str(i.get("kind")), str((i.get("metadata") or {}).get("name"))): i for i in items if isinstance(i, Mapping)
+    }
+    drift: list[str] = []
+    for doc in desired:
+        key = (str(doc.get("kind")), str((doc.get("metadata") or {}).get("name")))
+        live_doc = by_key.get(key)
+        label = f"{key[0]}/{key[1]}"
+        if live_doc is None:
+            drift.append(f"{label}: absent")
+            continue
+        body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+        drift += [f"{label}{d}" for d in _subset_drift(body, live_doc, "")]
+    return drift
