@@ -219,6 +219,9 @@ def kubeadm_init_documents(values: Mapping[str, Any] | InitSpec) -> list[dict[st
     kubelet: dict[str, Any] = {"apiVersion": KUBELET_API, "kind": "KubeletConfiguration"}
     kubelet.update({k: v for k, v in spec.kubelet_config.items() if k not in ("apiVersion", "kind")})
     kubelet["cgroupDriver"] = "systemd"
+    # Each kubelet asks for a serving certificate from the cluster's CA (approved by the
+    # kubelet_serving_cert role), so that metrics-server can verify it.
+    kubelet["serverTLSBootstrap"] = True
     docs = [init, cluster, kubelet]
     if spec.kube_proxy_config:
         proxy: dict[str, Any] = {"apiVersion": KUBE_PROXY_API, "kind": "KubeProxyConfiguration"}

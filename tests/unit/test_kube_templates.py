@@ -119,7 +119,12 @@ EXPECTED_DEFAULT_INIT: list[dict[str, Any]] = [
         "networking": {"podSubnet": "10.244.0.0/16", "serviceSubnet": "10.96.0.0/12", "dnsDomain": "cluster.local"},
         "apiServer": {"certSANs": ["192.168.56.10"]},
     },
-    {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration", "cgroupDriver": "systemd"},
+    {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "cgroupDriver": "systemd",
+        "serverTLSBootstrap": True,
+    },
 ]
 
 
@@ -182,7 +187,7 @@ def test_init_ignored_preflight_errors_and_extra_args() -> None:
             kube_control_plane_ignore_preflight_errors=["NumCPU", "Mem"],
             kube_control_plane_apiserver_extra_args={"audit-log-maxage": 7, "anonymous-auth": False},
             kube_control_plane_kubelet_extra_args={"max-pods": 50, "node-ip": "1.2.3.4"},
-            kube_control_plane_kubelet_config={"maxPods": 50, "cgroupDriver": "cgroupfs"},
+            kube_control_plane_kubelet_config={"maxPods": 50, "cgroupDriver": "cgroupfs", "serverTLSBootstrap": False},
             kube_control_plane_schedulable=True,
         ),
     )
@@ -203,6 +208,7 @@ def test_init_ignored_preflight_errors_and_extra_args() -> None:
         "kind": "KubeletConfiguration",
         "maxPods": 50,
         "cgroupDriver": "systemd",
+        "serverTLSBootstrap": True,
     }
 
 
