@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from provisioner.command import access, build, destroy, kubectl, plan, provision, status, up, verify
+from provisioner.command import access, build, destroy, helm, kubectl, plan, provision, status, up, verify
 from provisioner.errors import ProvisionError
 from provisioner.spec import ENGINES, PROVIDERS, RUNTIME_SOURCES, RUNTIMES
 from provisioner.workspace import Workspace, default_provision_dir
@@ -58,6 +58,12 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Kubernetes: the storage add-on, a default StorageClass with local volumes (default on)",
+    )
+    g.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Kubernetes: the metrics add-on, metrics-server for kubectl top and autoscaling (default on)",
     )
     g.add_argument(
         "--package-proxy",
@@ -131,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="kubectl of the cluster's release with its kubeconfig: kubectl ARGS... (from the bundle, else downloaded)",
         add_help=False,
     )
+    sub.add_parser(
+        "helm",
+        help="helm against the cluster (its kubeconfig): helm ARGS... (from the bundle, else downloaded)",
+        add_help=False,
+    )
     sub.add_parser("reset", help="kubeadm reset on every node so the cluster can form again")
     img = sub.add_parser("image", help="node image of the docker provider")
     img_sub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
@@ -192,6 +203,7 @@ SPEC_KEYS = (
     "runtime_source",
     "package_proxy",
     "storage",
+    "metrics",
 )
 
 
@@ -216,6 +228,7 @@ CLUSTER_COMMANDS = (
     "destroy",
     "kubeconfig",
     "kubectl",
+    "helm",
     "reset",
 )
 
@@ -251,10 +264,10 @@ def _command_index(argv: list[str]) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    # `kubectl ARGS...`: everything after the command is kubectl's, options included (the parser takes
-    # no abbreviated options, so _command_index knows every global option's shape).
+    # `kubectl ARGS...` and `helm ARGS...`: everything after the command is the tool's, options included
+    # (the parser takes no abbreviated options, so _command_index knows every global option's shape).
     at = _command_index(argv)
-    at = at if at is not None and argv[at] == "kubectl" else None
+    at = at if at is not None and argv[at] in ("kubectl", "helm") else None
     args = parser.parse_args(argv if at is None else argv[: at + 1])
     args.kubectl_args = [] if at is None else argv[at + 1 :]
     logging.basicConfig(
@@ -309,6 +322,8 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
         return access.kubeconfig(ws)
     if cmd == "kubectl":
         return kubectl.kubectl(ws, args.kubectl_args)
+    if cmd == "helm":
+        return helm.helm(ws, args.kubectl_args)
     if cmd == "reset":
         return provision.reset(ws, args.verbose)
     if cmd == "image":

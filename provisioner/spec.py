@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "package_proxy": "",
     "kube_source": "auto",
     "storage": True,
+    "metrics": True,
 }
 KNOWN_KEYS = set(DEFAULTS)
 VERSION_KEYS = set(DEFAULTS["versions"])
@@ -134,6 +135,8 @@ class ClusterSpec:
     # Kubernetes add-ons: storage is a default StorageClass with dynamic local volumes
     # (roles/local_path_storage).
     storage: bool = True
+    # metrics is metrics-server behind the resource metrics API (roles/metrics_server).
+    metrics: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -347,7 +350,7 @@ def _calico_version(text: str) -> str:
 def check_engine_fields(engine: str, given: set[str]) -> None:
     """Refuse fields that this run gave (its config file and flags) but the engine ignores."""
     ignored = (
-        sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip", "storage"})
+        sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip", "storage", "metrics"})
         if engine == "swarm"
         else []
     )
@@ -359,6 +362,11 @@ def check_engine_fields(engine: str, given: set[str]) -> None:
         raise SpecError(
             "storage is a Kubernetes add-on (a default StorageClass) and does nothing with engine swarm; drop "
             "storage from the spec file and --storage/--no-storage, or use --engine kubernetes"
+        )
+    if "metrics" in ignored:
+        raise SpecError(
+            "metrics is a Kubernetes add-on (metrics-server) and does nothing with engine swarm; drop metrics "
+            "from the spec file and --metrics/--no-metrics, or use --engine kubernetes"
         )
     if ignored:
         field = ignored[0]
@@ -613,6 +621,7 @@ def _validate(raw: dict[str, Any], given: set[str]) -> ClusterSpec:
         api_vip=api_vip,
         swarm_address_pool=str(pool),
         storage=_bool(raw, "storage"),
+        metrics=_bool(raw, "metrics"),
     )
 
 

@@ -9,6 +9,8 @@ One bundle holds one Kubernetes patch release and one Calico release:
         images/       one docker-archive tarball per image, tagged with the names kubeadm and the
                       Calico manifest ask for
         manifests/    calico-<version>.yaml
+        tools/        helm, for this host (source bundles; a download bundle leaves it to
+                      `provision.py helm`, which fetches the release once)
         manifest.json every file with its component, version, sha256 and source
 
 Sources (one module each, all returning the same layout): `download` (release binaries and images

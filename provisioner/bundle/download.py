@@ -75,7 +75,11 @@ class Mirrors:
     crictl_base: str = "https://github.com/kubernetes-sigs/cri-tools/releases/download"
     cni_base: str = "https://github.com/containernetworking/plugins/releases/download"
     calico_base: str = "https://raw.githubusercontent.com/projectcalico/calico"
+    helm_base: str = "https://get.helm.sh"
     crictl_version: str = "1.37.0"
+    # The helm client `provision.py helm` fetches where no source bundle carries one: the release the
+    # source bundle builds (bundle/helm/go.mod; a unit test holds the two equal).
+    helm_version: str = "4.3.2"
     cni_version: str = "1.10.0"
     # Registry host -> mirror "host[:port]" serving the same repositories (e.g. registry.k8s.io or
     # docker.io -> a pull-through cache). Unlisted registries are pulled from directly.
@@ -159,6 +163,9 @@ class Mirrors:
     def cni_url(self) -> str:
         v = self.cni_version
         return f"{self.cni_base}/v{v}/cni-plugins-linux-{self.arch}-v{v}.tgz"
+
+    def helm_url(self) -> str:
+        return f"{self.helm_base}/helm-v{self.helm_version}-linux-{self.arch}.tar.gz"
 
     def calico_url(self, versions: Versions) -> str:
         return f"{self.calico_base}/v{versions.calico}/manifests/calico-vxlan.yaml"

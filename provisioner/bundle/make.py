@@ -109,7 +109,7 @@ def ensure(
                 if not lacking:
                     return existing
                 out.write(
-                    f"bundle {versions.name} predates the add-on image {lacking[0]} ({len(lacking)} in all): "
+                    f"bundle {versions.name} predates {lacking[0]}, which the add-ons need ({len(lacking)} in all): "
                     f"making it again from {existing.source} (what it already has comes from the caches)\n"
                 )
                 try:
@@ -182,7 +182,15 @@ def component_sizes(bundle: Bundle) -> list[tuple[str, int]]:
 def build_cmd(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdout, verbose: bool = False) -> int:
     existing = _find_usable(versions, force)
     if existing is not None and not force:
-        out.write(f"bundle {versions.name} is present ({existing.source}, {existing.created}); --force rebuilds it\n")
+        from provisioner.bundle import source
+
+        if source.missing_addon_images(existing):
+            # Made before the add-ons it now carries: completed from its own source (ensure says so).
+            existing = ensure(versions, wanted, force=False, out=out, verbose=verbose, addons=True)
+        else:
+            out.write(
+                f"bundle {versions.name} is present ({existing.source}, {existing.created}); --force rebuilds it\n"
+            )
     else:
         existing = ensure(versions, wanted, force=True, out=out, verbose=verbose)
     out.write(f"{existing.path}\n")

@@ -263,10 +263,14 @@ def addon_images(data: dict[str, Any] | None = None, kind: str = "source") -> li
 
 
 def missing_addon_images(bundle: Bundle) -> list[str]:
-    """The add-on images this toolkit's recipe puts in a bundle of `bundle`'s source that it lacks
-    (it was made before they were added)."""
+    """The add-on images (and, in a source bundle, the host tools such as helm) this toolkit's recipe
+    puts in a bundle of `bundle`'s source that it lacks (it was made before they were added)."""
     have = {f.image for f in bundle.images}
-    return [name for name in addon_images(kind=bundle.source) if name not in have]
+    missing = [name for name in addon_images(kind=bundle.source) if name not in have]
+    if bundle.source == "source":
+        files = {f.path for f in bundle.files}
+        missing += [f"tools/{name}" for name in load_components().get("tools") or {} if f"tools/{name}" not in files]
+    return missing
 
 
 def calico_manifest_source(outputs_versions: dict[str, str], data: dict[str, Any]) -> Path:
@@ -320,6 +324,15 @@ def build(
         add_file(
             stage, f"bin/{dest}", binary, module_versions[build_name] or versions.kube_tag, f"go build {build_name}"
         )
+
+    # tools/: what this host runs against the cluster (provision.py helm).
+    for dest, ref in (data.get("tools") or {}).items():
+        build_name, binary = ref.split("/", 1)
+        target = stage.path / "tools" / dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(outputs[build_name] / binary, target)
+        target.chmod(0o755)
+        add_file(stage, f"tools/{dest}", binary, module_versions[build_name], f"go build {build_name}")
 
     # manifests/: the Calico manifest of the pinned release, unchanged (the calico role sets the pod CIDR,
     # the encapsulation and the address autodetection when it applies it).

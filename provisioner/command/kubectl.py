@@ -25,22 +25,31 @@ def kubectl(ws: Workspace, args: list[str], out: TextIO | None = None) -> int:
     """Run kubectl ARGS against the cluster; its exit code. What this command says goes to `out`
     (stderr), so that kubectl's own output stays alone on stdout."""
     out = out or sys.stderr
+    config = cluster_kubeconfig(ws, "kubectl")
+    spec = ws.saved_spec()
+    binary = kubectl_binary(spec.versions["kubernetes"], spec.versions["calico"], out)
+    return passthrough([str(binary), "--kubeconfig", str(config), *args])
+
+
+def cluster_kubeconfig(ws: Workspace, tool: str) -> Path:
+    """The cluster's kubeconfig on this host, for `tool`; refused for a swarm or before the control plane."""
     config = ws.root / "kubeconfig"
     spec = ws.saved_spec()
     if spec.engine != "kubernetes":
-        raise ProvisionError(f"the cluster in {ws.root} runs {spec.engine}, not Kubernetes: there is no kubectl for it")
+        raise ProvisionError(f"the cluster in {ws.root} runs {spec.engine}, not Kubernetes: there is no {tool} for it")
     if not config.exists():
         raise ProvisionError(
             f"no kubeconfig at {config} yet; the control_plane stage of `provision.py up` fetches it", exit_code=1
         )
-    binary = kubectl_binary(spec.versions["kubernetes"], spec.versions["calico"], out)
-    # Ctrl-C is kubectl's (ending `get -w` or `logs -f`): this process waits for it and passes its code.
+    return config
+
+
+def passthrough(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a tool in the foreground; its exit code. Ctrl-C is the tool's (ending `get -w` or `logs -f`):
+    this process waits for it and passes its code on."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        child = subprocess.Popen(
-            [str(binary), "--kubeconfig", str(config), *args],
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        child = subprocess.Popen(argv, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         code = child.wait()
     finally:
         signal.signal(signal.SIGINT, previous)

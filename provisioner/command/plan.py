@@ -77,10 +77,18 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
 
 def addons_line(spec: ClusterSpec, installed: bool) -> str:
     """What the addons stage installs, or why not (`installed`: the cluster's addons stage ran)."""
+    if spec.metrics:
+        metrics = (
+            "metrics: metrics-server (kubectl top, autoscaling; kubelet serving certificates from the cluster's CA)"
+        )
+    else:
+        metrics = "metrics: off (--metrics turns it on)" + ("; an add-on installed earlier stays" if installed else "")
     if spec.storage:
-        return (
+        storage = (
             "storage: a default StorageClass local-path (local-path-provisioner; volumes in "
             "/opt/local-path-provisioner on the node that runs the claim's first pod)"
         )
-    left = "; an add-on installed earlier stays, with its volumes" if installed else ""
-    return f"storage: off (--storage turns it on){left}"
+    else:
+        left = "; an add-on installed earlier stays, with its volumes" if installed else ""
+        storage = f"storage: off (--storage turns it on){left}"
+    return f"{metrics}\n             {storage}"

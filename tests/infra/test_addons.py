@@ -4,12 +4,22 @@ Run: pytest tests/infra/test_addons.py --ansible-inventory=INV --connection=ansi
 Storage: a PersistentVolumeClaim that names no StorageClass (so the default one serves it) is bound
 by a first pod that writes a token into it; that pod is deleted, and a new pod reads the token back
 from the same claim. Its namespace is deleted at the end (the volume's directory with it).
+Helm: `provision.py helm`'s client, run on this host with the cluster's kubeconfig, installs (or
+upgrades) the project's own chart (charts/provisioner-smoke) from its directory, waits for its
+Deployment, and the release reads back as deployed.
+Metrics: the resource metrics API (what `kubectl top` reads) has CPU and memory figures for every
+node of the cluster, and for the pods of kube-system.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,3 +158,77 @@ def test_storage_default_class_keeps_data_for_a_new_pod(control_plane: Any, stor
     wait_succeeded(control_plane, ns, "reader")
     read = kubectl(control_plane, f"-n {ns} logs reader").strip()
     assert read == storage["token"], f"the new pod read {read!r} from claim {CLAIM}, not the token {storage['token']!r}"
+
+
+def metrics_problems(node_metrics: dict[str, Any], nodes: list[str]) -> list[str]:
+    """What the metrics API's NodeMetricsList lacks: a node without figures, or figures without CPU or
+    memory."""
+    found = {str(i.get("metadata", {}).get("name")): i.get("usage", {}) for i in node_metrics.get("items", [])}
+    problems = [f"no figures for node {n}" for n in nodes if n not in found]
+    for name in nodes:
+        usage = found.get(name)
+        if usage is not None and not (usage.get("cpu") and usage.get("memory")):
+            problems.append(f"node {name}'s figures lack CPU or memory: {usage}")
+    return problems
+
+
+def test_metrics_every_node_has_figures(inventory: str, control_plane: Any) -> None:  # noqa: F811
+    runner = AnsibleRunner(inventory)
+    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    if not variables.get("metrics_server_enabled", True):
+        pytest.skip("not configured: the spec's metrics add-on is off (metrics: false)")
+    nodes = [n["metadata"]["name"] for n in kubectl_json(control_plane, "get nodes")["items"]]
+
+    def figures() -> None:
+        with control_plane.sudo():
+            result = control_plane.run(f"{KUBECTL} get --raw /apis/metrics.k8s.io/v1beta1/nodes")
+        assert result.rc == 0, f"the metrics API does not answer: {result.stderr.strip()[-300:]}"
+        problems = metrics_problems(json.loads(result.stdout), nodes)
+        assert not problems, "; ".join(problems)
+
+    retry(figures, "the metrics API's node figures", attempts=FAST_ATTEMPTS, delay=FAST_DELAY)
+    pods = json.loads(kubectl(control_plane, "get --raw /apis/metrics.k8s.io/v1beta1/namespaces/kube-system/pods"))
+    assert pods.get("items"), "the metrics API has no figures for the pods of kube-system"
+
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "provisioner-smoke"
+HELM_NAMESPACE = "provisioner-verify-helm"
+RELEASE = "provisioner-smoke"
+
+
+def test_helm_installs_the_projects_chart_from_its_directory(inventory: str) -> None:  # noqa: F811
+    from provisioner.command.helm import helm_binary
+
+    runner = AnsibleRunner(inventory)
+    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    kubeconfig = str(variables.get("kube_kubeconfig_dest") or "")
+    if not Path(kubeconfig).is_file():
+        pytest.fail(f"the cluster's kubeconfig {kubeconfig!r} is not on this host: the control_plane stage writes it")
+    helm = str(helm_binary(str(variables["kube_version"]), str(variables["calico_version"]), sys.stderr))
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+
+    def run(*args: str) -> str:
+        done = subprocess.run([helm, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"helm {' '.join(args)} failed: {done.stderr.strip()[-500:]}"
+        return done.stdout
+
+    wait = f"{int(ATTEMPTS * DELAY)}s"
+    run(
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        HELM_NAMESPACE,
+        "--create-namespace",
+        "--set",
+        f"image={variables['kube_smoke_image']}",
+        "--wait",
+        "--timeout",
+        wait,
+    )
+    status = json.loads(run("status", RELEASE, "--namespace", HELM_NAMESPACE, "-o", "json"))
+    assert status["info"]["status"] == "deployed", f"release {RELEASE} is {status['info']['status']}"
+    # helm 4's status names no chart; the listing does (name-version).
+    listed = json.loads(run("list", "--namespace", HELM_NAMESPACE, "-o", "json"))
+    assert [r["chart"] for r in listed if r["name"] == RELEASE] == ["provisioner-smoke-0.1.0"], listed

@@ -233,11 +233,14 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     # join: the worker would join.
     assert set(recaps["join"]) == nodes
     assert "worker1 would join the cluster" in outputs["join"]
-    # addons: the storage add-on's manifest would be written on cp1; nothing to compare or wait for yet.
+    # addons: the metrics and storage manifests would be written on cp1; nothing to compare or wait for yet.
     assert set(recaps["addons"]) == {"cp1"} and recaps["addons"]["cp1"]["changed"] > 0
     addons = _task_sections(outputs["addons"])
+    assert _changed_hosts(addons, "Metrics | Render the add-on's manifest") == {"cp1"}
     assert _changed_hosts(addons, "Storage | Render the add-on's manifest") == {"cp1"}
-    assert "skipping: [cp1]" in _section(addons, "Storage | Compare the manifest with the cluster (server-side)")
+    assert (
+        _section(addons, "Manifest | Compare the manifest with the cluster (server-side)").count("skipping: [cp1]") == 2
+    )
     # Nothing left the machine: every URL in the task output is on loopback.
     for name, out in outputs.items():
         task_lines = [line for line in out.splitlines() if not line.startswith(("[WARNING]", "[DEPRECATION"))]

@@ -102,6 +102,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "package_proxy": st.sampled_from(["", "http://192.168.56.1:3142", "ftp://x", "http://[1.2.3.4]:1"]),
     "kube_source": st.sampled_from(spec_module.KUBE_SOURCES),
     "storage": st.sampled_from([True, False, "yes", 1, None]),
+    "metrics": st.sampled_from([True, False, "no", 0, None]),
 }
 assert set(PLAUSIBLE) == spec_module.KNOWN_KEYS
 
