@@ -10,7 +10,6 @@ import importlib.util
 import ipaddress
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from provisioner.command.plan import addons_line
 from provisioner.errors import SpecError
 from provisioner.spec import build_spec, check_engine_fields
 from tests.infra.test_addons import metrics_problems
-from tests.unit.test_playbooks_syntax import run_local_play
+from tests.unit.test_playbooks_syntax import render_role_template
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "metrics_server"
@@ -77,30 +76,7 @@ def test_the_bundle_recipe_and_the_role_name_the_same_image() -> None:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     root = tmp_path_factory.mktemp("metrics")
-    inventory = {
-        "all": {
-            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-            "hosts": {"cp": {}},
-        }
-    }
-    play = [
-        {
-            "hosts": "all",
-            "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml")],
-            "tasks": [
-                {
-                    "ansible.builtin.template": {
-                        "src": str(ROLE / "templates" / "metrics-server.yaml.j2"),
-                        "dest": f"{root}/out.yaml",
-                        "mode": "0600",
-                    }
-                }
-            ],
-        }
-    ]
-    run_local_play(root, inventory, play)
-    return list(yaml.safe_load_all((root / "out.yaml").read_text()))
+    return render_role_template(root, ROLE, "metrics-server.yaml.j2", {"cp": {}})["cp"]
 
 
 def test_metrics_server_verifies_the_kubelets_and_serves_the_metrics_api(rendered: list[dict[str, Any]]) -> None:

@@ -74,6 +74,37 @@ def run_local_play(root: Path, inventory: dict[str, Any], play: list[dict[str, A
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
+def render_role_template(
+    root: Path, role: Path, template: str, hosts: dict[str, dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """Render one of a role's templates with its defaults by Ansible's template module, once per host
+    (each with its own variables), and return each host's YAML documents."""
+    inventory = {
+        "all": {
+            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+            "hosts": hosts,
+        }
+    }
+    play = [
+        {
+            "hosts": "all",
+            "gather_facts": False,
+            "vars_files": [str(role / "defaults" / "main.yml")],
+            "tasks": [
+                {
+                    "ansible.builtin.template": {
+                        "src": str(role / "templates" / template),
+                        "dest": f"{root}/{{{{ inventory_hostname }}}}.yaml",
+                        "mode": "0600",
+                    }
+                }
+            ],
+        }
+    ]
+    run_local_play(root, inventory, play)
+    return {h: list(yaml.safe_load_all((root / f"{h}.yaml").read_text())) for h in hosts}
+
+
 def _missing_imports(playbook: Path) -> list[str]:
     plays = yaml.safe_load(playbook.read_text()) or []
     missing: list[str] = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from provisioner.command.plan import addons_line
 from provisioner.errors import SpecError
 from provisioner.spec import ClusterSpec, build_spec, check_engine_fields, load_file
 from tests.infra.test_addons import CLAIM, storage_manifest
-from tests.unit.test_playbooks_syntax import run_local_play
+from tests.unit.test_playbooks_syntax import render_role_template
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "local_path_storage"
@@ -109,30 +108,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
             {"files": [{"path": "images/local-path-helper.tar", "image": "provisioner.local/local-path-helper:v9"}]}
         )
     )
-    inventory = {
-        "all": {
-            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-            "hosts": {"with-bundle": {"kube_bundle_dir": str(bundle)}, "connected": {}},
-        }
-    }
-    play = [
-        {
-            "hosts": "all",
-            "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml")],
-            "tasks": [
-                {
-                    "ansible.builtin.template": {
-                        "src": str(ROLE / "templates" / "local-path-storage.yaml.j2"),
-                        "dest": f"{root}/{{{{ inventory_hostname }}}}.yaml",
-                        "mode": "0600",
-                    }
-                }
-            ],
-        }
-    ]
-    run_local_play(root, inventory, play)
-    return {h: list(yaml.safe_load_all((root / f"{h}.yaml").read_text())) for h in ("with-bundle", "connected")}
+    return render_role_template(
+        root, ROLE, "local-path-storage.yaml.j2", {"with-bundle": {"kube_bundle_dir": str(bundle)}, "connected": {}}
+    )
 
 
 def _kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
