@@ -183,12 +183,23 @@ def _listing(*csrs: dict[str, Any]) -> str:
 
 def test_a_nodes_own_request_is_approved_and_others_wait() -> None:
     plan = PLAN(_listing(_csr("csr-a", "cp1", ["cp1"], ["192.168.56.10"])), ["cp1", "w1"])
-    assert plan == {"approve": ["csr-a"], "waiting": ["w1"], "refused": []}
+    assert plan == {"approve": ["csr-a"], "by_node": {"cp1": ["csr-a"]}, "waiting": ["w1"], "refused": []}
+
+
+def test_each_nodes_requests_are_named_under_that_node() -> None:
+    listing = _listing(
+        _csr("csr-b", "w1", ["w1"], ["192.168.56.11"]),
+        _csr("csr-a", "cp1", ["cp1"], ["192.168.56.10"]),
+        _csr("csr-c", "w1", ["w1"], []),
+    )
+    plan = PLAN(listing, ["cp1", "w1"])
+    assert plan["by_node"] == {"cp1": ["csr-a"], "w1": ["csr-b", "csr-c"]}
+    assert sorted(plan["approve"]) == ["csr-a", "csr-b", "csr-c"]
 
 
 def test_an_approved_request_means_the_node_is_not_waiting() -> None:
     listing = _listing(_csr("csr-a", "w1", ["w1"], ["192.168.56.11"], conditions=("Approved",)))
-    assert PLAN(listing, ["w1"]) == {"approve": [], "waiting": [], "refused": []}
+    assert PLAN(listing, ["w1"]) == {"approve": [], "by_node": {}, "waiting": [], "refused": []}
 
 
 def test_requests_for_other_signers_nodes_or_names_are_not_approved() -> None:

@@ -68,7 +68,8 @@ def _state(item: Mapping[str, Any]) -> str:
 
 
 def kubelet_serving_csr_plan(listing: object, lacking: Iterable[str]) -> dict[str, Any]:
-    """{"approve": request names, "waiting": nodes with no acceptable request yet, "refused": [why, ...]}.
+    """{"approve": request names, "by_node": {node: its request names}, "waiting": nodes with no
+    acceptable request yet, "refused": [why, ...]}.
 
     `listing` is `kubectl get certificatesigningrequests,nodes -o json`; `lacking` are the nodes
     without a serving certificate. A node with an approved request is not waiting (its kubelet is
@@ -79,6 +80,7 @@ def kubelet_serving_csr_plan(listing: object, lacking: Iterable[str]) -> dict[st
     addresses = _node_addresses(i for i in items if i.get("kind") == "Node")
     csrs = [i for i in items if i.get("kind") == "CertificateSigningRequest"]
     approve: list[str] = []
+    by_node: dict[str, list[str]] = {}
     refused: list[str] = []
     answered: set[str] = set()
     for item in sorted(csrs, key=lambda i: str(i.get("metadata", {}).get("name"))):
@@ -116,8 +118,9 @@ def kubelet_serving_csr_plan(listing: object, lacking: Iterable[str]) -> dict[st
             refused.append(f"{name} (from {user}): " + "; ".join(problems))
             continue
         approve.append(name)
+        by_node.setdefault(node, []).append(name)
         answered.add(node)
-    return {"approve": approve, "waiting": [n for n in wanted if n not in answered], "refused": refused}
+    return {"approve": approve, "by_node": by_node, "waiting": [n for n in wanted if n not in answered], "refused": refused}
 
 
 class FilterModule:
