@@ -11,6 +11,10 @@
                                                      # previous approach (image import on every node)
                                                      # beside it in the same run
 
+    .venv/bin/python bench/bench.py --engine kubernetes --addons
+                                                     # what the add-ons (storage, metrics) add: cold
+                                                     # N=3 with them and without, alternating, twice
+
     .venv/bin/python bench/bench.py --bundle warm|cold
                                                      # the bundle's source build, per component
 
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -133,9 +138,9 @@ def line(label: str, run: Run, note: str = "") -> str:
     return f"{label:<28} {run.seconds:6.1f}s  [{shares(run.timings)}]  cpu {run.cpu:.0f} CPU-s{split}{note}"
 
 
-def cold(nodes: int, image: str, keep: bool = False) -> tuple[Run, Path]:
+def cold(nodes: int, image: str, keep: bool = False, extra: tuple[str, ...] = ()) -> tuple[Run, Path]:
     root = Path(tempfile.mkdtemp(prefix="provision-bench-")) / "ws"
-    run = provision(root, *up_args(nodes, image))
+    run = provision(root, *up_args(nodes, image), *extra)
     if not keep:
         provision(root, "destroy", "-f")
     return run, root
@@ -180,6 +185,41 @@ def run_kubernetes(quick: bool, compare: bool) -> None:
         print(f"target {what} <= {target:.0f} s: {verdict} ({new[what].seconds:.1f} s{ratio})")
     if not quick:
         print(f"CPU per added node (preloaded): {(new['cold N=5'].cpu - new['cold N=1'].cpu) / 4:6.1f} CPU-s")
+
+
+# What the add-ons cost a cold `up`: the defaults (storage and metrics on) against both off, alternated
+# so that the machine's drift falls on both alike.
+ADDON_WAYS = {"with add-ons": (), "without": ("--no-storage", "--no-metrics")}
+
+
+def run_addons(rounds: int = 2) -> None:
+    print("-- engine: kubernetes, cold up N=3 with the add-ons (storage, metrics) and without")
+    runs: dict[str, list[Run]] = {way: [] for way in ADDON_WAYS}
+    for i in range(rounds):
+        for way, extra in ADDON_WAYS.items():
+            run, _ = cold(3, "", extra=extra)
+            runs[way].append(run)
+            print(line(f"{way} #{i + 1}:", run), flush=True)
+
+    def mean(way: str, pick: Callable[[Run], float]) -> float:
+        return sum(pick(r) for r in runs[way]) / len(runs[way])
+
+    def stage(name: str) -> Callable[[Run], float]:
+        def seconds(run: Run) -> float:
+            stages = run.timings.get("stages")
+            return float(stages.get(name, 0.0)) if isinstance(stages, dict) else 0.0
+
+        return seconds
+
+    on, off = "with add-ons", "without"
+    added = mean(on, lambda r: r.seconds) - mean(off, lambda r: r.seconds)
+    print(
+        f"the add-ons add {added:+.1f} s to a cold up N=3 (mean of {rounds}: {mean(on, lambda r: r.seconds):.1f} s "
+        f"against {mean(off, lambda r: r.seconds):.1f} s), {mean(on, lambda r: r.cpu) - mean(off, lambda r: r.cpu):+.0f} "
+        f"CPU-s; stage addons {mean(on, stage('addons')):.1f} s against {mean(off, stage('addons')):.1f} s, "
+        f"join {mean(on, stage('join')):.1f} s against {mean(off, stage('join')):.1f} s, "
+        f"verify {mean(on, stage('verify')):.1f} s against {mean(off, stage('verify')):.1f} s"
+    )
 
 
 def run_bundle(cold_caches: bool) -> None:
@@ -246,6 +286,11 @@ def main() -> int:
         help="kubernetes: the previous approach (image import on every node) beside the default, in one run",
     )
     parser.add_argument(
+        "--addons",
+        action="store_true",
+        help="kubernetes: cold N=3 with the add-ons and without, alternating, and what they add",
+    )
+    parser.add_argument(
         "--bundle",
         choices=["warm", "cold"],
         help="time `bundle build --from source` per component instead (cold: empty Go caches, about 35 min here)",
@@ -271,6 +316,9 @@ def main() -> int:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, {osname}, python {platform.python_version()}"
     )
+    if args.engine == "kubernetes" and args.addons:
+        run_addons()
+        return 0
     if args.engine == "kubernetes":
         run_kubernetes(args.quick, args.compare)
         return 0
