@@ -120,7 +120,12 @@ def kubelet_serving_csr_plan(listing: object, lacking: Iterable[str]) -> dict[st
         approve.append(name)
         by_node.setdefault(node, []).append(name)
         answered.add(node)
-    return {"approve": approve, "by_node": by_node, "waiting": [n for n in wanted if n not in answered], "refused": refused}
+    return {
+        "approve": approve,
+        "by_node": by_node,
+        "waiting": [n for n in wanted if n not in answered],
+        "refused": refused,
+    }
 
 
 class FilterModule:
