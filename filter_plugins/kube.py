@@ -20,7 +20,16 @@ if _REPO_ROOT not in sys.path:
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
-from provisioner.kube import KubeConfigError, cahash, calico, clusterstate, kubeadm, nodeip, packages  # noqa: E402
+from provisioner.kube import (  # noqa: E402
+    KubeConfigError,
+    cahash,
+    calico,
+    clusterstate,
+    kubeadm,
+    nodeip,
+    packages,
+    signingkey,
+)
 
 
 def _wrap(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,6 +53,7 @@ class FilterModule:
             "kube_apt_sources": packages.apt_sources,
             "kube_package_pins": packages.package_pins,
             "kube_installed_packages": packages.installed_packages,
+            "kube_repo_key_plan": signingkey.repo_key_plan,
             "kube_cgroup_error": packages.cgroup_error,
             "kube_cgroup_v1_settings": packages.cgroup_v1_settings,
             "kube_offline_plan": packages.offline_plan,

@@ -14,6 +14,16 @@ from provisioner.spec import ENGINES, PROVIDERS, RUNTIME_SOURCES, RUNTIMES
 from provisioner.workspace import Workspace, default_provision_dir
 
 
+def _repo_key_fingerprint(value: str) -> str:
+    from provisioner.kube import KubeConfigError
+    from provisioner.kube.signingkey import fingerprint_argument
+
+    try:
+        return fingerprint_argument(value)
+    except KubeConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster spec (flags override --config, which overrides the defaults)")
     g.add_argument("--config", type=Path, help="cluster spec YAML file")
@@ -106,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this stage (e.g. runtime: nodes prepared, nothing of the engine yet) and verify what ran",
     )
     up.add_argument("--stack", help="compose file to deploy with `docker stack deploy` after verify (swarm)")
+    up.add_argument(
+        "--accept-repo-key",
+        metavar="FINGERPRINT",
+        type=_repo_key_fingerprint,
+        help="Kubernetes from pkgs.k8s.io or a mirror: trust the repository signing key with this fingerprint "
+        "(after the repository rotated its key; without it a changed key is refused)",
+    )
 
     pl = sub.add_parser("plan", help="print the resolved spec and network plan; create nothing")
     _spec_flags(pl)
@@ -303,6 +320,7 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
             converge=getattr(args, "converge", False),
             shrink=getattr(args, "shrink", False),
             until=getattr(args, "until", None),
+            accept_repo_key=getattr(args, "accept_repo_key", None) or "",
         )
         return up.up(ws, opts) if cmd == "up" else plan.plan(ws, opts)
     if cmd == "status":

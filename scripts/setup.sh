@@ -16,7 +16,7 @@ fi
 log() { printf '[setup] %s\n' "$*"; }
 
 DEB_PACKAGES=(vagrant docker.io mmdebstrap python3 python3-venv python3-pip openssh-client
-              iproute2 iptables ca-certificates tmux skopeo fdisk)
+              iproute2 iptables ca-certificates tmux skopeo fdisk gnupg dpkg-dev)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

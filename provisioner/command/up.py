@@ -37,6 +37,8 @@ class UpOptions:
     converge: bool = False  # re-apply every stage even when nothing changed since the last converge
     shrink: bool = False  # remove the workers the spec no longer has, without asking
     until: str | None = None  # stop after this stage (its verify still runs); the next `up` goes on
+    # The fingerprint of a package repository signing key to accept in this run (a rotated key).
+    accept_repo_key: str = ""
 
 
 def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = sys.stdin) -> int:
@@ -356,7 +358,7 @@ def _stages_and_verify(
                 f"stage {stage.name} ({stage.description})" + (f" on {limit}" if limit else ""),
                 verbose=opts.verbose,
                 limit=limit,
-                extra_vars=_stage_vars(stage.name, [s.name for s in todo], growth, spec, new_nodes),
+                extra_vars=_stage_vars(stage.name, [s.name for s in todo], growth, spec, new_nodes, opts),
             )
         except ProvisionError as exc:
             err = lost_machines_error(exc, vg, stage.name)
@@ -389,9 +391,11 @@ CONVERGE_INPUTS = ("ansible.cfg", "playbooks", "roles", "filter_plugins")
 
 
 def _stage_vars(
-    stage: str, todo: list[str], growth: bool, spec: ClusterSpec, new_nodes: list[str]
+    stage: str, todo: list[str], growth: bool, spec: ClusterSpec, new_nodes: list[str], opts: UpOptions
 ) -> dict[str, Any] | None:
     """Extra variables of one stage's playbook in this run."""
+    if stage == "kube_packages" and opts.accept_repo_key:
+        return {"kube_packages_repo_key_fingerprint": opts.accept_repo_key}
     if stage == "cni" and "join" in todo:
         # join, later in this run, waits for calico-node on every node (playbooks/cni.yml).
         return {"calico_wait_for_nodes": False}

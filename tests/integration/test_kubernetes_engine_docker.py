@@ -1,25 +1,35 @@
-"""Nodes prepared for Kubernetes without forming a cluster, and the upstream install path in check mode.
+"""Nodes prepared for Kubernetes without forming a cluster, and the upstream install path.
 
 `up --until runtime` prepares two container nodes and their runtime, says where it stopped, and
 verifies what ran; a release the toolkit cannot install (1.38, not released) is refused before
-anything is made. Those prepared nodes, with nothing of Kubernetes installed, then take the four
+anything is made. Those prepared nodes, with nothing of Kubernetes installed, then take the
 Kubernetes playbooks in check mode with the upstream sources (pkgs.k8s.io, Calico's manifest URL)
-pointed at loopback. The real cluster from the bundle is tests/integration/test_kubernetes_cluster.py.
+pointed at loopback; then the kube_packages playbook for real against a stand-in for pkgs.k8s.io's
+repository of 1.37 (tests/standins/aptrepo.py) served from this host on the nodes' network: the
+packages installed, pinned and held; a newer patch in the repository does not move them; a rotated
+signing key is refused until accepted. The real cluster from the bundle is
+tests/integration/test_kubernetes_cluster.py.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from provisioner import bundle
 from tests.integration.conftest import REPO, Cluster, assert_verified, make_cluster
+from tests.standins.aptrepo import AptRepo
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +61,32 @@ RECAP = re.compile(
 URL = re.compile(r"\b(?:https?|ftps?|git|ssh|rsync|s3)://[^\s\"'\\,)]+", re.IGNORECASE)
 
 
+# The host's address on the nodes' network (the Docker bridge's gateway): the stand-in listens there.
+HOST_ON_NODE_NETWORK = "192.168.156.1"
+KEYRING = "/etc/apt/keyrings/kubernetes-apt-keyring.asc"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from make_cluster(tmp_path_factory, NAME, NETWORK)
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """The requests are not the test's output."""
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepo]:
+    """pkgs.k8s.io's v1.37 repository, from the bundle's binaries (the suite builds the bundle first)."""
+    found = bundle.find(bundle.resolve_versions(None, None))
+    assert found is not None, "the bundle is missing: scripts/test.sh builds it before pytest"
+    root = tmp_path_factory.mktemp("pkgs-standin")
+    repo = AptRepo(root / "www", root / "gnupg", minor="1.37")
+    repo.add_release(found.path, "1.37.2")
+    repo.publish()
+    yield repo
+    subprocess.run(["gpgconf", "--homedir", str(repo.gpg_home), "--kill", "all"], capture_output=True, check=False)
 
 
 def test_a_release_the_toolkit_cannot_install_is_refused_before_anything(cluster: Cluster) -> None:
@@ -133,7 +166,11 @@ def _on_nodes(cluster: Cluster, script: str) -> subprocess.CompletedProcess[str]
     return cluster.run("exec", "--sudo", "--", f"sh -c '{script}'", timeout=300, check=False)
 
 
-def _check_playbook(cluster: Cluster, name: str) -> tuple[str, dict[str, dict[str, int]]]:
+def _playbook(
+    cluster: Cluster, name: str, extra: dict[str, Any], *, check: bool
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, int]]]:
+    """ansible-playbook of playbooks/NAME.yml on the cluster's inventory, as an operator runs it; its
+    process and its recap (per host: ok, changed, unreachable, failed)."""
     env = dict(os.environ)
     env.update(
         {
@@ -150,11 +187,10 @@ def _check_playbook(cluster: Cluster, name: str) -> tuple[str, dict[str, dict[st
             str(Path(sys.executable).parent / "ansible-playbook"),
             "-i",
             str(cluster.inventory),
-            "--check",
-            "--diff",
+            *(["--check", "--diff"] if check else []),
             "-v",
             "-e",
-            json.dumps(CHECK_VARS),
+            json.dumps(extra),
             f"playbooks/{name}.yml",
         ],
         capture_output=True,
@@ -165,19 +201,30 @@ def _check_playbook(cluster: Cluster, name: str) -> tuple[str, dict[str, dict[st
         check=False,
     )
     out = proc.stdout
-    assert proc.returncode == 0, f"{name}: rc {proc.returncode}\n{out[-8000:]}\n{proc.stderr[-3000:]}"
     recap = {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")} for m in RECAP.finditer(out)}
-    assert recap, f"{name}: no recap\n{out[-4000:]}"
+    assert recap, f"{name}: no recap\n{out[-4000:]}\n{proc.stderr[-3000:]}"
+    return proc, recap
+
+
+def _passed(name: str, proc: subprocess.CompletedProcess[str], recap: dict[str, dict[str, int]]) -> None:
+    out = proc.stdout
+    assert proc.returncode == 0, f"{name}: rc {proc.returncode}\n{out[-8000:]}\n{proc.stderr[-3000:]}"
     for host, counts in recap.items():
         assert counts["failed"] == 0 and counts["unreachable"] == 0, f"{name}: {host} {counts}\n{out[-6000:]}"
-    return out, recap
 
 
-def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: Cluster) -> None:
+def _check_playbook(cluster: Cluster, name: str) -> tuple[str, dict[str, dict[str, int]]]:
+    proc, recap = _playbook(cluster, name, CHECK_VARS, check=True)
+    _passed(name, proc, recap)
+    return proc.stdout, recap
+
+
+def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: Cluster, standin: AptRepo) -> None:
     # Every URL default of the kube roles is pointed at loopback below.
     assert _url_defaults() <= set(CHECK_VARS), _url_defaults()
     files = {
-        "v1.34/deb/Release.key": "check-mode placeholder",
+        # a real key: the role checks what the repository serves before it would write it
+        "v1.34/deb/Release.key": (standin.deb_dir / "Release.key").read_text().strip(),
         "calico/v3.31.0/manifests/calico-vxlan.yaml": "# check-mode placeholder",
     }
     setup = " && ".join(
@@ -207,10 +254,10 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     assert set(recaps["kube_packages"]) == nodes
     assert all(c["changed"] > 0 for c in recaps["kube_packages"].values()), recaps["kube_packages"]
     packages = _task_sections(outputs["kube_packages"])
-    assert _changed_hosts(packages, "Upstream | Fetch the repository signing key") == nodes
     assert f'"url": "{CHECK_BASE}/v1.34/deb/Release.key"' in _section(
         packages, "Upstream | Fetch the repository signing key"
     )
+    assert _changed_hosts(packages, "Upstream | Install the repository signing key") == nodes
     assert _changed_hosts(packages, "Upstream | Write the Kubernetes deb822 source") == nodes
     assert f"URIs: {CHECK_BASE}/v1.34/deb/" in _section(packages, "Upstream | Write the Kubernetes deb822 source")
     assert "skipping: [cp1]" in _section(packages, "Upstream | Install the pinned Kubernetes packages")
@@ -259,6 +306,104 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     )
     assert untouched.returncode == 0, untouched.stdout + untouched.stderr
     assert not (cluster.root / "kubeconfig").exists()
+
+
+def _node_lines(cluster: Cluster, script: str) -> dict[str, list[str]]:
+    """The output lines of a script run as root on each node, by node (provision.py exec prefixes each
+    line with its node's name)."""
+    proc = _on_nodes(cluster, script)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        match = re.match(r"^\[(cp1|worker1)\s*\] (?!\(stderr\))(.*)$", line)
+        if match:
+            lines.setdefault(match.group(1), []).append(match.group(2).strip())
+    return lines
+
+
+DPKG_QUERY = 'dpkg-query -W -f="\\${db:Status-Abbrev}\\${Package}=\\${Version}\\n" ' + " ".join(
+    ("kubelet", "kubeadm", "kubectl", "cri-tools", "kubernetes-cni")
+)
+
+
+def _packages(cluster: Cluster) -> dict[str, set[str]]:
+    """Per node, the Kubernetes packages as `STATUS NAME=VERSION` (status hi: installed and held)."""
+    found = {n: {re.sub(r"\s+", " ", line) for line in lines if "=" in line} for n, lines in
+             _node_lines(cluster, DPKG_QUERY).items()}  # fmt: skip
+    assert set(found) == {"cp1", "worker1"}, found
+    return found
+
+
+def test_the_pkgs_k8s_io_path_installs_pins_and_holds_from_a_stand_in_repository(
+    cluster: Cluster, standin: AptRepo
+) -> None:
+    server = ThreadingHTTPServer(
+        (HOST_ON_NODE_NETWORK, 0), functools.partial(_Quiet, directory=str(standin.root))
+    )  # fmt: skip
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://{HOST_ON_NODE_NETWORK}:{server.server_address[1]}/{standin.base_path}"
+    upstream = {
+        "kube_version": "1.37.2",
+        "kube_packages_allow_cgroup_v1": True,  # this host runs cgroup v1; kubelet 1.37 still starts there
+        "kube_packages_repo_base_url": base,
+        "kube_bundle_dir": "",
+        "kube_bundle_node_dir": "",
+    }
+    held = {
+        "hi kubelet=1.37.2-1.1", "hi kubeadm=1.37.2-1.1", "hi kubectl=1.37.2-1.1", "hi cri-tools=1.37.0-1.1",
+        "ii kubernetes-cni=1.10.0-1.1",
+    }  # fmt: skip
+    try:
+        # First install: the key the repository serves is trusted, the packages pinned and held.
+        proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
+        _passed("kube_packages", proc, recap)
+        assert all(c["changed"] > 0 for c in recap.values()), recap
+        assert _packages(cluster) == {"cp1": held, "worker1": held}
+        versions = _node_lines(cluster, "kubelet --version; systemctl is-enabled kubelet; grep ^URIs: "
+                               "/etc/apt/sources.list.d/kubernetes.sources")  # fmt: skip
+        for node in ("cp1", "worker1"):
+            assert versions[node] == ["Kubernetes v1.37.2", "enabled", f"URIs: {base}/v1.37/deb/"], versions
+        first_key = _node_lines(cluster, f"sha256sum {KEYRING}")
+
+        # A second converge changes nothing.
+        proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
+        _passed("kube_packages", proc, recap)
+        assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, proc.stdout[-4000:]
+
+        # A newer patch appears in the repository and the nodes' apt sees it: the held packages stay.
+        found = bundle.find(bundle.resolve_versions(None, None))
+        assert found is not None
+        standin.add_release(found.path, "1.37.3")
+        standin.publish()
+        policy = _node_lines(cluster, "apt-get update -qq && apt-cache policy kubelet | grep Candidate:")
+        assert all(lines == ["Candidate: 1.37.3-1.1"] for lines in policy.values()), policy
+        proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
+        _passed("kube_packages", proc, recap)
+        assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, proc.stdout[-4000:]
+        assert _packages(cluster) == {"cp1": held, "worker1": held}
+
+        # The repository rotates its signing key: refused on every node, nothing changed...
+        old, new = standin.key_fingerprint, standin.rotate_key()
+        standin.publish()
+        proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
+        assert proc.returncode != 0 and all(c["failed"] == 1 for c in recap.values()), recap
+        for node in ("cp1", "worker1"):
+            assert re.search(rf"{node}: the repository's signing key at \S+Release.key changed: this node trusts "
+                             rf"{old}, the repository now serves {new}; nothing was changed", proc.stdout), (
+                proc.stdout[-4000:])  # fmt: skip
+        assert f"--accept-repo-key {new}" in proc.stdout
+        assert _node_lines(cluster, f"sha256sum {KEYRING}") == first_key
+        # ...until the operator names the new key: written, and apt reads the repository with it.
+        proc, recap = _playbook(cluster, "kube_packages", upstream | {"kube_packages_repo_key_fingerprint": new},
+                                check=False)  # fmt: skip
+        _passed("kube_packages", proc, recap)
+        assert _node_lines(cluster, f"sha256sum {KEYRING}") != first_key
+        signed = _node_lines(cluster, "apt-get update 2>&1 | grep -ci -e NO_PUBKEY -e not.signed -e EXPKEYSIG; true")
+        assert all(lines == ["0"] for lines in signed.values()), signed
+        assert _packages(cluster) == {"cp1": held, "worker1": held}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_rerun_one_stage_and_destroy(cluster: Cluster) -> None:

@@ -1,0 +1,136 @@
+"""The kube_packages role's check of a repository's signing key (provisioner/kube/signingkey.py).
+
+Keys are made by gpg here (scripts/setup.sh installs it) and each fingerprint the module computes is
+compared with gpg's own. No machine, no network."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from provisioner.kube import KubeConfigError
+from provisioner.kube.signingkey import key_fingerprints, repo_key_plan
+
+
+class Keys:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def gpg(self, *args: str) -> str:
+        return subprocess.run(
+            ["gpg", "--homedir", str(self.home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def make(self, uid: str, algo: str = "ed25519", subkey: bool = False) -> tuple[str, str]:
+        """(gpg's fingerprint of a new key, its armored export)."""
+        self.gpg("--quick-generate-key", uid, algo, "sign", "never")
+        fpr = next(line.split(":")[9] for line in self.gpg("--with-colons", "--list-keys", uid).splitlines()
+                   if line.startswith("fpr:"))  # fmt: skip
+        if subkey:
+            self.gpg("--quick-add-key", fpr, "cv25519", "encr", "never")
+        return fpr, self.gpg("--armor", "--export", fpr)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    if shutil.which("gpg") is None:
+        pytest.skip("gpg is missing (scripts/setup.sh installs Debian's gnupg)")
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    yield Keys(home)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, capture_output=True)
+
+
+def test_fingerprints_match_gpg_for_ed25519_and_rsa_keys_and_ignore_subkeys(keys: Keys) -> None:
+    ed, ed_armored = keys.make("ed <ed@provisioner.invalid>", subkey=True)
+    rsa, rsa_armored = keys.make("rsa <rsa@provisioner.invalid>", "rsa2048")
+    assert key_fingerprints(ed_armored) == [ed]
+    assert key_fingerprints(rsa_armored) == [rsa]
+    # two blocks in one file (a repository publishing both keys during a rotation)
+    assert key_fingerprints(ed_armored + "\n" + rsa_armored) == [ed, rsa]
+    # one block holding both keys (gpg --export of two keys)
+    both = keys.gpg("--armor", "--export", ed, rsa)
+    assert sorted(key_fingerprints(both)) == sorted([ed, rsa])
+
+
+def test_first_install_trusts_the_served_key_and_a_rotation_is_refused_until_accepted(keys: Keys) -> None:
+    old, old_key = keys.make("old <old@provisioner.invalid>")
+    new, new_key = keys.make("new <new@provisioner.invalid>")
+    assert repo_key_plan(old_key, "") == {"fingerprints": [old], "install": True, "error": ""}
+    assert repo_key_plan(old_key, old_key)["install"] is True
+    refused = repo_key_plan(new_key, old_key, "", "http://mirror.invalid/v1.37/deb/Release.key")
+    assert refused["install"] is False
+    assert old in refused["error"] and new in refused["error"] and "nothing was changed" in refused["error"]
+    assert f"--accept-repo-key {new}" in refused["error"] and "mirror.invalid" in refused["error"]
+    # accepted by fingerprint, written with spaces and lower case as gpg prints it
+    spaced = " ".join(new[i : i + 4] for i in range(0, len(new), 4)).lower()
+    assert repo_key_plan(new_key, old_key, spaced)["install"] is True
+    # a pinned fingerprint is required on the first install too
+    pinned = repo_key_plan(new_key, "", old)
+    assert pinned["install"] is False and old in pinned["error"] and new in pinned["error"]
+
+
+def test_a_fingerprint_that_is_not_one_is_refused(keys: Keys) -> None:
+    _, key = keys.make("third <third@provisioner.invalid>")
+    with pytest.raises(KubeConfigError, match="not an OpenPGP key fingerprint"):
+        repo_key_plan(key, "", "ABCD")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "check-mode placeholder",
+        "<html>404 Not Found</html>",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!!\n-----END PGP PUBLIC KEY BLOCK-----\n",
+    ],
+)
+def test_what_is_not_an_armored_key_is_named(text: str) -> None:
+    with pytest.raises(KubeConfigError, match="signing key"):
+        key_fingerprints(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_armored_bytes_give_fingerprints_or_a_clear_error(data: bytes) -> None:
+    armored = (
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n"
+        + base64.b64encode(data).decode()
+        + "\n-----END PGP PUBLIC KEY BLOCK-----\n"
+    )
+    try:
+        found = key_fingerprints(armored)
+    except KubeConfigError as exc:
+        assert "signing key" in str(exc)
+    else:
+        assert found and all(len(f) in (40, 64) for f in found)
+
+
+def test_up_accept_repo_key_reaches_only_the_kube_packages_stage(tmp_path: Path) -> None:
+    from provisioner.cli import _overrides, build_parser
+    from provisioner.command.up import UpOptions, _stage_vars
+    from provisioner.preflight import resolve_spec
+    from provisioner.workspace import Workspace
+
+    fpr = "5f2a 9c11 0b3d 44e8 a1c2 7d6e 90ab cdef 1234 5678"
+    args = build_parser().parse_args(["--dir", str(tmp_path), "up", "--accept-repo-key", fpr])
+    assert args.accept_repo_key == "5F2A9C110B3D44E8A1C27D6E90ABCDEF12345678"
+    opts = UpOptions(accept_repo_key=args.accept_repo_key)
+    spec, _ = resolve_spec(Workspace(tmp_path / "ws"), _overrides(args), None)
+    assert _stage_vars("kube_packages", ["kube_packages"], False, spec, [], opts) == {
+        "kube_packages_repo_key_fingerprint": args.accept_repo_key
+    }
+    assert _stage_vars("control_plane", ["control_plane"], False, spec, [], opts) is None
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--dir", str(tmp_path), "up", "--accept-repo-key", "not-hex"])
+    assert exc.value.code == 2
