@@ -7,7 +7,9 @@ Kubernetes playbooks in check mode with the upstream sources (pkgs.k8s.io, Calic
 pointed at loopback; then the kube_packages playbook for real against a stand-in for pkgs.k8s.io's
 repository of 1.37 (tests/standins/aptrepo.py) served from this host on the nodes' network: the
 packages installed, pinned and held; a newer patch in the repository does not move them; a rotated
-signing key is refused until accepted. The real cluster from the bundle is
+signing key is refused until accepted. Then containerd on the nodes pulls registry.k8s.io's and
+docker.io's images through registry mirrors: a stand-in registry over TLS with the test's CA
+(tests/standins/registry.py). The real cluster from the bundle is
 tests/integration/test_kubernetes_cluster.py.
 """
 
@@ -30,6 +32,7 @@ import pytest
 from provisioner import bundle
 from tests.integration.conftest import REPO, Cluster, assert_verified, make_cluster
 from tests.standins.aptrepo import AptRepo
+from tests.standins.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -400,6 +403,45 @@ def test_the_pkgs_k8s_io_path_installs_pins_and_holds_from_a_stand_in_repository
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_containerd_pulls_through_registry_mirrors_with_their_ca(cluster: Cluster, tmp_path: Path) -> None:
+    found = bundle.find(bundle.resolve_versions(None, None))
+    assert found is not None
+    images = found.path / "images"
+    with Registry.start(tmp_path / "registry", HOST_ON_NODE_NETWORK) as registry:
+        # registry.k8s.io's images at the mirror's root; docker.io's under a path (override_path)
+        registry.push(images / "pause.tar", "pause:3.10.2")
+        registry.push(images / "local-path-provisioner.tar", "docker.io/rancher/local-path-provisioner:v0.0.30")
+        mirrors = {
+            "container_runtime_registry_mirrors": {
+                "registry.k8s.io": [registry.url],
+                "docker.io": [f"{registry.url}/v2/docker.io"],
+            },
+            "container_runtime_registry_ca": registry.ca_pem,
+        }
+        proc, recap = _playbook(cluster, "runtime", mirrors, check=False)
+        _passed("runtime", proc, recap)
+        assert all(c["changed"] > 0 for c in recap.values()), recap
+        again, recap = _playbook(cluster, "runtime", mirrors, check=False)
+        _passed("runtime", again, recap)
+        assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, again.stdout[-4000:]
+        pulled = _node_lines(
+            cluster,
+            "crictl rmi registry.k8s.io/pause:3.10.2 docker.io/rancher/local-path-provisioner:v0.0.30 >/dev/null 2>&1;"
+            " crictl pull registry.k8s.io/pause:3.10.2 >/dev/null"
+            " && crictl pull docker.io/rancher/local-path-provisioner:v0.0.30 >/dev/null"
+            ' && crictl images | awk "NR > 1 {print \\$1 \\":\\" \\$2}"',
+        )
+        for node in ("cp1", "worker1"):
+            tags = set(pulled.get(node, []))
+            assert {"registry.k8s.io/pause:3.10.2", "docker.io/rancher/local-path-provisioner:v0.0.30"} <= tags, pulled
+        # The pulls came through the stand-in, from each node's address, each registry's way.
+        log = registry.requests()
+        for ip in ("192.168.156.10", "192.168.156.11"):
+            for path in ("/v2/pause/manifests/", "/v2/docker.io/rancher/local-path-provisioner/manifests/"):
+                request = rf'^{re.escape(ip)} .*"(?:HEAD|GET) {re.escape(path)}\S+ HTTP'
+                assert re.search(request, log, re.M), f"no {path} request from {ip}:\n{log[-3000:]}"
 
 
 def test_rerun_one_stage_and_destroy(cluster: Cluster) -> None:
