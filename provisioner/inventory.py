@@ -54,6 +54,26 @@ def smoke_vars(kube_version: str, bundle: Path | None) -> dict[str, Any]:
     }
 
 
+def mirror_vars(mirrors: dict[str, Any]) -> dict[str, Any]:
+    """The roles' variables for the spec's mirrors (spec.MIRROR_KEYS): only those it names."""
+    extra: dict[str, Any] = {}
+    if mirrors.get("kubernetes_packages"):
+        extra["kube_packages_repo_base_url"] = mirrors["kubernetes_packages"]
+    if mirrors.get("calico_manifests"):
+        extra["calico_manifest_base_url"] = mirrors["calico_manifests"]
+    if mirrors.get("registries"):
+        extra["container_runtime_registry_mirrors"] = dict(mirrors["registries"])
+    if mirrors.get("registry_ca"):
+        try:
+            extra["container_runtime_registry_ca"] = Path(mirrors["registry_ca"]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProvisionError(
+                f"mirrors.registry_ca {mirrors['registry_ca']} cannot be read ({exc}); put the CA file back or "
+                "drop registry_ca from the spec"
+            ) from None
+    return extra
+
+
 def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = None) -> dict[str, Any]:
     """Cluster-wide variables, the same keys as inventory/sample/group_vars/all.yml (plus the role
     variable node_prep_package_proxy, whose role default "" means no proxy). With a bundle, the
@@ -69,6 +89,7 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
         extra |= smoke_vars(spec.versions["kubernetes"], bundle)
         extra["local_path_storage_enabled"] = spec.storage
         extra["metrics_server_enabled"] = spec.metrics
+        extra |= mirror_vars(spec.mirrors)
     if spec.engine == "swarm" and spec.swarm_address_pool != DEFAULT_SWARM_POOL:
         # [] (the role's default) leaves Docker's own pool, so an unchanged spec adds nothing here.
         extra["swarm_default_addr_pool"] = [spec.swarm_address_pool]

@@ -80,6 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "kube_source": "auto",
     "storage": True,
     "metrics": True,
+    "mirrors": {},
 }
 KNOWN_KEYS = set(DEFAULTS)
 VERSION_KEYS = set(DEFAULTS["versions"])
@@ -137,6 +138,8 @@ class ClusterSpec:
     storage: bool = True
     # metrics is metrics-server behind the resource metrics API (roles/metrics_server).
     metrics: bool = True
+    # Where the nodes fetch from instead of the public sites (a company's mirrors): MIRROR_KEYS below.
+    mirrors: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -350,7 +353,7 @@ def _calico_version(text: str) -> str:
 def check_engine_fields(engine: str, given: set[str]) -> None:
     """Refuse fields that this run gave (its config file and flags) but the engine ignores."""
     ignored = (
-        sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip", "storage", "metrics"})
+        sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip", "storage", "metrics", "mirrors"})
         if engine == "swarm"
         else []
     )
@@ -367,6 +370,11 @@ def check_engine_fields(engine: str, given: set[str]) -> None:
         raise SpecError(
             "metrics is a Kubernetes add-on (metrics-server) and does nothing with engine swarm; drop metrics "
             "from the spec file and --metrics/--no-metrics, or use --engine kubernetes"
+        )
+    if "mirrors" in ignored:
+        raise SpecError(
+            "mirrors are where a Kubernetes cluster's packages, manifests and images come from and do nothing "
+            "with engine swarm; drop mirrors from the spec file, or use --engine kubernetes"
         )
     if ignored:
         field = ignored[0]
@@ -622,7 +630,75 @@ def _validate(raw: dict[str, Any], given: set[str]) -> ClusterSpec:
         swarm_address_pool=str(pool),
         storage=_bool(raw, "storage"),
         metrics=_bool(raw, "metrics"),
+        mirrors=_mirrors(raw.get("mirrors")),
     )
+
+
+# mirrors: each key, and what it replaces.
+MIRROR_KEYS = {
+    "kubernetes_packages": "pkgs.k8s.io's https://pkgs.k8s.io/core:/stable: (same layout: v1.MINOR/deb/ below it)",
+    "calico_manifests": "Calico's release manifests (same layout: vVERSION/manifests/calico-vxlan.yaml below it)",
+    "registries": "image registries: a registry name (registry.k8s.io, quay.io, docker.io) to a mirror URL or a list",
+    "registry_ca": "the path of a PEM file on this machine: the CA that signed the mirrors' certificates",
+}
+MIRROR_URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(?::\d{1,5})?(?:/\S*)?")
+REGISTRY_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
+
+
+def _mirror_url(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not MIRROR_URL_RE.fullmatch(value):
+        raise SpecError(
+            f"{what} {_shown(value)} is not an http:// or https:// URL; give e.g. https://mirror.example.internal:5000"
+        )
+    return value.rstrip("/")
+
+
+def _mirrors(value: Any) -> dict[str, Any]:
+    """mirrors, checked and normalised: URLs without a trailing slash, each registry's mirrors a list,
+    registry_ca an absolute path to a readable PEM certificate file."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"mirrors must be a mapping with keys {', '.join(MIRROR_KEYS)}, not {_shown(value)}")
+    unknown = sorted(set(value) - set(MIRROR_KEYS))
+    if unknown:
+        known = "; ".join(f"{k}: {v}" for k, v in MIRROR_KEYS.items())
+        raise SpecError(f"mirrors has no key {', '.join(map(str, unknown))}; the keys are {known}")
+    out: dict[str, Any] = {}
+    for key in ("kubernetes_packages", "calico_manifests"):
+        if value.get(key):
+            out[key] = _mirror_url(value[key], f"mirrors.{key}")
+    registries = value.get("registries") or {}
+    if not isinstance(registries, dict):
+        raise SpecError(f"mirrors.registries must map a registry name to mirror URLs, not {_shown(registries)}")
+    checked: dict[str, list[str]] = {}
+    for name, urls in registries.items():
+        if not isinstance(name, str) or not REGISTRY_NAME_RE.fullmatch(name):
+            raise SpecError(
+                f"mirrors.registries has {_shown(name)}, which is not a registry name such as registry.k8s.io"
+            )
+        listed = [urls] if isinstance(urls, str) else urls
+        if not isinstance(listed, list) or not listed:
+            raise SpecError(f"mirrors.registries.{name} must be a mirror URL or a list of them, not {_shown(urls)}")
+        checked[name] = [_mirror_url(u, f"mirrors.registries.{name}") for u in listed]
+    if checked:
+        out["registries"] = checked
+    ca = value.get("registry_ca")
+    if ca:
+        if not isinstance(ca, str) or not os.path.isabs(ca):
+            raise SpecError(f"mirrors.registry_ca {_shown(ca)} must be the absolute path of a PEM file on this machine")
+        try:
+            text = Path(ca).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(
+                f"mirrors.registry_ca {_shown(ca)} cannot be read ({exc}); give a PEM CA certificate"
+            ) from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise SpecError(f"mirrors.registry_ca {_shown(ca)} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        if not checked:
+            raise SpecError("mirrors.registry_ca is the CA of registry mirrors, and mirrors.registries names none")
+        out["registry_ca"] = ca
+    return out
 
 
 def _api_vip(value: Any, engine: str, nodes: tuple[Node, ...], network: ipaddress.IPv4Network) -> str:

@@ -103,6 +103,24 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "kube_source": st.sampled_from(spec_module.KUBE_SOURCES),
     "storage": st.sampled_from([True, False, "yes", 1, None]),
     "metrics": st.sampled_from([True, False, "no", 0, None]),
+    "mirrors": st.one_of(
+        st.just({}),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "kubernetes_packages": st.sampled_from(["https://m.invalid/core:/stable:", "m.invalid", ""]),
+                "calico_manifests": st.sampled_from(["http://m.invalid:8080/calico/", 7]),
+                "registries": st.dictionaries(
+                    st.sampled_from(["registry.k8s.io", "quay.io", "bad/name", ""]),
+                    st.one_of(st.just("https://m.invalid:5000"), st.lists(st.sampled_from(["https://a.invalid", "x"]))),
+                    max_size=2,
+                ),
+                "registry_ca": st.sampled_from(["", "/nonexistent/ca.pem", "relative.pem"]),
+                "other": st.just(1),
+            },
+        ),
+        anything,
+    ),
 }
 assert set(PLAUSIBLE) == spec_module.KNOWN_KEYS
 

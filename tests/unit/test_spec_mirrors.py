@@ -1,0 +1,85 @@
+"""The spec's mirrors (provisioner/spec.py _mirrors) and the role variables they become
+(provisioner/inventory.py mirror_vars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from provisioner.errors import SpecError
+from provisioner.inventory import mirror_vars
+from provisioner.spec import ClusterSpec, build_spec, check_engine_fields
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIBdGVzdA==\n-----END CERTIFICATE-----\n"
+
+
+def test_mirrors_become_the_roles_variables_and_survive_the_state_file(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(CA)
+    spec = build_spec(
+        {
+            "mirrors": {
+                "kubernetes_packages": "https://mirror.example.internal/core:/stable:/",
+                "calico_manifests": "https://mirror.example.internal/calico",
+                "registries": {
+                    "registry.k8s.io": "https://mirror.example.internal:5000",
+                    "docker.io": ["https://a.example.internal/v2/docker.io", "https://b.example.internal"],
+                },
+                "registry_ca": str(ca),
+            }
+        }
+    )
+    assert ClusterSpec.from_dict(spec.to_dict()) == spec
+    assert mirror_vars(spec.mirrors) == {
+        "kube_packages_repo_base_url": "https://mirror.example.internal/core:/stable:",
+        "calico_manifest_base_url": "https://mirror.example.internal/calico",
+        "container_runtime_registry_mirrors": {
+            "registry.k8s.io": ["https://mirror.example.internal:5000"],
+            "docker.io": ["https://a.example.internal/v2/docker.io", "https://b.example.internal"],
+        },
+        "container_runtime_registry_ca": CA,
+    }
+    assert mirror_vars(build_spec().mirrors) == {}
+
+
+@pytest.mark.parametrize(
+    ("mirrors", "words"),
+    [
+        ({"packages": "https://m.invalid"}, "has no key packages"),
+        ({"kubernetes_packages": "ftp://m.invalid"}, "not an http:// or https:// URL"),
+        ({"kubernetes_packages": "m.invalid"}, "not an http:// or https:// URL"),
+        ({"registries": {"registry.k8s.io/x": "https://m.invalid"}}, "not a registry name"),
+        ({"registries": {"quay.io": []}}, "a mirror URL or a list"),
+        ({"registries": ["https://m.invalid"]}, "must map a registry name"),
+        ({"registries": {"quay.io": "https://m.invalid"}, "registry_ca": "ca.pem"}, "absolute path"),
+        ({"registries": {"quay.io": "https://m.invalid"}, "registry_ca": "/nonexistent/ca.pem"}, "cannot be read"),
+        ({"registry_ca": "/etc/hostname"}, "holds no PEM certificate"),
+        ("https://m.invalid", "must be a mapping"),
+    ],
+)
+def test_malformed_mirrors_are_refused_with_one_sentence(mirrors: Any, words: str) -> None:
+    with pytest.raises(SpecError, match=words) as caught:
+        build_spec({"mirrors": mirrors})
+    assert "\n" not in str(caught.value)
+
+
+def test_mirrors_are_refused_with_swarm() -> None:
+    with pytest.raises(SpecError, match="do nothing with engine swarm"):
+        check_engine_fields("swarm", {"engine", "mirrors"})
+    check_engine_fields("kubernetes", {"engine", "mirrors"})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=40))
+def test_any_text_as_a_mirror_url_is_accepted_as_a_url_or_refused_clearly(text: str) -> None:
+    try:
+        spec = build_spec({"mirrors": {"calico_manifests": text}})
+    except SpecError as exc:
+        assert "calico_manifests" in str(exc)
+    else:
+        url = spec.mirrors.get("calico_manifests", "")
+        assert not text or (url.startswith(("http://", "https://")) and not url.endswith("/") and " " not in url)
