@@ -42,10 +42,12 @@ def kube_source_choice(spec: ClusterSpec) -> tuple[str, str]:
         return spec.kube_source, "asked for"
     if spec.provider == "docker":
         return "bundle", "container nodes install from the bundle (no registry needed)"
-    why = providers.pkgs_k8s_io_unreachable()
+    mirror = spec.mirrors.get("kubernetes_packages", "")
+    where = f"the package mirror {mirror}" if mirror else "pkgs.k8s.io"
+    why = providers.pkgs_k8s_io_unreachable(mirror + "/") if mirror else providers.pkgs_k8s_io_unreachable()
     if why:
-        return "bundle", f"pkgs.k8s.io does not answer here ({why})"
-    return "upstream", "pkgs.k8s.io answers"
+        return "bundle", f"{where} does not answer here ({why})"
+    return "upstream", f"{where} answers"
 
 
 def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[ClusterSpec, Path | None]:

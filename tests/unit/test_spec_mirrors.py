@@ -83,3 +83,27 @@ def test_any_text_as_a_mirror_url_is_accepted_as_a_url_or_refused_clearly(text: 
     else:
         url = spec.mirrors.get("calico_manifests", "")
         assert not text or (url.startswith(("http://", "https://")) and not url.endswith("/") and " " not in url)
+
+
+def test_kube_source_auto_asks_the_package_mirror_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner import kubesource, providers
+
+    asked: list[str] = []
+
+    def unreachable(url: str = providers.PKGS_K8S_IO, timeout: float = 5.0) -> str:
+        asked.append(url)
+        return "" if "mirror" in url else "no route"
+
+    monkeypatch.setattr(providers, "pkgs_k8s_io_unreachable", unreachable)
+    mirrored = build_spec(
+        {"provider": "libvirt", "mirrors": {"kubernetes_packages": "https://mirror.example.internal/k8s"}}
+    )
+    assert kubesource.kube_source_choice(mirrored) == (
+        "upstream",
+        "the package mirror https://mirror.example.internal/k8s answers",
+    )
+    assert kubesource.kube_source_choice(build_spec({"provider": "libvirt"})) == (
+        "bundle",
+        "pkgs.k8s.io does not answer here (no route)",
+    )
+    assert asked == ["https://mirror.example.internal/k8s/", providers.PKGS_K8S_IO]
