@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from provisioner import bundle
 from tests.integration.conftest import REPO, Cluster, assert_verified, make_cluster
@@ -82,14 +84,46 @@ class _Quiet(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepo]:
     """pkgs.k8s.io's v1.37 repository, from the bundle's binaries (the suite builds the bundle first)."""
-    found = bundle.find(bundle.resolve_versions(None, None))
-    assert found is not None, "the bundle is missing: scripts/test.sh builds it before pytest"
     root = tmp_path_factory.mktemp("pkgs-standin")
     repo = AptRepo(root / "www", root / "gnupg", minor="1.37")
-    repo.add_release(found.path, "1.37.2")
+    repo.add_release(_bundle_dir(), "1.37.2")
     repo.publish()
     yield repo
     subprocess.run(["gpgconf", "--homedir", str(repo.gpg_home), "--kill", "all"], capture_output=True, check=False)
+
+
+def _bundle_dir() -> Path:
+    found = bundle.find(bundle.resolve_versions(None, None))
+    assert found is not None, "the bundle is missing: scripts/test.sh builds it before pytest"
+    return found.path
+
+
+@pytest.fixture(scope="module")
+def served(standin: AptRepo) -> Iterator[str]:
+    """The stand-in's files over HTTP from this host's address on the nodes' network (which exists once
+    the first `up` made the nodes): the apt repository at BASE/core:/stable:, Calico's release manifest
+    at BASE/calico/v3.31.0/manifests/calico-vxlan.yaml. Yields BASE."""
+    calico = standin.root / "calico" / "v3.31.0" / "manifests"
+    calico.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_bundle_dir() / "manifests" / "calico-3.31.0.yaml", calico / "calico-vxlan.yaml")
+    server = ThreadingHTTPServer((HOST_ON_NODE_NETWORK, 0), functools.partial(_Quiet, directory=str(standin.root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{HOST_ON_NODE_NETWORK}:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, served: str) -> Iterator[Registry]:
+    """The stand-in registry with every bundle image a cluster pulls, each under its registry's path
+    (quay.io/calico/node:v3.31.0 as /v2/quay.io/calico/node), and pause also at the root (as a mirror
+    of registry.k8s.io without a path would ask for it). Needs the nodes' network, as `served` does."""
+    with Registry.start(tmp_path_factory.mktemp("registry"), HOST_ON_NODE_NETWORK) as running:
+        for entry in bundle.load(_bundle_dir()).images:
+            if entry.image.startswith(("registry.k8s.io/", "quay.io/", "docker.io/")):
+                running.push(_bundle_dir() / entry.path, entry.image)
+        running.push(_bundle_dir() / "images" / "pause.tar", "pause:3.10.2")
+        yield running
 
 
 def test_a_release_the_toolkit_cannot_install_is_refused_before_anything(cluster: Cluster) -> None:
@@ -338,13 +372,9 @@ def _packages(cluster: Cluster) -> dict[str, set[str]]:
 
 
 def test_the_pkgs_k8s_io_path_installs_pins_and_holds_from_a_stand_in_repository(
-    cluster: Cluster, standin: AptRepo
+    cluster: Cluster, standin: AptRepo, served: str
 ) -> None:
-    server = ThreadingHTTPServer(
-        (HOST_ON_NODE_NETWORK, 0), functools.partial(_Quiet, directory=str(standin.root))
-    )  # fmt: skip
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://{HOST_ON_NODE_NETWORK}:{server.server_address[1]}/{standin.base_path}"
+    base = f"{served}/{standin.base_path}"
     upstream = {
         "kube_version": "1.37.2",
         "kube_packages_allow_cgroup_v1": True,  # this host runs cgroup v1; kubelet 1.37 still starts there
@@ -356,92 +386,132 @@ def test_the_pkgs_k8s_io_path_installs_pins_and_holds_from_a_stand_in_repository
         "hi kubelet=1.37.2-1.1", "hi kubeadm=1.37.2-1.1", "hi kubectl=1.37.2-1.1", "hi cri-tools=1.37.0-1.1",
         "ii kubernetes-cni=1.10.0-1.1",
     }  # fmt: skip
-    try:
-        # First install: the key the repository serves is trusted, the packages pinned and held.
-        proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
-        _passed("kube_packages", proc, recap)
-        assert all(c["changed"] > 0 for c in recap.values()), recap
-        assert _packages(cluster) == {"cp1": held, "worker1": held}
-        versions = _node_lines(cluster, "kubelet --version; systemctl is-enabled kubelet; grep ^URIs: "
-                               "/etc/apt/sources.list.d/kubernetes.sources")  # fmt: skip
-        for node in ("cp1", "worker1"):
-            assert versions[node] == ["Kubernetes v1.37.2", "enabled", f"URIs: {base}/v1.37/deb/"], versions
-        first_key = _node_lines(cluster, f"sha256sum {KEYRING}")
+    # First install: the key the repository serves is trusted, the packages pinned and held.
+    proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
+    _passed("kube_packages", proc, recap)
+    assert all(c["changed"] > 0 for c in recap.values()), recap
+    assert _packages(cluster) == {"cp1": held, "worker1": held}
+    versions = _node_lines(cluster, "kubelet --version; systemctl is-enabled kubelet; grep ^URIs: "
+                           "/etc/apt/sources.list.d/kubernetes.sources")  # fmt: skip
+    for node in ("cp1", "worker1"):
+        assert versions[node] == ["Kubernetes v1.37.2", "enabled", f"URIs: {base}/v1.37/deb/"], versions
+    first_key = _node_lines(cluster, f"sha256sum {KEYRING}")
 
-        # A newer patch appears in the repository and the nodes' apt sees it: a second converge changes
-        # nothing, and the held packages stay at the patch they were installed at.
-        found = bundle.find(bundle.resolve_versions(None, None))
-        assert found is not None
-        standin.add_release(found.path, "1.37.3")
-        standin.publish()
-        policy = _node_lines(cluster, "apt-get update -qq && apt-cache policy kubelet | grep Candidate:")
-        assert all(lines == ["Candidate: 1.37.3-1.1"] for lines in policy.values()), policy
-        proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
-        _passed("kube_packages", proc, recap)
-        assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, proc.stdout[-4000:]
-        assert _packages(cluster) == {"cp1": held, "worker1": held}
+    # A newer patch appears in the repository and the nodes' apt sees it: a second converge changes
+    # nothing, and the held packages stay at the patch they were installed at.
+    standin.add_release(_bundle_dir(), "1.37.3")
+    standin.publish()
+    policy = _node_lines(cluster, "apt-get update -qq && apt-cache policy kubelet | grep Candidate:")
+    assert all(lines == ["Candidate: 1.37.3-1.1"] for lines in policy.values()), policy
+    proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
+    _passed("kube_packages", proc, recap)
+    assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, proc.stdout[-4000:]
+    assert _packages(cluster) == {"cp1": held, "worker1": held}
 
-        # The repository rotates its signing key: refused on every node, nothing changed...
-        old, new = standin.key_fingerprint, standin.rotate_key()
-        standin.publish()
-        proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
-        assert proc.returncode != 0 and all(c["failed"] == 1 for c in recap.values()), recap
-        for node in ("cp1", "worker1"):
-            assert re.search(rf"{node}: the repository's signing key at \S+Release.key changed: this node trusts "
-                             rf"{old}, the repository now serves {new}; nothing was changed", proc.stdout), (
-                proc.stdout[-4000:])  # fmt: skip
-        assert f"--accept-repo-key {new}" in proc.stdout
-        assert _node_lines(cluster, f"sha256sum {KEYRING}") == first_key
-        # ...until the operator names the new key: written, and apt reads the repository with it.
-        proc, recap = _playbook(cluster, "kube_packages", upstream | {"kube_packages_repo_key_fingerprint": new},
-                                check=False)  # fmt: skip
-        _passed("kube_packages", proc, recap)
-        assert _node_lines(cluster, f"sha256sum {KEYRING}") != first_key
-        signed = _node_lines(cluster, "apt-get update 2>&1 | grep -ci -e NO_PUBKEY -e not.signed -e EXPKEYSIG; true")
-        assert all(lines == ["0"] for lines in signed.values()), signed
-        assert _packages(cluster) == {"cp1": held, "worker1": held}
-    finally:
-        server.shutdown()
-        server.server_close()
+    # The repository rotates its signing key: refused on every node, nothing changed...
+    old, new = standin.key_fingerprint, standin.rotate_key()
+    standin.publish()
+    proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
+    assert proc.returncode != 0 and all(c["failed"] == 1 for c in recap.values()), recap
+    for node in ("cp1", "worker1"):
+        assert re.search(rf"{node}: the repository's signing key at \S+Release.key changed: this node trusts "
+                         rf"{old}, the repository now serves {new}; nothing was changed", proc.stdout), (
+            proc.stdout[-4000:])  # fmt: skip
+    assert f"--accept-repo-key {new}" in proc.stdout
+    assert _node_lines(cluster, f"sha256sum {KEYRING}") == first_key
+    # ...until the operator names the new key: written, and apt reads the repository with it.
+    proc, recap = _playbook(cluster, "kube_packages", upstream | {"kube_packages_repo_key_fingerprint": new},
+                            check=False)  # fmt: skip
+    _passed("kube_packages", proc, recap)
+    assert _node_lines(cluster, f"sha256sum {KEYRING}") != first_key
+    signed = _node_lines(cluster, "apt-get update 2>&1 | grep -ci -e NO_PUBKEY -e not.signed -e EXPKEYSIG; true")
+    assert all(lines == ["0"] for lines in signed.values()), signed
+    assert _packages(cluster) == {"cp1": held, "worker1": held}
 
 
-def test_containerd_pulls_through_registry_mirrors_with_their_ca(cluster: Cluster, tmp_path: Path) -> None:
-    found = bundle.find(bundle.resolve_versions(None, None))
-    assert found is not None
-    images = found.path / "images"
-    with Registry.start(tmp_path / "registry", HOST_ON_NODE_NETWORK) as registry:
-        # registry.k8s.io's images at the mirror's root; docker.io's under a path (override_path)
-        registry.push(images / "pause.tar", "pause:3.10.2")
-        registry.push(images / "local-path-provisioner.tar", "docker.io/rancher/local-path-provisioner:v0.0.30")
-        mirrors = {
-            "container_runtime_registry_mirrors": {
-                "registry.k8s.io": [registry.url],
-                "docker.io": [f"{registry.url}/v2/docker.io"],
-            },
-            "container_runtime_registry_ca": registry.ca_pem,
-        }
-        proc, recap = _playbook(cluster, "runtime", mirrors, check=False)
-        _passed("runtime", proc, recap)
-        assert all(c["changed"] > 0 for c in recap.values()), recap
-        again, recap = _playbook(cluster, "runtime", mirrors, check=False)
-        _passed("runtime", again, recap)
-        assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, again.stdout[-4000:]
-        pulled = _node_lines(
-            cluster,
-            "crictl rmi registry.k8s.io/pause:3.10.2 docker.io/rancher/local-path-provisioner:v0.0.30 >/dev/null 2>&1;"
-            " crictl pull registry.k8s.io/pause:3.10.2 >/dev/null"
-            " && crictl pull docker.io/rancher/local-path-provisioner:v0.0.30 >/dev/null"
-            ' && crictl images | awk "NR > 1 {print \\$1 \\":\\" \\$2}"',
-        )
-        for node in ("cp1", "worker1"):
-            tags = set(pulled.get(node, []))
-            assert {"registry.k8s.io/pause:3.10.2", "docker.io/rancher/local-path-provisioner:v0.0.30"} <= tags, pulled
-        # The pulls came through the stand-in, from each node's address, each registry's way.
-        log = registry.requests()
-        for ip in ("192.168.156.10", "192.168.156.11"):
-            for path in ("/v2/pause/manifests/", "/v2/docker.io/rancher/local-path-provisioner/manifests/"):
-                request = rf'^{re.escape(ip)} .*"(?:HEAD|GET) {re.escape(path)}\S+ HTTP'
-                assert re.search(request, log, re.M), f"no {path} request from {ip}:\n{log[-3000:]}"
+def test_containerd_pulls_through_registry_mirrors_with_their_ca(cluster: Cluster, registry: Registry) -> None:
+    mirrors = {
+        "container_runtime_registry_mirrors": {
+            "registry.k8s.io": [registry.url],
+            "docker.io": [f"{registry.url}/v2/docker.io"],
+        },
+        "container_runtime_registry_ca": registry.ca_pem,
+    }
+    proc, recap = _playbook(cluster, "runtime", mirrors, check=False)
+    _passed("runtime", proc, recap)
+    assert all(c["changed"] > 0 for c in recap.values()), recap
+    again, recap = _playbook(cluster, "runtime", mirrors, check=False)
+    _passed("runtime", again, recap)
+    assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, again.stdout[-4000:]
+    pulled = _node_lines(
+        cluster,
+        "crictl rmi registry.k8s.io/pause:3.10.2 docker.io/rancher/local-path-provisioner:v0.0.30 >/dev/null 2>&1;"
+        " crictl pull registry.k8s.io/pause:3.10.2 >/dev/null"
+        " && crictl pull docker.io/rancher/local-path-provisioner:v0.0.30 >/dev/null"
+        ' && crictl images | awk "NR > 1 {print \\$1 \\":\\" \\$2}"',
+    )
+    for node in ("cp1", "worker1"):
+        tags = set(pulled.get(node, []))
+        assert {"registry.k8s.io/pause:3.10.2", "docker.io/rancher/local-path-provisioner:v0.0.30"} <= tags, pulled
+    # The pulls came through the stand-in, from each node's address, each registry's way.
+    log = registry.requests()
+    for ip in ("192.168.156.10", "192.168.156.11"):
+        for path in ("/v2/pause/manifests/", "/v2/docker.io/rancher/local-path-provisioner/manifests/"):
+            request = rf'^{re.escape(ip)} .*"(?:HEAD|GET) {re.escape(path)}\S+ HTTP'
+            assert re.search(request, log, re.M), f"no {path} request from {ip}:\n{log[-3000:]}"
+
+
+def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
+    cluster: Cluster, standin: AptRepo, served: str, registry: Registry, tmp_path: Path
+) -> None:
+    # The prepared nodes become a cluster with kube_source upstream and the spec's mirrors pointing at the
+    # stand-ins: packages from the apt repository, Calico's manifest from the file server, every image
+    # through the registry. The bundle stays out: no bundle directory, no image import.
+    ca = tmp_path / "stand-in-ca.pem"
+    ca.write_text(registry.ca_pem)
+    mirrors = {
+        "kubernetes_packages": f"{served}/{standin.base_path}",
+        "calico_manifests": f"{served}/calico",
+        "registries": {name: f"{registry.url}/v2/{name}" for name in ("registry.k8s.io", "quay.io", "docker.io")},
+        "registry_ca": str(ca),
+    }
+    config = tmp_path / "upstream.yml"
+    config.write_text(yaml.safe_dump({"kube_source": "upstream", "storage": False, "mirrors": mirrors}))
+    proc = cluster.run("up", "--config", str(config), timeout=2400)
+    out = proc.stdout
+    assert "kubernetes: packages from pkgs.k8s.io (asked for)" in out, out[-3000:]
+    assert_verified(out)
+    inventory = cluster.inventory.read_text()
+    assert "kube_bundle_dir" not in inventory and "kube_images_offline_dir" not in inventory
+    assert f"kube_packages_repo_base_url: {served}/{standin.base_path}" in inventory
+    # The packages came from the stand-in repository (its maintainer line, apt's record of the source).
+    origin = _node_lines(
+        cluster,
+        "dpkg-query -W -f=\\${Maintainer}\\\\n kubelet kubeadm; apt-cache policy kubelet | grep -c 192.168.156.1",
+    )
+    for node in ("cp1", "worker1"):
+        assert origin[node][:2] == ["provisioner test suite <standin@provisioner.invalid>"] * 2, origin
+        assert int(origin[node][2]) >= 1, origin
+    # Every image a node runs came through the registry: each node asked it for its own.
+    log = registry.requests()
+    wanted = {
+        "192.168.156.10": ["registry.k8s.io/kube-apiserver", "registry.k8s.io/etcd", "registry.k8s.io/pause",
+                           "registry.k8s.io/kube-proxy", "quay.io/calico/node", "quay.io/calico/cni"],
+        "192.168.156.11": ["registry.k8s.io/kube-proxy", "registry.k8s.io/pause", "quay.io/calico/node",
+                           "quay.io/calico/cni"],
+    }  # fmt: skip
+    for ip, repositories in wanted.items():
+        for repository in repositories:
+            request = rf'^{re.escape(ip)} .*"(?:HEAD|GET) /v2/{re.escape(repository)}/manifests/\S+ HTTP'
+            assert re.search(request, log, re.M), f"{ip} never asked the registry for {repository}"
+    for repository in ("registry.k8s.io/coredns/coredns", "registry.k8s.io/metrics-server/metrics-server",
+                       "quay.io/calico/kube-controllers"):  # fmt: skip
+        assert re.search(rf'"(?:HEAD|GET) /v2/{re.escape(repository)}/manifests/', log), repository
+
+    # A second converge with nothing to do changes nothing, in any stage.
+    cluster.run("up", "--converge", "--config", str(config), timeout=1800)
+    changed = cluster.timings()["changed"]
+    assert isinstance(changed, dict) and changed and all(v == 0 for v in changed.values()), changed
 
 
 def test_rerun_one_stage_and_destroy(cluster: Cluster) -> None:
