@@ -481,9 +481,10 @@ def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
     out = proc.stdout
     assert "kubernetes: packages from pkgs.k8s.io (asked for)" in out, out[-3000:]
     assert_verified(out)
-    inventory = cluster.inventory.read_text()
-    assert "kube_bundle_dir" not in inventory and "kube_images_offline_dir" not in inventory
-    assert f"kube_packages_repo_base_url: {served}/{standin.base_path}" in inventory
+    settings = yaml.safe_load(cluster.inventory.read_text())["all"]["vars"]
+    assert "kube_bundle_dir" not in settings and "kube_images_offline_dir" not in settings, sorted(settings)
+    assert settings["kube_packages_repo_base_url"] == f"{served}/{standin.base_path}"
+    assert settings["container_runtime_registry_mirrors"]["quay.io"] == [f"{registry.url}/v2/quay.io"]
     # The packages came from the stand-in repository (its maintainer line, apt's record of the source).
     origin = _node_lines(
         cluster,
