@@ -140,9 +140,9 @@ def repo_key_plan(served: object, installed: object, accepted: object = "", url:
         "fingerprints": fingerprints,
         "install": False,
         "error": (
-            f"the repository's signing key{where} changed: this node trusts {', '.join(trusted)}, the repository "
-            f"now serves {', '.join(fingerprints)}; nothing was changed. If the repository rotated its key (check "
-            f"its announcement), accept the new one with kube_packages_repo_key_fingerprint={fingerprints[0]} "
-            f"(provision.py up --accept-repo-key {fingerprints[0]})"
+            "the package repository's signing key changed, and nothing was changed; if the repository rotated its "
+            f"key, accept the new one: provision.py up --accept-repo-key {fingerprints[0]} (or "
+            f"kube_packages_repo_key_fingerprint). Trusted {', '.join(trusted)}, served now {', '.join(fingerprints)}"
+            f"{where}"
         ),
     }

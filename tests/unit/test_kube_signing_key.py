@@ -72,6 +72,7 @@ def test_first_install_trusts_the_served_key_and_a_rotation_is_refused_until_acc
     assert refused["install"] is False
     assert old in refused["error"] and new in refused["error"] and "nothing was changed" in refused["error"]
     assert f"--accept-repo-key {new}" in refused["error"] and "mirror.invalid" in refused["error"]
+    assert "nothing was changed" in refused["error"]
     # accepted by fingerprint, written with spaces and lower case as gpg prints it
     spaced = " ".join(new[i : i + 4] for i in range(0, len(new), 4)).lower()
     assert repo_key_plan(new_key, old_key, spaced)["install"] is True
@@ -134,3 +135,14 @@ def test_up_accept_repo_key_reaches_only_the_kube_packages_stage(tmp_path: Path)
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["--dir", str(tmp_path), "up", "--accept-repo-key", "not-hex"])
     assert exc.value.code == 2
+
+
+def test_the_refusal_keeps_the_accept_command_within_what_up_shows_of_a_task_message(keys: Keys) -> None:
+    # provision.py shows the first 400 characters of a failed task's message (ansible.py); the host
+    # name goes in front of the role's text.
+    old, old_key = keys.make("long old <old@provisioner.invalid>")
+    new, new_key = keys.make("long new <new@provisioner.invalid>")
+    url = "https://packages.mirror.example.internal:8443/kubernetes/core:/stable:/v1.37/deb/Release.key"
+    error = "worker12: " + repo_key_plan(new_key, old_key, "", url)["error"]
+    assert f"provision.py up --accept-repo-key {new} " in error[:400]
+    assert f"Trusted {old}, served now {new} at {url}" in error
