@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import reprlib
+import urllib.parse
 from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -641,7 +642,7 @@ MIRROR_KEYS = {
     "registries": "image registries: a registry name (registry.k8s.io, quay.io, docker.io) to a mirror URL or a list",
     "registry_ca": "the path of a PEM file on this machine: the CA that signed the mirrors' certificates",
 }
-MIRROR_URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(?::\d{1,5})?(?:/\S*)?")
+MIRROR_URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(?::\d{1,5})?(?:/[^\s\"\\\\]*)?")
 REGISTRY_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
 
 
@@ -681,6 +682,14 @@ def _mirrors(value: Any) -> dict[str, Any]:
         if not isinstance(listed, list) or not listed:
             raise SpecError(f"mirrors.registries.{name} must be a mirror URL or a list of them, not {_shown(urls)}")
         checked[name] = [_mirror_url(u, f"mirrors.registries.{name}") for u in listed]
+        for url in checked[name]:
+            path = urllib.parse.urlsplit(url).path
+            if path and not (path == "/v2" or path.startswith("/v2/")):
+                raise SpecError(
+                    f"mirrors.registries.{name} {_shown(url)} has a path that does not start with /v2: containerd uses "
+                    "a mirror's path as given, so write the registry API's path (e.g. https://mirror:5000/v2/quay.io) "
+                    "or none"
+                )
     if checked:
         out["registries"] = checked
     ca = value.get("registry_ca")

@@ -65,6 +65,8 @@ def _packets(data: bytes) -> list[tuple[int, bytes]]:
 def _fingerprint(body: bytes) -> str:
     version = body[0] if body else 0
     if version == 4:
+        if len(body) > 0xFFFF:
+            raise KubeConfigError("the signing key has a version 4 key packet longer than such a packet can be")
         return hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body, usedforsecurity=False).hexdigest().upper()
     if version == 6:
         return hashlib.sha256(b"\x9b" + len(body).to_bytes(4, "big") + body).hexdigest().upper()
@@ -80,8 +82,9 @@ def key_fingerprints(armored: object) -> list[str]:
     found: list[str] = []
     for block in blocks:
         lines = block.group("body").splitlines()
-        if "" in lines:  # armor headers end at the first empty line
-            lines = lines[lines.index("") + 1 :]
+        blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+        if blank is not None:  # armor headers end at the first blank line
+            lines = lines[blank + 1 :]
         payload = "".join(line.strip() for line in lines if line.strip() and not line.startswith("="))
         try:
             data = base64.b64decode(payload, validate=True)
@@ -113,35 +116,43 @@ def repo_key_plan(served: object, installed: object, accepted: object = "", url:
     on a rotation). Returns {"fingerprints": served, "install": write the keyring, "error": why not,
     "" when fine}.
     """
-    fingerprints = key_fingerprints(served)
+    try:
+        fingerprints = key_fingerprints(served)
+    except KubeConfigError as exc:
+        raise KubeConfigError(f"what the repository serves{' at ' + str(url) if url else ''}: {exc}") from None
+    try:
+        trusted = key_fingerprints(installed) if str(installed or "").strip() else []
+    except KubeConfigError as exc:
+        raise KubeConfigError(f"the node's keyring: {exc}; move it away to trust the repository's key again") from None
     try:
         wanted = fingerprint_argument(accepted) if _normal(accepted) else ""
     except KubeConfigError as exc:
         raise KubeConfigError(f"kube_packages_repo_key_fingerprint: {exc}") from None
     where = f" at {url}" if url else ""
     if wanted:
-        if wanted in fingerprints:
+        # Only the named key may join what the node trusts: any other key in the file must be trusted already.
+        if wanted in fingerprints and set(fingerprints) <= set(trusted) | {wanted}:
             return {"fingerprints": fingerprints, "install": True, "error": ""}
         return {
             "fingerprints": fingerprints,
             "install": False,
             "error": (
-                f"the repository's signing key{where} is {', '.join(fingerprints)}, not the fingerprint "
-                f"kube_packages_repo_key_fingerprint names ({wanted}); nothing was changed: check which key the "
-                "repository publishes and name that one"
+                f"the repository's signing key file{where} holds {', '.join(fingerprints)}, and "
+                f"kube_packages_repo_key_fingerprint names {wanted}: only the named key may be added to what the node "
+                "trusts; nothing was changed: check which keys the repository publishes and name the new one"
             ),
         }
-    if not str(installed or "").strip():
+    if not trusted:
         return {"fingerprints": fingerprints, "install": True, "error": ""}
-    trusted = key_fingerprints(installed)
     if set(fingerprints) <= set(trusted):
         return {"fingerprints": fingerprints, "install": True, "error": ""}
+    new = [f for f in fingerprints if f not in trusted]
     return {
         "fingerprints": fingerprints,
         "install": False,
         "error": (
             "the package repository's signing key changed, and nothing was changed; if the repository rotated its "
-            f"key, accept the new one: provision.py up --accept-repo-key {fingerprints[0]} (or "
+            f"key, accept the new one: provision.py up --accept-repo-key {new[0]} (or "
             f"kube_packages_repo_key_fingerprint). Trusted {', '.join(trusted)}, served now {', '.join(fingerprints)}"
             f"{where}"
         ),

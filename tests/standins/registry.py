@@ -50,9 +50,9 @@ def binary() -> Path:
         "GOMODCACHE": str(CACHE / "go" / "mod"),
         "GOCACHE": str(CACHE / "go" / "build"),
         "CGO_ENABLED": "0",
-        "GOFLAGS": "-mod=mod",
+        "GOFLAGS": "-mod=readonly",
     }
-    partial = path.with_suffix(".partial")
+    partial = path.with_suffix(f".partial-{os.getpid()}")
     proc = subprocess.run(
         ["go", "build", "-trimpath", "-o", str(partial), PACKAGE],
         cwd=MODULE,

@@ -81,6 +81,30 @@ def test_first_install_trusts_the_served_key_and_a_rotation_is_refused_until_acc
     assert pinned["install"] is False and old in pinned["error"] and new in pinned["error"]
 
 
+def test_a_named_key_lets_in_only_itself_and_the_refusal_names_the_new_key(keys: Keys) -> None:
+    old, old_key = keys.make("o <o@provisioner.invalid>")
+    new, _ = keys.make("n <n@provisioner.invalid>")
+    other, other_key = keys.make("x <x@provisioner.invalid>")
+    both = keys.gpg("--armor", "--export", old, new)
+    # a rotation that serves old and new together: the refusal names the new one, which then suffices
+    refused = repo_key_plan(both, old_key)
+    assert refused["install"] is False and f"--accept-repo-key {new} " in refused["error"]
+    assert repo_key_plan(both, old_key, new)["install"] is True
+    # a file with a key nobody named is refused even when the named key is in it
+    smuggled = keys.gpg("--armor", "--export", new, other)
+    assert repo_key_plan(smuggled, old_key, new)["install"] is False
+    assert repo_key_plan(smuggled, "", new)["install"] is False
+    assert repo_key_plan(other_key, "", other)["install"] is True
+
+
+def test_a_damaged_keyring_or_answer_is_named(keys: Keys) -> None:
+    _, key = keys.make("d <d@provisioner.invalid>")
+    with pytest.raises(KubeConfigError, match="the node's keyring"):
+        repo_key_plan(key, "garbage")
+    with pytest.raises(KubeConfigError, match=r"what the repository serves at http://m\.invalid/Release\.key"):
+        repo_key_plan("<html>", key, "", "http://m.invalid/Release.key")
+
+
 def test_a_fingerprint_that_is_not_one_is_refused(keys: Keys) -> None:
     _, key = keys.make("third <third@provisioner.invalid>")
     with pytest.raises(KubeConfigError, match="not an OpenPGP key fingerprint"):

@@ -77,6 +77,7 @@ def test_a_registry_left_out_loses_only_the_files_this_role_wrote(tmp_path: Path
         {"registry.k8s.io": ["mirror.invalid:5000"]},  # no scheme
         {"registry.k8s.io/sub": ["https://mirror.invalid"]},  # not a registry name
         {"registry.k8s.io": []},
+        {"registry.k8s.io": ["https://mirror.invalid/k8s"]},  # a path that is not the registry API's
     ],
 )
 def test_malformed_mirrors_are_refused(tmp_path: Path, mirrors: dict[str, Any]) -> None:

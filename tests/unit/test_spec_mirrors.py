@@ -107,3 +107,22 @@ def test_kube_source_auto_asks_the_package_mirror_when_there_is_one(monkeypatch:
         "pkgs.k8s.io does not answer here (no route)",
     )
     assert asked == ["https://mirror.example.internal/k8s/", providers.PKGS_K8S_IO]
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://m.invalid:5000", True),
+        ("https://m.invalid:5000/", True),
+        ("https://m.invalid:5000/v2/quay.io", True),
+        ("https://m.invalid/k8s", False),
+        ('https://m.invalid/v2/a"b', False),
+    ],
+)
+def test_a_registry_mirror_path_is_the_registry_apis_or_none(url: str, ok: bool) -> None:
+    mirrors = {"registries": {"quay.io": url}}
+    if ok:
+        assert build_spec({"mirrors": mirrors}).mirrors["registries"]["quay.io"] == [url.rstrip("/")]
+    else:
+        with pytest.raises(SpecError, match=r"quay\.io"):
+            build_spec({"mirrors": mirrors})
