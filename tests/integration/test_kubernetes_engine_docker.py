@@ -127,11 +127,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory, served: str) -> Iterator[
     """The stand-in registry with every bundle image a cluster pulls, each under its registry's path
     (quay.io/calico/node:v3.31.0 as /v2/quay.io/calico/node), and pause also at the root (as a mirror
     of registry.k8s.io without a path would ask for it). Needs the nodes' network, as `served` does."""
+    source = _bundle_dir()
     with Registry.start(tmp_path_factory.mktemp("registry"), HOST_ON_NODE_NETWORK) as running:
-        for entry in bundle.load(_bundle_dir()).images:
+        for entry in bundle.load(source).images:
             if entry.image.startswith(("registry.k8s.io/", "quay.io/", "docker.io/")):
-                running.push(_bundle_dir() / entry.path, entry.image)
-        running.push(_bundle_dir() / "images" / "pause.tar", "pause:3.10.2")
+                running.push(source / entry.path, entry.image)
+        running.push(source / "images" / "pause.tar", "pause:3.10.2")
         yield running
 
 
