@@ -15,6 +15,10 @@
                                                      # what the add-ons (storage, metrics) add: cold
                                                      # N=3 with them and without, alternating, twice
 
+    .venv/bin/python bench/bench.py --engine kubernetes --strategy
+                                                     # the Ansible strategy: Mitogen's (the default)
+                                                     # against Ansible's linear, alternating, twice
+
     .venv/bin/python bench/bench.py --bundle warm|cold
                                                      # the bundle's source build, per component
 
@@ -90,7 +94,7 @@ class Run(NamedTuple):
     nodes: float | None  # of which the node containers (None: their cgroups were not readable)
 
 
-def provision(root: Path, *args: str) -> Run:
+def provision(root: Path, *args: str, env: dict[str, str] | None = None) -> Run:
     cpu0 = busy_cpu_seconds()
     ctl0 = children_cpu_seconds()
     nodes0 = node_cpu_seconds()
@@ -100,6 +104,7 @@ def provision(root: Path, *args: str) -> Run:
         capture_output=True,
         text=True,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         check=False,
     )
     elapsed = time.monotonic() - t0
@@ -138,9 +143,11 @@ def line(label: str, run: Run, note: str = "") -> str:
     return f"{label:<28} {run.seconds:6.1f}s  [{shares(run.timings)}]  cpu {run.cpu:.0f} CPU-s{split}{note}"
 
 
-def cold(nodes: int, image: str, keep: bool = False, extra: tuple[str, ...] = ()) -> tuple[Run, Path]:
+def cold(
+    nodes: int, image: str, keep: bool = False, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> tuple[Run, Path]:
     root = Path(tempfile.mkdtemp(prefix="provision-bench-")) / "ws"
-    run = provision(root, *up_args(nodes, image), *extra)
+    run = provision(root, *up_args(nodes, image), *extra, env=env)
     if not keep:
         provision(root, "destroy", "-f")
     return run, root
@@ -222,6 +229,46 @@ def run_addons(rounds: int = 2) -> None:
     )
 
 
+# The Ansible strategy the stages run with (provisioner/ansible.py): Mitogen's linear (the default)
+# against Ansible's own linear, alternated so that the machine's drift falls on both alike.
+STRATEGY_WAYS = {
+    "mitogen": {"PROVISION_ANSIBLE_STRATEGY": "mitogen"},
+    "linear": {"PROVISION_ANSIBLE_STRATEGY": "linear"},
+}
+
+
+def run_strategies(rounds: int = 2) -> None:
+    print("-- engine: kubernetes, Mitogen's strategy against Ansible's linear: cold N=3, then up --converge")
+    runs: dict[str, dict[str, list[Run]]] = {way: {"cold N=3": [], "converge": []} for way in STRATEGY_WAYS}
+    for i in range(rounds):
+        for way, env in STRATEGY_WAYS.items():
+            run, root = cold(3, "", keep=True, env=env)
+            runs[way]["cold N=3"].append(run)
+            print(line(f"{way} #{i + 1}: cold up N=3:", run), flush=True)
+            again = provision(root, "up", "--converge", env=env)
+            runs[way]["converge"].append(again)
+            print(line(f"{way} #{i + 1}: up --converge:", again, "  (every stage again, nothing to do)"), flush=True)
+            provision(root, "destroy", "-f")
+
+    def mean(way: str, what: str, pick: Callable[[Run], float]) -> float:
+        return sum(pick(r) for r in runs[way][what]) / rounds
+
+    def ansible_seconds(run: Run) -> float:
+        stages = run.timings.get("stages")
+        if not isinstance(stages, dict):
+            return 0.0
+        return sum(float(v) for k, v in stages.items() if k not in ("machines", "verify"))
+
+    for what in ("cold N=3", "converge"):
+        m, lin = (mean(w, what, lambda r: r.seconds) for w in ("mitogen", "linear"))
+        am, al = (mean(w, what, ansible_seconds) for w in ("mitogen", "linear"))
+        cm, cl = (mean(w, what, lambda r: r.cpu) for w in ("mitogen", "linear"))
+        print(
+            f"{what}: mitogen {m:.1f} s against linear {lin:.1f} s ({lin / m:.2f}x); the Ansible stages "
+            f"{am:.1f} s against {al:.1f} s ({al / am:.2f}x); {cm:.0f} against {cl:.0f} CPU-s (mean of {rounds})"
+        )
+
+
 def run_bundle(cold_caches: bool) -> None:
     """`bundle build --force` into a scratch bundle directory: warm (this machine's Go caches and binary
     cache) or cold (a fresh cache directory: every module downloaded and every package compiled)."""
@@ -291,6 +338,11 @@ def main() -> int:
         help="kubernetes: cold N=3 with the add-ons and without, alternating, and what they add",
     )
     parser.add_argument(
+        "--strategy",
+        action="store_true",
+        help="kubernetes: Mitogen's strategy against Ansible's linear, alternating: cold N=3 and up --converge",
+    )
+    parser.add_argument(
         "--bundle",
         choices=["warm", "cold"],
         help="time `bundle build --from source` per component instead (cold: empty Go caches, about 35 min here)",
@@ -318,6 +370,9 @@ def main() -> int:
     )
     if args.engine == "kubernetes" and args.addons:
         run_addons()
+        return 0
+    if args.engine == "kubernetes" and args.strategy:
+        run_strategies()
         return 0
     if args.engine == "kubernetes":
         run_kubernetes(args.quick, args.compare)

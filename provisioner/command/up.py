@@ -53,6 +53,8 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
     leaving = _leaving_nodes(ws, spec, opts, out, inp)
     spec, vagrant_extra = provider.prepare_host(spec, inputs, progress, timings, out)
     spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
+    if opts.accept_repo_key:
+        _check_repo_key_use(spec, bundle=kube_bundle)
     spec = provider.preload(spec, inputs, kube_bundle, progress, timings)
     vagrant_extra |= provider.mount_bundle(kube_bundle) | {"cluster_id": cluster_id, "state_dir": str(ws.root)}
 
@@ -107,11 +109,33 @@ def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSp
     checked = preflight.checked_spec(ws, opts.overrides, opts.config, opts.prefer_speed)
     if opts.until is not None:
         stages.select(checked.spec.engine, only=opts.until)  # an unknown stage is refused here
+    if opts.accept_repo_key:
+        _check_repo_key_use(checked.spec, bundle=None)
     for note in checked.notes:
         out.write(f"note: {note}\n")
     if checked.provider_reason:
         out.write(f"provider: {checked.spec.provider} ({checked.provider_reason})\n")
     return checked.spec, checked.inputs
+
+
+def _check_repo_key_use(spec: ClusterSpec, bundle: Path | None) -> None:
+    """--accept-repo-key only means something where kube_packages installs from a package repository;
+    elsewhere it is refused, so that nobody believes a key was accepted when none was read. `bundle`:
+    the bundle the cluster installs from once that is decided (None before: then only what the spec
+    settles without asking the network is checked)."""
+    why = ""
+    if spec.engine != "kubernetes":
+        why = f"a {spec.engine} cluster installs no Kubernetes packages"
+    elif spec.kube_source == "bundle" or (spec.kube_source == "auto" and spec.provider == "docker"):
+        why = "this cluster installs Kubernetes from the offline bundle, which has no signing key"
+    elif bundle is not None:
+        why = f"this cluster installs Kubernetes from the offline bundle ({bundle}), which has no signing key"
+    if why:
+        raise ProvisionError(
+            f"--accept-repo-key is for clusters that install Kubernetes from pkgs.k8s.io or a package mirror, and "
+            f"{why}: run `up` without it",
+            exit_code=2,
+        )
 
 
 def _leaving_nodes(ws: Workspace, spec: ClusterSpec, opts: UpOptions, out: TextIO, inp: TextIO) -> list[str]:
@@ -283,6 +307,7 @@ def _stages_and_verify(
     unchanged = (
         opts.verify
         and not opts.converge
+        and not opts.accept_repo_key  # the key is read by kube_packages: the stages run
         and opts.until is None
         and not new_nodes
         and failed is None
@@ -424,6 +449,7 @@ def _growth(
         and bool(grown_from)
         and grown_from == state.fingerprint
         and not opts.converge
+        and not opts.accept_repo_key  # the key is read by kube_packages: the stages run
         and opts.until is None
         and previous_run == "done"
         and state.last_verify == "passed"

@@ -36,6 +36,11 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
         (["plan", "--engine", "swarm", "--managers", "2"], "managers must be an odd number"),
         (["up", "--package-proxy", "ftp://192.168.56.1:3142"], "package_proxy 'ftp://192.168.56.1:3142' is not"),
         (["plan", "--package-proxy", "http://192.168.56.1:3142/apt"], "no path, no credentials"),
+        (
+            ["up", "--engine", "swarm", "--accept-repo-key", "AB" * 20],
+            "a swarm cluster installs no Kubernetes packages",
+        ),
+        (["up", "--provider", "docker", "--accept-repo-key", "AB" * 20], "installs Kubernetes from the offline bundle"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_sentence_and_creates_nothing(
@@ -83,3 +88,10 @@ def test_package_proxy_is_kept_on_reruns_and_cleared_with_an_empty_flag(tmp_path
     assert again.package_proxy == "http://10.1.2.3:3142"
     cleared, _ = resolve_spec(ws, _overrides(parse(["up", "--package-proxy", ""])), None)
     assert cleared.package_proxy == ""
+
+
+def test_a_malformed_key_fingerprint_is_refused_by_the_parser_and_creates_nothing(tmp_path: Path) -> None:
+    proc = _run(["up", "--accept-repo-key", "not-a-key"], tmp_path)
+    assert proc.returncode == 2
+    assert "is not an OpenPGP key fingerprint (40 or 64 hex digits)" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "ws").exists()
