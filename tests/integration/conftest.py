@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner import bundle
 from provisioner.verify import closing_counts, parse_tables, table_problems
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +32,14 @@ def docker_ready() -> str:
     if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
         return "the Docker daemon does not answer (run scripts/setup.sh)"
     return ""
+
+
+def default_bundle() -> bundle.Bundle:
+    """The toolkit's default bundle (Kubernetes and Calico at their default versions), which
+    scripts/test.sh builds before pytest; a test that finds it missing fails, naming that."""
+    found = bundle.find(bundle.resolve_versions(None, None))
+    assert found is not None, "the default bundle is missing: scripts/test.sh builds it before pytest"
+    return found
 
 
 @dataclass

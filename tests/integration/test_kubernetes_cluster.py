@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from provisioner import bundle
-from tests.integration.conftest import Cluster, assert_verified, make_cluster
+from tests.integration.conftest import Cluster, assert_verified, default_bundle, make_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +58,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def kubectl(cluster: Cluster, *args: str) -> str:
     """The bundle's kubectl on this host with the fetched kubeconfig (what a user runs)."""
-    found = bundle.find(bundle.resolve_versions(None, None))
-    assert found is not None, "the bundle is gone"
     proc = subprocess.run(
-        [str(found.path / "bin" / "kubectl"), "--kubeconfig", str(cluster.root / "kubeconfig"), *args],
+        [str(default_bundle().path / "bin" / "kubectl"), "--kubeconfig", str(cluster.root / "kubeconfig"), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -209,9 +207,7 @@ def test_a_claim_gets_a_directory_on_its_pods_node_and_loses_it_with_the_claim(
 
 
 def smoke_image() -> str:
-    found = bundle.find(bundle.resolve_versions(None, None))
-    assert found is not None, "the bundle is gone"
-    return bundle.smoke_image(found)
+    return bundle.smoke_image(default_bundle())
 
 
 def test_a_second_cluster_with_the_same_name_or_network_is_refused_and_its_destroy_spares_this_one(

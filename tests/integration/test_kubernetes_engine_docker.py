@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from provisioner import bundle
-from tests.integration.conftest import REPO, Cluster, assert_verified, make_cluster
+from tests.integration.conftest import REPO, Cluster, assert_verified, default_bundle, make_cluster
 from tests.standins.aptrepo import AptRepo
 from tests.standins.registry import Registry
 
@@ -94,17 +94,11 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepo]:
     root = tmp_path_factory.mktemp("pkgs-standin")
     repo = AptRepo(root / "www", root / "gnupg", minor="1.37")
     try:
-        repo.add_release(_bundle_dir(), "1.37.2")
+        repo.add_release(default_bundle().path, "1.37.2")
         repo.publish()
         yield repo
     finally:  # gpg's agent, started by the first signature
         subprocess.run(["gpgconf", "--homedir", str(repo.gpg_home), "--kill", "all"], capture_output=True, check=False)
-
-
-def _bundle_dir() -> Path:
-    found = bundle.find(bundle.resolve_versions(None, None))
-    assert found is not None, "the bundle is missing: scripts/test.sh builds it before pytest"
-    return found.path
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +108,7 @@ def served(standin: AptRepo) -> Iterator[str]:
     at BASE/calico/v3.31.0/manifests/calico-vxlan.yaml. Yields BASE."""
     calico = standin.root / "calico" / "v3.31.0" / "manifests"
     calico.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_bundle_dir() / "manifests" / "calico-3.31.0.yaml", calico / "calico-vxlan.yaml")
+    shutil.copyfile(default_bundle().path / "manifests" / "calico-3.31.0.yaml", calico / "calico-vxlan.yaml")
     server = ThreadingHTTPServer((HOST_ON_NODE_NETWORK, 0), functools.partial(_Quiet, directory=str(standin.root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://{HOST_ON_NODE_NETWORK}:{server.server_address[1]}"
@@ -127,7 +121,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, served: str) -> Iterator[
     """The stand-in registry with every bundle image a cluster pulls, each under its registry's path
     (quay.io/calico/node:v3.31.0 as /v2/quay.io/calico/node), and pause also at the root (as a mirror
     of registry.k8s.io without a path would ask for it). Needs the nodes' network, as `served` does."""
-    source = _bundle_dir()
+    source = default_bundle().path
     with Registry.start(tmp_path_factory.mktemp("registry"), HOST_ON_NODE_NETWORK) as running:
         for entry in bundle.load(source).images:
             if entry.image.startswith(("registry.k8s.io/", "quay.io/", "docker.io/")):
@@ -404,7 +398,7 @@ def test_the_pkgs_k8s_io_path_installs_pins_and_holds_from_a_stand_in_repository
 
     # A newer patch appears in the repository and the nodes' apt sees it: a second converge changes
     # nothing, and the held packages stay at the patch they were installed at.
-    standin.add_release(_bundle_dir(), "1.37.3")
+    standin.add_release(default_bundle().path, "1.37.3")
     standin.publish()
     policy = _node_lines(cluster, "apt-get update -qq && apt-cache policy kubelet | grep Candidate:")
     assert all(lines == ["Candidate: 1.37.3-1.1"] for lines in policy.values()), policy

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from provisioner import bundle
-from tests.integration.conftest import Cluster, assert_verified, make_cluster
+from tests.integration.conftest import Cluster, assert_verified, default_bundle, make_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +53,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The bundle's kubectl on this host with the fetched kubeconfig (it points at the endpoint)."""
-    found = bundle.find(bundle.resolve_versions(None, None))
-    assert found is not None, "the bundle is gone"
     proc = subprocess.run(
         [
-            str(found.path / "bin" / "kubectl"),
+            str(default_bundle().path / "bin" / "kubectl"),
             "--kubeconfig",
             str(cluster.root / "kubeconfig"),
             "--request-timeout=20s",
@@ -146,7 +144,7 @@ def test_the_endpoint_survives_the_loss_of_the_node_holding_the_vip(cluster: Clu
     now = vip_holders()
     assert len(now) == 1 and now[0] != holder, now
     assert "worker1" in kubectl(cluster, "get", "nodes", "-o", "name").stdout
-    smoke = bundle.smoke_image(bundle.find(bundle.resolve_versions(None, None)))  # type: ignore[arg-type]
+    smoke = bundle.smoke_image(default_bundle())
     kubectl(cluster, "run", "ha-probe", f"--image={smoke}", "--image-pull-policy=Never", "--restart=Never")
     waited = kubectl(
         cluster, "wait", "pod/ha-probe", "--for=jsonpath={.status.phase}=Running", "--timeout=180s", check=False

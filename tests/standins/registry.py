@@ -113,6 +113,15 @@ def _free_port(address: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class Registry:
     workdir: Path
@@ -141,28 +150,33 @@ class Registry:
         (workdir / "server.crt").write_bytes(cert)
         (workdir / "server.key").write_bytes(key)
         (workdir / "server.key").chmod(0o600)
-        port = _free_port(address)
-        config = workdir / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {address}:{port}\n  tls:\n"
-            f"    certificate: {workdir / 'server.crt'}\n    key: {workdir / 'server.key'}\n"
-        )
-        registry = cls(workdir, address, port, ca.decode())
-        with registry.log.open("w") as log:
-            proc = subprocess.Popen([str(program), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        # The port is free when asked for, but another process may take it before the registry binds
+        # it: then the registry exits saying so, and another port is tried.
+        for attempt in range(1, 4):
+            port = _free_port(address)
+            config = workdir / "config.yml"
+            config.write_text(
+                "version: 0.1\n"
+                "log:\n  level: info\n  accesslog:\n    disabled: false\n"
+                f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
+                f"http:\n  addr: {address}:{port}\n  tls:\n"
+                f"    certificate: {workdir / 'server.crt'}\n    key: {workdir / 'server.key'}\n"
+            )
+            registry = cls(workdir, address, port, ca.decode())
+            with registry.log.open("w") as log:
+                proc = subprocess.Popen([str(program), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                registry._wait(proc)
+            except RuntimeError:
+                _stop(proc)
+                if attempt < 3 and "address already in use" in registry.log.read_text(errors="replace"):
+                    continue
+                raise
+            break
         try:
-            registry._wait(proc)
             yield registry
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> None:
         context = ssl.create_default_context(cadata=self.ca_pem)
