@@ -39,7 +39,7 @@ def kubernetes_blocker(spec: ClusterSpec) -> str:
 def kube_source_choice(spec: ClusterSpec) -> tuple[str, str]:
     """(upstream | bundle, why) for the Kubernetes binaries and images of this cluster."""
     if spec.kube_source != "auto":
-        return spec.kube_source, "asked for"
+        return spec.kube_source, "the cluster's kube_source"
     if spec.provider == "docker":
         return "bundle", "container nodes install from the bundle (no registry needed)"
     mirror = spec.mirrors.get("kubernetes_packages", "")

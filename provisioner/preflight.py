@@ -11,6 +11,7 @@ from typing import Any
 from provisioner import hostnet
 from provisioner.errors import ProvisionError
 from provisioner.spec import DEFAULT_SWARM_POOL, ClusterSpec, build_spec
+from provisioner.state import State
 from provisioner.workspace import Workspace
 
 
@@ -29,7 +30,7 @@ def checked_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None, 
     the same ones: the state directory, the spec, its networks against the host, the stack file,
     changes the live cluster cannot take, the provider, the releases the bundle knows, and the names
     and networks other clusters hold."""
-    from provisioner import machines, providers
+    from provisioner import machines, providers, sources
     from provisioner.kubesource import check_bundle_versions
 
     ws.check_writable()
@@ -52,6 +53,9 @@ def checked_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None, 
         spec, reason = spec.with_provider(choice.provider), choice.reason
     else:
         providers.choose(spec.provider)
+    ran = {name for name, rec in State.load(ws.state_file).stages.items() if rec.status in ("done", "failed")}
+    spec, decided = sources.decide(spec, ClusterSpec.from_dict(saved["spec"]) if saved is not None else None, ran)
+    notes += decided
     check_bundle_versions(spec)
     machines.for_name(spec.provider).check_clear(spec, ws.root, ws.cluster_id())
     return Checked(spec, inputs, notes, reason)

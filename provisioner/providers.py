@@ -209,13 +209,6 @@ PKGS_K8S_IO = "https://pkgs.k8s.io/core:/stable:/"
 def pkgs_k8s_io_unreachable(url: str = PKGS_K8S_IO, timeout: float = 5.0) -> str:
     """ "" when the Kubernetes package repository answers from this host, else why not (VM nodes reach
     what the host reaches, through its NAT)."""
-    import urllib.error
-    import urllib.request
+    from provisioner.sources import unreachable
 
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return ""
-    except urllib.error.HTTPError:
-        return ""  # it answered, if only with an error page
-    except (urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))
+    return unreachable(url, timeout)
