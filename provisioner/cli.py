@@ -24,6 +24,17 @@ def _repo_key_fingerprint(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _number(value: str) -> int | float | str:
+    """A flag's number as the spec file would give it; anything else goes on as text, for the spec's own
+    one-sentence refusal."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster spec (flags override --config, which overrides the defaults)")
     g.add_argument("--config", type=Path, help="cluster spec YAML file")
@@ -74,6 +85,13 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Kubernetes: the metrics add-on, metrics-server for kubectl top and autoscaling (default on)",
+    )
+    g.add_argument(
+        "--time-scale",
+        dest="time_scale",
+        type=_number,
+        help="how many times slower than an ordinary machine the nodes are (1 to 20, default 1; e.g. 4 for VMs "
+        "under software emulation): every wait and timeout, and the control plane's leader election, scale with it",
     )
     g.add_argument(
         "--package-proxy",
@@ -221,6 +239,7 @@ SPEC_KEYS = (
     "package_proxy",
     "storage",
     "metrics",
+    "time_scale",
 )
 
 

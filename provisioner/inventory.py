@@ -97,8 +97,13 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
         servers = hostnet.upstream_nameservers()
         if servers:
             extra["kube_pod_nameservers"] = servers
+    if spec.time_scale != 1:
+        # Ansible's SSH connection and become timeout (its default is 10 s), 30 s per unit: a key
+        # exchange and sudo on an emulated CPU take seconds.
+        extra["ansible_ssh_timeout"] = round(30 * spec.time_scale)
     return extra | {
         "cluster_name": spec.name,
+        "cluster_time_scale": spec.time_scale,
         "cluster_engine": spec.engine,
         "cluster_provider": spec.provider,
         "node_network_cidr": spec.network,

@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "storage": True,
     "metrics": True,
     "mirrors": {},
+    "time_scale": 1,
 }
 KNOWN_KEYS = set(DEFAULTS)
 VERSION_KEYS = set(DEFAULTS["versions"])
@@ -141,6 +142,10 @@ class ClusterSpec:
     metrics: bool = True
     # Where the nodes fetch from instead of the public sites (a company's mirrors): MIRROR_KEYS below.
     mirrors: dict[str, Any] = field(default_factory=dict)
+    # How many times slower than an ordinary machine the nodes are (VMs under software emulation, a
+    # loaded laptop): every wait and timeout of the roles, Ansible's connection timeout, kubeadm's own
+    # timeouts and the control plane's leader-election durations are multiplied by it.
+    time_scale: float = 1
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -431,6 +436,21 @@ def _int(raw: dict[str, Any], key: str, low: int, high: int) -> int:
     return value
 
 
+TIME_SCALE_MAX = 20
+
+
+def _time_scale(value: Any) -> float:
+    """A number from 1 to TIME_SCALE_MAX (whole numbers stay ints, so the saved spec reads 4, not 4.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise SpecError(
+            f"time_scale must be a number from 1 to {TIME_SCALE_MAX} (how many times slower than an ordinary "
+            f"machine the nodes are, e.g. 4 for VMs under software emulation), not {_shown(value)}"
+        )
+    if not 1 <= value <= TIME_SCALE_MAX:
+        raise SpecError(f"time_scale must be between 1 and {TIME_SCALE_MAX}, not {value}")
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def _bool(raw: dict[str, Any], key: str) -> bool:
     value = raw[key]
     if not isinstance(value, bool):
@@ -632,6 +652,7 @@ def _validate(raw: dict[str, Any], given: set[str]) -> ClusterSpec:
         storage=_bool(raw, "storage"),
         metrics=_bool(raw, "metrics"),
         mirrors=_mirrors(raw.get("mirrors")),
+        time_scale=_time_scale(raw["time_scale"]),
     )
 
 

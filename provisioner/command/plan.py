@@ -26,6 +26,10 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     out.write(f"engine       {spec.engine}\n")
     out.write(f"provider     {provider}\n")
     out.write(f"resources    {spec.cpus} CPUs, {spec.memory} MiB per node\n")
+    if spec.time_scale != 1:
+        out.write(
+            f"time scale   {spec.time_scale}: every wait, timeout and leader-election duration x {spec.time_scale}\n"
+        )
     out.write(f"runtime      {spec.runtime} (source: {spec.runtime_source})\n")
     out.write(f"versions     kubernetes {spec.versions['kubernetes']}, calico {spec.versions['calico']}\n")
     out.write(f"node network {spec.network}\n")

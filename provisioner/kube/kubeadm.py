@@ -87,6 +87,55 @@ class InitSpec:
     schedulable: bool = False
     kubelet_config: Mapping[str, Any] = field(default_factory=dict)
     kube_proxy_config: Mapping[str, Any] = field(default_factory=dict)
+    time_scale: float = 1
+
+
+# kubeadm's own timeouts (v1beta4 Timeouts, with kubeadm's defaults in seconds) and the leader-election
+# durations of kube-controller-manager and kube-scheduler (their defaults): on a slow machine
+# (time_scale above 1) each is multiplied by the scale. A control plane that cannot renew its lease in
+# 10 s on an emulated CPU restarts its controllers again and again; kubeadm gives up on a control plane
+# that takes more than 4 minutes to answer.
+KUBEADM_TIMEOUTS = {
+    "controlPlaneComponentHealthCheck": 240,
+    "kubeletHealthCheck": 240,
+    "kubernetesAPICall": 60,
+    "etcdAPICall": 120,
+    "tlsBootstrap": 300,
+    "discovery": 300,
+    "upgradeManifests": 300,
+}
+LEADER_ELECTION = {"leader-elect-lease-duration": 15, "leader-elect-renew-deadline": 10, "leader-elect-retry-period": 2}
+TIME_SCALE_MAX = 20
+
+
+def time_scale(value: object) -> float:
+    """The scale of the timeouts: a number from 1 to TIME_SCALE_MAX."""
+    try:
+        scale = float(str(value if value not in (None, "") else 1))
+    except ValueError:
+        raise KubeConfigError(f"time_scale {value!r} is not a number (1 = an ordinary machine)") from None
+    if isinstance(value, bool) or not 1 <= scale <= TIME_SCALE_MAX:
+        raise KubeConfigError(f"time_scale {value!r} must be a number from 1 to {TIME_SCALE_MAX}")
+    return scale
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value)}s"
+
+
+def scaled_timeouts(scale: float, *, upgrade: bool = True) -> dict[str, str]:
+    """kubeadm's Timeouts multiplied by `scale` ({} at 1: kubeadm's defaults stand)."""
+    if scale == 1:
+        return {}
+    return {k: _seconds(v * scale) for k, v in KUBEADM_TIMEOUTS.items() if upgrade or k != "upgradeManifests"}
+
+
+def _leader_election(scale: float, given: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """`given` extra args plus the scaled leader-election durations the operator did not set."""
+    if scale == 1:
+        return given
+    names = {n for n, _ in given}
+    return given + tuple((n, _seconds(v * scale)) for n, v in LEADER_ELECTION.items() if n not in names)
 
 
 def _pairs(values: object, name: str) -> tuple[tuple[str, str], ...]:
@@ -151,6 +200,7 @@ def init_spec(values: Mapping[str, Any]) -> InitSpec:
         kubelet_extra_args=_pairs(values.get("kubelet_extra_args"), "kubelet_extra_args"),
         schedulable=bool(values.get("schedulable")),
         kubelet_config=dict(kubelet_config),
+        time_scale=time_scale(values.get("time_scale")),
     )
 
 
@@ -194,6 +244,8 @@ def kubeadm_init_documents(values: Mapping[str, Any] | InitSpec) -> list[dict[st
         "localAPIEndpoint": {"advertiseAddress": spec.node_ip, "bindPort": spec.bind_port},
         "nodeRegistration": registration,
     }
+    if spec.time_scale != 1:
+        init["timeouts"] = scaled_timeouts(spec.time_scale)
     api_server: dict[str, Any] = {}
     if spec.apiserver_extra_args:
         api_server["extraArgs"] = _as_args(spec.apiserver_extra_args)
@@ -212,10 +264,12 @@ def kubeadm_init_documents(values: Mapping[str, Any] | InitSpec) -> list[dict[st
         },
         "apiServer": api_server,
     }
-    if spec.controller_manager_extra_args:
-        cluster["controllerManager"] = {"extraArgs": _as_args(spec.controller_manager_extra_args)}
-    if spec.scheduler_extra_args:
-        cluster["scheduler"] = {"extraArgs": _as_args(spec.scheduler_extra_args)}
+    controller_manager_args = _leader_election(spec.time_scale, spec.controller_manager_extra_args)
+    if controller_manager_args:
+        cluster["controllerManager"] = {"extraArgs": _as_args(controller_manager_args)}
+    scheduler_args = _leader_election(spec.time_scale, spec.scheduler_extra_args)
+    if scheduler_args:
+        cluster["scheduler"] = {"extraArgs": _as_args(scheduler_args)}
     kubelet: dict[str, Any] = {"apiVersion": KUBELET_API, "kind": "KubeletConfiguration"}
     kubelet.update({k: v for k, v in spec.kubelet_config.items() if k not in ("apiVersion", "kind")})
     kubelet["cgroupDriver"] = "systemd"
@@ -267,6 +321,9 @@ def kubeadm_join_documents(values: Mapping[str, Any]) -> list[dict[str, Any]]:
         "discovery": {"bootstrapToken": {"token": token, "apiServerEndpoint": endpoint, "caCertHashes": hashes}},
         "nodeRegistration": registration,
     }
+    scale = time_scale(values.get("time_scale"))
+    if scale != 1:
+        join["timeouts"] = scaled_timeouts(scale, upgrade=False)
     control_plane = values.get("control_plane")
     if control_plane:
         if not isinstance(control_plane, Mapping):

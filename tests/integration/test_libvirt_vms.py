@@ -52,7 +52,7 @@ DOMAINS = [f"{NAME}-{n}" for n in sorted(IPS)]
 # 1 vCPU and 1.5 GiB each: the lane shares a 2-core runner with the other tests.
 UP_ARGS = (
     "--nodes", "2", "--provider", "libvirt", "--engine", "swarm", "--name", NAME, "--network", NETWORK,
-    "--cpus", "1", "--memory", "1536", "--runtime-source", "distro",
+    "--cpus", "1", "--memory", "1536", "--runtime-source", "distro", "--time-scale", "4",
 )  # fmt: skip
 SETUP = REPO / "scripts" / "setup-libvirt.sh"
 # The whole lane must end within this many seconds (measured alone: about 13 min), so that a hung VM

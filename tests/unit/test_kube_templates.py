@@ -87,6 +87,7 @@ def init_vars(**overrides: Any) -> dict[str, Any]:
         "kube_control_plane_container_kubelet_config": CONTAINER_KUBELET,
         "kube_control_plane_container_kube_proxy_config": CONTAINER_PROXY,
         "kube_control_plane_pod_resolv_conf": "",
+        "cluster_time_scale": 1,
     }
     values.update(overrides)
     return values
@@ -245,6 +246,7 @@ def join_vars(**overrides: Any) -> dict[str, Any]:
         "kube_join_as_control_plane": False,
         "kube_join_certificate_key": "",
         "kube_join_bind_port": 6443,
+        "cluster_time_scale": 1,
     }
     values.update(overrides)
     return values
@@ -495,6 +497,7 @@ def test_templates_render_the_same_through_ansible(tmp_path: Path) -> None:
             pytest.skip("ansible-playbook is not installed next to this Python interpreter")
         playbook_bin = Path(found)
     variables = {**init_vars(), **join_vars(), **calico_vars()}
+    del variables["cluster_time_scale"]  # unset, as in an inventory without it: the templates default to 1
     jobs = {"init": INIT_TEMPLATE, "join": JOIN_TEMPLATE, "calico": CALICO_TEMPLATE}
     playbook = [
         {
@@ -554,3 +557,67 @@ def test_every_document_kubeadm_reads_has_a_kind(template: Path, variables: Call
     chunks = [c for c in re.split(r"^---\s*$", text, flags=re.MULTILINE)]
     docs = [yaml.safe_load(c) for c in chunks if c.strip()]
     assert all(isinstance(d, dict) and d.get("apiVersion") and d.get("kind") for d in docs), text[:400]
+
+
+def test_time_scale_multiplies_kubeadms_timeouts_and_the_leader_election() -> None:
+    init, cluster, _ = render(
+        INIT_TEMPLATE,
+        init_vars(cluster_time_scale=4, kube_control_plane_scheduler_extra_args={"leader-elect-lease-duration": "30s"}),
+    )
+    assert init["timeouts"] == {
+        "controlPlaneComponentHealthCheck": "960s",
+        "kubeletHealthCheck": "960s",
+        "kubernetesAPICall": "240s",
+        "etcdAPICall": "480s",
+        "tlsBootstrap": "1200s",
+        "discovery": "1200s",
+        "upgradeManifests": "1200s",
+    }
+    assert cluster["controllerManager"]["extraArgs"] == [
+        {"name": "leader-elect-lease-duration", "value": "60s"},
+        {"name": "leader-elect-renew-deadline", "value": "40s"},
+        {"name": "leader-elect-retry-period", "value": "8s"},
+    ]
+    # What the operator set stays; the rest is scaled.
+    assert cluster["scheduler"]["extraArgs"] == [
+        {"name": "leader-elect-lease-duration", "value": "30s"},
+        {"name": "leader-elect-renew-deadline", "value": "40s"},
+        {"name": "leader-elect-retry-period", "value": "8s"},
+    ]
+    (join,) = render(JOIN_TEMPLATE, join_vars(cluster_time_scale=2.5))
+    assert join["timeouts"]["discovery"] == "750s" and "upgradeManifests" not in join["timeouts"]
+
+
+def test_time_scale_one_leaves_kubeadms_defaults_alone() -> None:
+    init, cluster, _ = render(INIT_TEMPLATE, init_vars())
+    assert "timeouts" not in init and "controllerManager" not in cluster and "scheduler" not in cluster
+    (join,) = render(JOIN_TEMPLATE, join_vars())
+    assert "timeouts" not in join
+
+
+@pytest.mark.parametrize("bad", [0, 0.5, 21, "fast", True])
+def test_time_scale_out_of_range_is_refused(bad: object) -> None:
+    with pytest.raises(RENDER_ERRORS, match="time_scale"):
+        render(INIT_TEMPLATE, init_vars(cluster_time_scale=bad))
+
+
+def test_kubeadm_itself_accepts_the_scaled_documents(tmp_path: Path) -> None:
+    """The bundle's kubeadm (`kubeadm config validate`) reads the scaled init and join documents."""
+    from provisioner import bundle
+
+    found = bundle.find(bundle.resolve_versions(None, None))
+    if found is None:
+        pytest.skip("the default bundle's kubeadm is not built here (scripts/test.sh builds the bundle before pytest)")
+    kubeadm = found.path / "bin" / "kubeadm"
+    docs = {
+        "init": render(INIT_TEMPLATE, init_vars(cluster_time_scale=4, kube_control_plane_kubernetes_version="v1.37.2")),
+        "join": render(JOIN_TEMPLATE, join_vars(cluster_time_scale=4)),
+    }
+    for name, documents in docs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump_all(documents))
+        proc = subprocess.run(
+            [str(kubeadm), "config", "validate", "--config", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"

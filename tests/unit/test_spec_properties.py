@@ -121,6 +121,10 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
         ),
         anything,
     ),
+    "time_scale": st.one_of(
+        st.sampled_from([1, 4, 2.5, 0, 21, "4", True, None, float("nan"), float("inf")]),
+        st.floats(allow_nan=True, allow_infinity=True),
+    ),
 }
 assert set(PLAUSIBLE) == spec_module.KNOWN_KEYS
 
