@@ -20,6 +20,7 @@ from typing import TextIO
 from provisioner import bundle
 from provisioner.command.kubectl import cluster_kubeconfig, passthrough
 from provisioner.errors import ProvisionError
+from provisioner.hosttools import cached_tool
 from provisioner.workspace import Workspace
 
 
@@ -37,33 +38,21 @@ def helm_binary(kubernetes: str, calico: str, out: TextIO) -> Path:
     from provisioner.bundle import download
 
     found = bundle.find(bundle.resolve_versions(kubernetes, calico))
-    if found is not None and (found.path / "tools" / "helm").is_file():
-        return found.path / "tools" / "helm"
     mirrors = download.Mirrors.from_env()
-    dest = bundle.cache_root() / "helm" / mirrors.helm_version / "helm"
-    if dest.is_file():
-        return dest
     url = mirrors.helm_url()
-    out.write(
-        f"helm {mirrors.helm_version}: no bundle here carries it; downloading {url} (checked against its sha256)\n"
+
+    def unpack(archive: Path, part: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=part.parent) as tmp:
+            if "helm" not in download.extract_executables(archive, url, Path(tmp), ("helm",)):
+                raise ProvisionError(f"{url} holds no helm executable; check the helm_base mirror", exit_code=1)
+            shutil.move(str(Path(tmp) / "helm"), part)
+
+    return cached_tool(
+        "helm",
+        mirrors.helm_version,
+        found.path / "tools" / "helm" if found is not None else None,
+        url,
+        out,
+        unpack,
+        "build the bundle (`provision.py bundle build`), which carries one",
     )
-
-    def progress(line: str) -> None:
-        out.write(f"    {line}\n")
-
-    try:
-        archive = download.fetch_checked(url, None, mirrors, progress)
-    except ProvisionError as exc:
-        raise ProvisionError(
-            f"no helm on this machine and the download failed ({exc.message}); build the bundle "
-            f"(`provision.py bundle build`), which carries one, or set {download.MIRRORS_ENV} to a mirror that answers",
-            exit_code=1,
-        ) from exc
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        if "helm" not in download.extract_executables(archive, url, Path(tmp), ("helm",)):
-            raise ProvisionError(f"{url} holds no helm executable; check the helm_base mirror", exit_code=1)
-        # Into place whole (an interrupted copy leaves no helm that a later run would take).
-        shutil.move(str(Path(tmp) / "helm"), dest.with_name("helm.part"))
-        dest.with_name("helm.part").replace(dest)
-    return dest

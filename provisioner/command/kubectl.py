@@ -18,6 +18,7 @@ from typing import TextIO
 
 from provisioner import bundle
 from provisioner.errors import ProvisionError
+from provisioner.hosttools import cached_tool
 from provisioner.workspace import Workspace
 
 
@@ -56,38 +57,23 @@ def passthrough(argv: list[str], env: dict[str, str] | None = None) -> int:
     return 128 - code if code < 0 else code
 
 
+def _copy(fetched: Path, part: Path) -> None:
+    shutil.copyfile(fetched, part)
+
+
 def kubectl_binary(kubernetes: str, calico: str, out: TextIO) -> Path:
     """The kubectl for Kubernetes `kubernetes` (a minor or a patch release): from the bundle, an earlier
     download, or a checked download now."""
-    versions = bundle.resolve_versions(kubernetes, calico)
-    found = bundle.find(versions)
-    if found is not None and (found.path / "bin" / "kubectl").is_file():
-        return found.path / "bin" / "kubectl"
-    dest = bundle.cache_root() / "kubectl" / versions.kubernetes / "kubectl"
-    if dest.is_file():
-        return dest
     from provisioner.bundle import download
 
-    mirrors = download.Mirrors.from_env()
-    url = mirrors.kube_url(versions, "kubectl")
-    out.write(f"kubectl {versions.kubernetes}: no bundle of it here; downloading {url} (checked against its sha256)\n")
-
-    def progress(line: str) -> None:
-        out.write(f"    {line}\n")
-
-    try:
-        cached = download.fetch_checked(url, None, mirrors, progress)
-    except ProvisionError as exc:
-        raise ProvisionError(
-            f"no kubectl {versions.kubernetes} on this machine and the download failed ({exc.message}); build the "
-            f"bundle (`provision.py bundle build --kubernetes {versions.kubernetes}`) or set "
-            f"{download.MIRRORS_ENV} to a mirror that answers",
-            exit_code=1,
-        ) from exc
-    # Into place whole (an interrupted copy leaves no kubectl that a later run would take).
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name("kubectl.part")
-    shutil.copyfile(cached, part)
-    part.chmod(0o755)
-    part.replace(dest)
-    return dest
+    versions = bundle.resolve_versions(kubernetes, calico)
+    found = bundle.find(versions)
+    return cached_tool(
+        "kubectl",
+        versions.kubernetes,
+        found.path / "bin" / "kubectl" if found is not None else None,
+        download.Mirrors.from_env().kube_url(versions, "kubectl"),
+        out,
+        _copy,
+        f"build the bundle (`provision.py bundle build --kubernetes {versions.kubernetes}`)",
+    )
