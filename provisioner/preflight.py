@@ -23,6 +23,7 @@ class Checked:
     inputs: dict[str, Any]
     notes: list[str]  # to print: warnings that do not refuse
     provider_reason: str  # why provider auto chose what it did ("" when the provider was given or kept)
+    sources: list[str] = dataclasses.field(default_factory=list)  # the package sources decided now, and why
 
 
 def checked_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None, prefer_speed: bool) -> Checked:
@@ -55,10 +56,9 @@ def checked_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None, 
         providers.choose(spec.provider)
     ran = {name for name, rec in State.load(ws.state_file).stages.items() if rec.status in ("done", "failed")}
     spec, decided = sources.decide(spec, ClusterSpec.from_dict(saved["spec"]) if saved is not None else None, ran)
-    notes += decided
     check_bundle_versions(spec)
     machines.for_name(spec.provider).check_clear(spec, ws.root, ws.cluster_id())
-    return Checked(spec, inputs, notes, reason)
+    return Checked(spec, inputs, notes, reason, decided)
 
 
 def resolve_spec(ws: Workspace, overrides: dict[str, Any], config: Path | None) -> tuple[ClusterSpec, dict[str, Any]]:

@@ -44,6 +44,8 @@ def plan(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout) -> int:
             f"keepalived + HAProxy; reserved on the node network)\n"
         )
     out.write("checks       CIDRs pairwise disjoint and clear of the host's networks\n")
+    for source in checked.sources:
+        out.write(f"source       {source}\n")
     for note in notes:
         out.write(f"note         {note}\n")
     out.write("\n")

@@ -111,6 +111,8 @@ def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSp
         stages.select(checked.spec.engine, only=opts.until)  # an unknown stage is refused here
     if opts.accept_repo_key:
         _check_repo_key_use(checked.spec, bundle=None)
+    for source in checked.sources:
+        out.write(f"source: {source}\n")
     for note in checked.notes:
         out.write(f"note: {note}\n")
     if checked.provider_reason:

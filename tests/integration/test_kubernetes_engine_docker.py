@@ -458,7 +458,7 @@ def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
     config.write_text(yaml.safe_dump({"kube_source": "upstream", "storage": False, "mirrors": mirrors}))
     proc = cluster.run("up", "--config", str(config), timeout=2400)
     out = proc.stdout
-    assert "kubernetes: packages from pkgs.k8s.io (asked for)" in out, out[-3000:]
+    assert "kubernetes: packages from pkgs.k8s.io (the cluster's kube_source)" in out, out[-3000:]
     assert_verified(out)
     settings = yaml.safe_load(cluster.inventory.read_text())["all"]["vars"]
     assert "kube_bundle_dir" not in settings and "kube_images_offline_dir" not in settings, sorted(settings)

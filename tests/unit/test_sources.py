@@ -117,4 +117,5 @@ def test_checked_spec_records_the_decision_in_the_spec_the_cluster_saves(
     ws = Workspace(tmp_path / "ws")
     checked = checked_spec(ws, {"provider": "docker", "engine": "swarm", "network": "192.168.231.0/24"}, None, False)
     assert checked.spec.runtime_source == "distro"
-    assert any(n.startswith("container runtime packages: distro") for n in checked.notes)
+    assert any(n.startswith("container runtime packages: distro") for n in checked.sources)
+    assert not any("packages:" in n for n in checked.notes)
