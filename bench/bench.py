@@ -342,6 +342,7 @@ def main() -> int:
         action="store_true",
         help="kubernetes: Mitogen's strategy against Ansible's linear, alternating: cold N=3 and up --converge",
     )
+    parser.add_argument("--rounds", type=int, default=2, help="--strategy: rounds of both ways (default 2)")
     parser.add_argument(
         "--bundle",
         choices=["warm", "cold"],
@@ -372,7 +373,7 @@ def main() -> int:
         run_addons()
         return 0
     if args.engine == "kubernetes" and args.strategy:
-        run_strategies()
+        run_strategies(args.rounds)
         return 0
     if args.engine == "kubernetes":
         run_kubernetes(args.quick, args.compare)
