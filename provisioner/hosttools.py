@@ -7,23 +7,27 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from provisioner import bundle
 from provisioner.errors import ProvisionError
+
+if TYPE_CHECKING:
+    from provisioner.bundle.download import Mirrors
 
 
 def cached_tool(
     name: str,
     version: str,
     bundled: Path | None,
-    url: str,
+    url_of: Callable[[Mirrors], str],
     out: TextIO,
     place: Callable[[Path, Path], None],
     fix: str,
 ) -> Path:
     """The executable `name` at `version`: `bundled` when it is a file, else
-    <cache>/<name>/<version>/<name>, downloaded from `url` first when missing. `place(download, part)`
+    <cache>/<name>/<version>/<name>, downloaded first when missing from `url_of(mirrors)` (asked only
+    then). `place(download, part)`
     turns the checked download into the executable at `part` (a copy, or the one file of an archive);
     `fix` ends the message of a failed download (what else gives the tool)."""
     from provisioner.bundle import download
@@ -34,6 +38,7 @@ def cached_tool(
     if dest.is_file():
         return dest
     mirrors = download.Mirrors.from_env()
+    url = url_of(mirrors)
     out.write(f"{name} {version}: no bundle here carries it; downloading {url} (checked against its sha256)\n")
 
     def progress(line: str) -> None:

@@ -51,7 +51,7 @@ def helm_binary(kubernetes: str, calico: str, out: TextIO) -> Path:
         "helm",
         mirrors.helm_version,
         found.path / "tools" / "helm" if found is not None else None,
-        url,
+        lambda _: url,
         out,
         unpack,
         "build the bundle (`provision.py bundle build`), which carries one",

@@ -64,15 +64,13 @@ def _copy(fetched: Path, part: Path) -> None:
 def kubectl_binary(kubernetes: str, calico: str, out: TextIO) -> Path:
     """The kubectl for Kubernetes `kubernetes` (a minor or a patch release): from the bundle, an earlier
     download, or a checked download now."""
-    from provisioner.bundle import download
-
     versions = bundle.resolve_versions(kubernetes, calico)
     found = bundle.find(versions)
     return cached_tool(
         "kubectl",
         versions.kubernetes,
         found.path / "bin" / "kubectl" if found is not None else None,
-        download.Mirrors.from_env().kube_url(versions, "kubectl"),
+        lambda mirrors: mirrors.kube_url(versions, "kubectl"),
         out,
         _copy,
         f"build the bundle (`provision.py bundle build --kubernetes {versions.kubernetes}`)",

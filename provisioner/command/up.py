@@ -53,8 +53,6 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
     leaving = _leaving_nodes(ws, spec, opts, out, inp)
     spec, vagrant_extra = provider.prepare_host(spec, inputs, progress, timings, out)
     spec, kube_bundle = ensure_kube_bundle(spec, out, opts.verbose)
-    if opts.accept_repo_key:
-        _check_repo_key_use(spec, bundle=kube_bundle)
     spec = provider.preload(spec, inputs, kube_bundle, progress, timings)
     vagrant_extra |= provider.mount_bundle(kube_bundle) | {"cluster_id": cluster_id, "state_dir": str(ws.root)}
 
@@ -110,7 +108,7 @@ def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSp
     if opts.until is not None:
         stages.select(checked.spec.engine, only=opts.until)  # an unknown stage is refused here
     if opts.accept_repo_key:
-        _check_repo_key_use(checked.spec, bundle=None)
+        _check_repo_key_use(checked.spec)
     for source in checked.sources:
         out.write(f"source: {source}\n")
     for note in checked.notes:
@@ -120,18 +118,15 @@ def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSp
     return checked.spec, checked.inputs
 
 
-def _check_repo_key_use(spec: ClusterSpec, bundle: Path | None) -> None:
+def _check_repo_key_use(spec: ClusterSpec) -> None:
     """--accept-repo-key only means something where kube_packages installs from a package repository;
-    elsewhere it is refused, so that nobody believes a key was accepted when none was read. `bundle`:
-    the bundle the cluster installs from once that is decided (None before: then only what the spec
-    settles without asking the network is checked)."""
+    elsewhere it is refused, so that nobody believes a key was accepted when none was read. `spec` has
+    its kube_source decided (provisioner.sources), so this is known before anything is made."""
     why = ""
     if spec.engine != "kubernetes":
         why = f"a {spec.engine} cluster installs no Kubernetes packages"
-    elif spec.kube_source == "bundle" or (spec.kube_source == "auto" and spec.provider == "docker"):
+    elif spec.kube_source == "bundle":
         why = "this cluster installs Kubernetes from the offline bundle, which has no signing key"
-    elif bundle is not None:
-        why = f"this cluster installs Kubernetes from the offline bundle ({bundle}), which has no signing key"
     if why:
         raise ProvisionError(
             f"--accept-repo-key is for clusters that install Kubernetes from pkgs.k8s.io or a package mirror, and "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.kube import KubeConfigError, ipv4_network
+from provisioner.spec import TIME_SCALE_MAX
 
 KUBEADM_API = "kubeadm.k8s.io/v1beta4"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
@@ -105,7 +106,6 @@ KUBEADM_TIMEOUTS = {
     "upgradeManifests": 300,
 }
 LEADER_ELECTION = {"leader-elect-lease-duration": 15, "leader-elect-renew-deadline": 10, "leader-elect-retry-period": 2}
-TIME_SCALE_MAX = 20
 
 
 def time_scale(value: object) -> float:
