@@ -14,7 +14,6 @@ with `losetup -o OFFSET` instead of partition device nodes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import libvirt, proc
+from provisioner import hostlock, libvirt, proc
 from provisioner.errors import ProvisionError
 from provisioner.image import SSHD_KEYS_ONLY, find_vagrant_pubkey, host_debian_mirror
 
@@ -291,7 +290,7 @@ def box_present(recipe: BoxRecipe) -> bool:
 def ensure_box(recipe: BoxRecipe | None = None, *, force: bool = False) -> str:
     """Return the box name, building and adding it first when this recipe's version is missing."""
     recipe = recipe or BoxRecipe(mirror=host_debian_mirror())
-    with _build_lock():
+    with hostlock.held("provisioner-box"):
         if not force and box_present(recipe):
             log.info("box %s %s present", recipe.name, recipe.version)
             return recipe.name
@@ -427,17 +426,6 @@ def _loop_partition(image: Path, offset: int, size: int) -> Iterator[str]:
         yield dev
     finally:
         proc.run(["losetup", "--detach", dev], check=False)
-
-
-@contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    path = Path(tempfile.gettempdir()) / "provisioner-box.lock"
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _work_dir() -> str:

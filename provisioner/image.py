@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner import proc
+from provisioner import hostlock, proc
 from provisioner.errors import ProvisionError
 from provisioner.kubeimage import IMAGE_REPO_KUBE
 
@@ -238,7 +238,9 @@ def ensure_image(recipe: ImageRecipe | None = None, *, force: bool = False) -> s
     if not force and image_exists(recipe.tag):
         log.info("node image %s present", recipe.tag)
         return recipe.tag
-    build_image(recipe)
+    with hostlock.held("provisioner-node-image"):  # another `up` building it: wait, then use its image
+        if force or not image_exists(recipe.tag):
+            build_image(recipe)
     return recipe.tag
 
 

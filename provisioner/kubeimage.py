@@ -18,17 +18,13 @@ recipe builds a new image and an unchanged one is reused.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from provisioner import REPO_ROOT, proc
+from provisioner import REPO_ROOT, hostlock, proc
 from provisioner.errors import ProvisionError
 
 log = logging.getLogger(__name__)
@@ -151,7 +147,7 @@ def ensure_kube_image(base: str, bundle: Path) -> tuple[str, bool]:
 def build(base: str, bundle: Path, tag: str, *, force: bool = False) -> None:
     """Build `tag`: a container of `base` with the bundle mounted runs PRELOAD, and is committed. One
     build at a time on this host (a second one waits, then finds the image there)."""
-    with _build_lock():
+    with hostlock.held("provisioner-kube-image"):
         if not force and _exists(tag):
             return
         _build(base, bundle, tag)
@@ -209,14 +205,3 @@ def _image_id(name: str) -> str:
 
 def _exists(tag: str) -> bool:
     return proc.run(["docker", "image", "inspect", tag], check=False).returncode == 0
-
-
-@contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    path = Path(tempfile.gettempdir()) / "provisioner-kube-image.lock"
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -38,10 +38,14 @@ $PY/python provision.py bundle build
 # installed and started (it says why it skips where not); about 13 minutes alone under qemu software
 # emulation, bounded by PROVISION_VM_LANE_BUDGET. PROVISION_VM_LANE=0 switches it off.
 export PROVISION_VM_LANE="${PROVISION_VM_LANE:-1}"
-step "pytest: unit and integration"
+# Two lanes at once, one test module to a worker (tests/conftest.py orders them, longest first):
+# the lanes spend much of their time waiting on nodes, and the two cores take both.
+# PROVISION_TEST_WORKERS=0 runs them one after another in one process.
+WORKERS="${PROVISION_TEST_WORKERS:-2}"
+step "pytest: unit and integration ($WORKERS workers)"
 # -p no:cacheprovider keeps the clone clean; -ra lists every skip with its reason.
 set +e
-$PY/pytest -p no:cacheprovider -ra --durations=15 "$@"
+$PY/pytest -p no:cacheprovider -ra --durations=15 -n "$WORKERS" --dist loadfile --no-loadscope-reorder "$@"
 rc=$?
 set -e
 end_step

@@ -46,8 +46,10 @@ from tests.integration.conftest import REPO, Cluster, assert_verified
 pytestmark = pytest.mark.integration
 
 NAME = "vmlane"
-NETWORK = "192.168.159.0/24"
-IPS = {"manager1": "192.168.159.10", "worker1": "192.168.159.11"}
+# A network of its own: the lane runs beside the container lanes (scripts/test.sh runs two at once).
+SUBNET = "192.168.165"
+NETWORK = f"{SUBNET}.0/24"
+IPS = {"manager1": f"{SUBNET}.10", "worker1": f"{SUBNET}.11"}
 DOMAINS = [f"{NAME}-{n}" for n in sorted(IPS)]
 # 1 vCPU and 1.5 GiB each: the lane shares a 2-core runner with the other tests.
 UP_ARGS = (
@@ -260,7 +262,7 @@ def test_up_two_vms(lane: Lane) -> None:
     else:
         _up_without_wiring(lane)
     lane.step("up (2 VMs, prepare, runtime)", t0)
-    lane.node_net = libvirt.network_for_subnet("192.168.159.")
+    lane.node_net = libvirt.network_for_subnet(f"{SUBNET}.")
     state = lane.state()
     assert state["stages"]["machines"]["status"] == "done"
     for stage in ("prepare", "runtime"):
@@ -388,7 +390,7 @@ def test_destroy_leaves_nothing_behind(lane: Lane) -> None:
     left = libvirt.cluster_resources(DOMAINS, [f"{NAME}-mgmt", *([node_net] if node_net else [])])
     assert left.empty(), left
     routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    assert "192.168.159.0/24" not in routes and "10.254.159.0/24" not in routes, routes  # bridges gone
+    assert NETWORK not in routes and "10.254.165.0/24" not in routes, routes  # bridges gone
     assert _dnsmasq_of(NAME) == [], "dnsmasq of the cluster's networks still runs"
     ours = lane.daemons_before | libvirt.HostState.load().daemons
     if libvirt.answers():
