@@ -15,6 +15,9 @@ from provisioner.vagrant import SshInfo
 
 # Where the docker provider mounts the directory of bundles (read-only) in its container nodes (Vagrantfile).
 BUNDLES_NODE_DIR = "/opt/provisioner/bundles"
+# Providers whose nodes see the bundle directory there (machines.Provider.mount_bundle); VirtualBox
+# nodes are sent the files over SSH.
+BUNDLE_SHARED = frozenset({"docker", "libvirt"})
 ALL_GROUPS = ("kube_control_plane", "kube_node", "swarm_manager", "swarm_worker")
 # SSH host keys of the toolkit's own nodes are not checked: every node is made anew (and gets new
 # host keys) on each recreate, at an address (a loopback port, a private IP) that the next cluster
@@ -83,7 +86,7 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
     extra: dict[str, Any] = {}
     if bundle is not None:
         extra = {"kube_bundle_dir": str(bundle)}
-        if spec.provider == "docker":
+        if spec.provider in BUNDLE_SHARED:
             extra["kube_bundle_node_dir"] = f"{BUNDLES_NODE_DIR}/{bundle.name}"
     if spec.engine == "kubernetes" and not kubernetes_blocker(spec):
         extra |= smoke_vars(spec.versions["kubernetes"], bundle)

@@ -6,7 +6,8 @@ verify and the provider specifics live here:
   (see identity.py), before anything is made;
 - prepare_host: what the host needs before machines (docker: the node network free and the node
   image; libvirt: the daemons, the domain type and the box);
-- mount_bundle: how the nodes see the Kubernetes bundle (docker: a read-only mount);
+- mount_bundle: how the nodes see the Kubernetes bundle (docker: a read-only mount; libvirt: a
+  read-only virtio 9p share);
 - keys: SSH key handling before the first machine (docker: the cluster key);
 - clean_up: what `vagrant destroy` leaves behind (docker: containers and the network; libvirt:
   domains, volumes, networks, the daemons it started).
@@ -194,6 +195,10 @@ def _remove_unused_networks(subnets: list[str]) -> None:
 
 class Libvirt(Provider):
     name = "libvirt"
+
+    def mount_bundle(self, bundle: Path | None) -> dict[str, Any]:
+        # The directory holding the bundles, shared read-only over virtio 9p (see the Vagrantfile).
+        return {"bundle_root": str(bundle.parent)} if bundle is not None else {}
 
     def check_clear(self, spec: ClusterSpec, root: Path, cluster_id: str) -> None:
         """Domains of another cluster (by the identity in their description), or domains named as this
