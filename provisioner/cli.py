@@ -71,7 +71,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--runtime-source",
         dest="runtime_source",
-        help=f"one of: {', '.join(RUNTIME_SOURCES)} (auto: distro packages in container nodes, upstream on VMs)",
+        help=f"one of: {', '.join(RUNTIME_SOURCES)} (auto: distro packages on container nodes; on VMs Docker's repository when it answers, else distro; decided when the cluster is made)",
     )
     g.add_argument("--kube-version", dest="kube_version", help="Kubernetes minor or patch, e.g. 1.36 or 1.36.2")
     g.add_argument(
