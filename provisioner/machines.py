@@ -7,7 +7,7 @@ verify and the provider specifics live here:
 - prepare_host: what the host needs before machines (docker: the node network free and the node
   image; libvirt: the daemons, the domain type and the box);
 - mount_bundle: how the nodes see the Kubernetes bundle (docker: a read-only mount; libvirt: a
-  read-only virtio 9p share);
+  read-only virtiofs share);
 - keys: SSH key handling before the first machine (docker: the cluster key);
 - clean_up: what `vagrant destroy` leaves behind (docker: containers and the network; libvirt:
   domains, volumes, networks, the daemons it started).
@@ -197,7 +197,7 @@ class Libvirt(Provider):
     name = "libvirt"
 
     def mount_bundle(self, bundle: Path | None) -> dict[str, Any]:
-        # The directory holding the bundles, shared read-only over virtio 9p (see the Vagrantfile).
+        # The directory holding the bundles, shared over virtiofs and mounted read-only (see the Vagrantfile).
         return {"bundle_root": str(bundle.parent)} if bundle is not None else {}
 
     def check_clear(self, spec: ClusterSpec, root: Path, cluster_id: str) -> None:

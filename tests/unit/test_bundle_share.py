@@ -1,5 +1,5 @@
 """How the nodes see the Kubernetes bundle: container nodes through a read-only bind mount, libvirt
-VMs through a read-only virtio 9p share (the Vagrantfile), VirtualBox VMs not at all (the files go
+VMs through a virtiofs share mounted read-only (the Vagrantfile), VirtualBox VMs not at all (the files go
 over SSH). Where they see it, the inventory tells the kube_packages role where it is on the node."""
 
 from __future__ import annotations
