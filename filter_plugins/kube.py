@@ -64,6 +64,7 @@ class FilterModule:
             "kube_ca_cert_hash": cahash.ca_cert_hash,
             "kube_init_documents": kubeadm.kubeadm_init_documents,
             "kube_join_documents": kubeadm.kubeadm_join_documents,
+            "kube_probe_patches": kubeadm.probe_patches,
             "kube_api_server_endpoint": kubeadm.api_server_endpoint,
             "kube_resource_drift": calico.resource_drift,
             "kube_node_problems": clusterstate.node_problems,

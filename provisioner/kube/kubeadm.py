@@ -5,6 +5,7 @@ of a kubeconfig's server URL)."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,20 @@ KUBEADM_TIMEOUTS = {
     "upgradeManifests": 300,
 }
 LEADER_ELECTION = {"leader-elect-lease-duration": 15, "leader-elect-renew-deadline": 10, "leader-elect-retry-period": 2}
+# The probes kubeadm writes into the static pods (its defaults: every probe times out after 15 s;
+# liveness gives up after 8 failures, startup after 24, the API server's readiness after 3). On a slow
+# machine a busy API server misses its liveness probe and kubelet restarts it, and the controllers and
+# calico-node with it; scaled, each timeout and failure count is multiplied by the scale, through
+# kubeadm's patches directory (strategic merge patches on the static pods' manifests).
+PATCHES_DIR = "/etc/kubernetes/provisioner-patches"
+PROBES = {"livenessProbe": 8, "startupProbe": 24}
+STATIC_PODS = {
+    "etcd": PROBES,
+    "kube-apiserver": PROBES | {"readinessProbe": 3},
+    "kube-controller-manager": PROBES,
+    "kube-scheduler": PROBES,
+}
+PROBE_TIMEOUT = 15
 
 
 def time_scale(value: object) -> float:
@@ -128,6 +143,33 @@ def scaled_timeouts(scale: float, *, upgrade: bool = True) -> dict[str, str]:
     if scale == 1:
         return {}
     return {k: _seconds(v * scale) for k, v in KUBEADM_TIMEOUTS.items() if upgrade or k != "upgradeManifests"}
+
+
+def probe_patches(scale: object) -> dict[str, dict[str, Any]]:
+    """kubeadm patch files (name -> strategic merge patch) that scale the static pods' probes; {} at
+    scale 1, where kubeadm's own probes stand."""
+    factor = time_scale(scale)
+    if factor == 1:
+        return {}
+    return {
+        f"{pod}+strategic.yaml": {
+            "spec": {
+                "containers": [
+                    {
+                        "name": pod,
+                        **{
+                            probe: {
+                                "timeoutSeconds": math.ceil(PROBE_TIMEOUT * factor),
+                                "failureThreshold": math.ceil(failures * factor),
+                            }
+                            for probe, failures in probes.items()
+                        },
+                    }
+                ]
+            }
+        }
+        for pod, probes in STATIC_PODS.items()
+    }
 
 
 def _leader_election(scale: float, given: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -246,6 +288,7 @@ def kubeadm_init_documents(values: Mapping[str, Any] | InitSpec) -> list[dict[st
     }
     if spec.time_scale != 1:
         init["timeouts"] = scaled_timeouts(spec.time_scale)
+        init["patches"] = {"directory": PATCHES_DIR}  # probe_patches(), written there by the role
     api_server: dict[str, Any] = {}
     if spec.apiserver_extra_args:
         api_server["extraArgs"] = _as_args(spec.apiserver_extra_args)
@@ -338,6 +381,8 @@ def kubeadm_join_documents(values: Mapping[str, Any]) -> list[dict[str, Any]]:
             "localAPIEndpoint": {"advertiseAddress": node_ip, "bindPort": int(str(port))},
             "certificateKey": key,
         }
+        if scale != 1:
+            join["patches"] = {"directory": PATCHES_DIR}  # probe_patches(), written there by the role
     return [join]
 
 

@@ -25,6 +25,8 @@ import yaml
 from ansible.errors import AnsibleError
 from ansible.plugins.filter.core import FilterModule as CoreFilters
 
+from provisioner.kube import kubeadm
+
 REPO = Path(__file__).resolve().parents[2]
 INIT_TEMPLATE = REPO / "roles" / "kube_control_plane" / "templates" / "kubeadm-config.yaml.j2"
 JOIN_TEMPLATE = REPO / "roles" / "kube_join" / "templates" / "kubeadm-join.yaml.j2"
@@ -608,7 +610,7 @@ def test_kubeadm_itself_accepts_the_scaled_documents(tmp_path: Path) -> None:
     found = bundle.find(bundle.resolve_versions(None, None))
     if found is None:
         pytest.skip("the default bundle's kubeadm is not built here (scripts/test.sh builds the bundle before pytest)")
-    kubeadm = found.path / "bin" / "kubeadm"
+    kubeadm_bin = found.path / "bin" / "kubeadm"
     docs = {
         "init": render(INIT_TEMPLATE, init_vars(cluster_time_scale=4, kube_control_plane_kubernetes_version="v1.37.2")),
         "join": render(JOIN_TEMPLATE, join_vars(cluster_time_scale=4)),
@@ -617,7 +619,65 @@ def test_kubeadm_itself_accepts_the_scaled_documents(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump_all(documents))
         proc = subprocess.run(
-            [str(kubeadm), "config", "validate", "--config", str(path)],
+            [str(kubeadm_bin), "config", "validate", "--config", str(path)],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert proc.returncode == 0, f"{name}: {proc.stdout}{proc.stderr}"
+
+
+def test_time_scale_patches_the_static_pods_probes_through_kubeadms_patches_directory() -> None:
+    init, _, _ = render(INIT_TEMPLATE, init_vars(cluster_time_scale=4))
+    assert init["patches"] == {"directory": kubeadm.PATCHES_DIR}
+    (control_plane,) = render(
+        JOIN_TEMPLATE,
+        join_vars(cluster_time_scale=4, kube_join_as_control_plane=True, kube_join_certificate_key=CERT_KEY),
+    )
+    assert control_plane["patches"] == {"directory": kubeadm.PATCHES_DIR}
+    (worker,) = render(JOIN_TEMPLATE, join_vars(cluster_time_scale=4))
+    assert "patches" not in worker  # a worker has no static pods
+    patches = kubeadm.probe_patches(4)
+    assert sorted(patches) == [f"{pod}+strategic.yaml" for pod in sorted(kubeadm.STATIC_PODS)]
+    (apiserver,) = patches["kube-apiserver+strategic.yaml"]["spec"]["containers"]
+    assert apiserver == {
+        "name": "kube-apiserver",
+        "livenessProbe": {"timeoutSeconds": 60, "failureThreshold": 32},
+        "startupProbe": {"timeoutSeconds": 60, "failureThreshold": 96},
+        "readinessProbe": {"timeoutSeconds": 60, "failureThreshold": 12},
+    }
+    assert kubeadm.probe_patches(1) == {} and kubeadm.probe_patches(2.5)["etcd+strategic.yaml"]["spec"]["containers"][
+        0
+    ]["livenessProbe"] == {"timeoutSeconds": 38, "failureThreshold": 20}
+    init, _, _ = render(INIT_TEMPLATE, init_vars())
+    assert "patches" not in init
+
+
+def test_kubeadm_applies_the_probe_patches_to_every_static_pod(tmp_path: Path) -> None:
+    """The bundle's kubeadm writes the static pod manifests (dry run) with the scaled probes."""
+    from provisioner import bundle
+
+    found = bundle.find(bundle.resolve_versions(None, None))
+    if found is None:
+        pytest.skip("the default bundle's kubeadm is not built here (scripts/test.sh builds the bundle before pytest)")
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    for name, patch in kubeadm.probe_patches(4).items():
+        (patches / name).write_text(yaml.safe_dump(patch))
+    init, cluster, kubelet = render(
+        INIT_TEMPLATE, init_vars(cluster_time_scale=4, kube_control_plane_kubernetes_version="v1.37.2")
+    )
+    init["patches"] = {"directory": str(patches)}
+    config = tmp_path / "init.yaml"
+    config.write_text(yaml.safe_dump_all([init, cluster, kubelet]))
+    out = tmp_path / "manifests"
+    for phase in (["control-plane", "all"], ["etcd", "local"]):
+        proc = subprocess.run(
+            [str(found.path / "bin" / "kubeadm"), "init", "phase", *phase, "--config", str(config), "--dry-run"],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "KUBEADM_INIT_DRYRUN_DIR": str(out)},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    for pod, probes in kubeadm.STATIC_PODS.items():
+        (container,) = yaml.safe_load((out / f"{pod}.yaml").read_text())["spec"]["containers"]
+        for probe, failures in probes.items():
+            assert container[probe]["failureThreshold"] == failures * 4, (pod, probe, container[probe])
+            assert container[probe]["timeoutSeconds"] == 60, (pod, probe, container[probe])
