@@ -42,15 +42,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from provisioner import libvirt
-from provisioner.errors import ProvisionError
+from tests.integration import test_libvirt_vms as vm_lane
 from tests.integration.conftest import REPO, Cluster, assert_verified
+from tests.integration.test_kubernetes_cluster import NODE_CHECKS
 
 pytestmark = pytest.mark.integration
 
@@ -68,104 +68,22 @@ UP_ARGS = (
     "--cpus", "2", "--memory", "2048", "--runtime-source", "distro", "--time-scale", "4", "--no-metrics",
 )  # fmt: skip
 KUBE_STAGES = ("prepare", "runtime", "kube_packages", "control_plane", "cni", "join", "addons")
-# What verify must show as passed on both VMs: the node, and the data plane through the smoke workload.
-NODE_CHECKS = (
-    "kubelet_enabled_and_running",
-    "node_ready",
-    "calico_node_ready",
-    "dns_resolves_from_a_pod_on_the_node",
-    "pod_reaches_pods_on_every_other_node",
-    "nodeport_answers_from_the_host",
-)
+# What verify must show as passed on both VMs: the life-cycle lane's node and data-plane checks.
 WANTED = {check: sorted(IPS) for check in NODE_CHECKS} | {"system_pods_running_and_ready": ["(cluster)"]}
-SETUP = REPO / "scripts" / "setup-libvirt.sh"
-# The whole lane must end within this many seconds (measured alone: about 13 min), so that a hung VM
-# fails the lane with a clear message instead of eating CI's 90 minutes.
-BUDGET = float(os.environ.get("PROVISION_VM_LANE_BUDGET", "2700"))
-RUNTIME_BOX = os.environ.get("PROVISION_VM_LANE_BOX", "runtime") != "plain"
-# Ansible's default 10 s wait for the become prompt is too short for an emulated CPU; provision.py and
-# the verify run inherit this from the test's environment.
-SLOW_TIMEOUT = {"ANSIBLE_TIMEOUT": "120"}
-# testinfra opens one SSH connection per check unless a ControlPath is set (ansible.cfg has
-# ControlMaster/ControlPersist but leaves the path to Ansible); a key exchange costs seconds on an
-# emulated CPU, so the lane shares one connection per VM (the fixture fills in the directory). It goes
-# in ANSIBLE_SSH_EXTRA_ARGS: in testinfra ANSIBLE_SSH_COMMON_ARGS would replace the inventory's
-# ansible_ssh_common_args, which turn host key checking off for the nodes.
-CONTROL_PATH_ARG = "-o ControlPath={}/%C"
-SWAP_ON = (
-    "set -e; test -f /swapfile || { fallocate -l 64M /swapfile; chmod 600 /swapfile; mkswap -q /swapfile; }; "
-    "swapon --show=NAME --noheadings | grep -qx /swapfile || swapon /swapfile; "
-    "grep -q '^/swapfile ' /etc/fstab || echo '/swapfile none swap sw 0 0' >> /etc/fstab"
-)
 
 
 def lane_blocker() -> str:
-    """Why the VM lane cannot run here ("" when it can): installs libvirt/qemu and starts libvirtd."""
+    """Why this lane cannot run here ("" when it can): opt-in, then what the swarm VM lane needs."""
     if os.environ.get("PROVISION_VM_KUBE_LANE") != "1":
         return (
             "the Kubernetes VM lane is opt-in (PROVISION_VM_KUBE_LANE=1): under qemu software emulation it does "
             "not yet fit CI's budget beside the other lanes"
         )
-    if os.environ.get("PROVISION_VM_LANE", "1") == "0":
-        return "the VM lane was switched off with PROVISION_VM_LANE=0"
-    if os.geteuid() != 0:
-        return "the VM lane needs root: libvirtd on qemu:///system and loop devices for the box build"
-    for tool in ("vagrant", "mmdebstrap"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (run scripts/setup.sh)"
-    check = subprocess.run(["bash", str(SETUP), "--check"], capture_output=True, text=True, check=False)
-    if check.returncode != 0:
-        if shutil.which("apt-get") is None:
-            return f"libvirt/qemu cannot be installed: no apt-get on this host ({check.stdout.strip()})"
-        try:
-            install = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, check=False, timeout=900)
-        except subprocess.TimeoutExpired:
-            return "scripts/setup-libvirt.sh did not finish installing libvirt/qemu within 15 minutes"
-        if install.returncode != 0:
-            tail = " | ".join((install.stderr or install.stdout).strip().splitlines()[-3:])
-            return f"scripts/setup-libvirt.sh could not install libvirt/qemu/vagrant-libvirt: {tail}"
-    try:
-        libvirt.ensure_host()
-    except ProvisionError as exc:
-        return f"libvirtd could not be started: {exc}"
-    return ""
+    return vm_lane.lane_blocker()
 
 
-@dataclass
-class Lane:
-    cluster: Cluster
-    timings: dict[str, float] = field(default_factory=dict)
-    node_net: str = ""
-    daemons_before: dict[str, int] = field(default_factory=dict)
-    deadline: float = field(default_factory=lambda: time.monotonic() + BUDGET)
-
-    def left(self, cap: float) -> float:
-        """A step's timeout: `cap`, or what is left of the lane's budget when that is less."""
-        remaining = self.deadline - time.monotonic()
-        if remaining < 30:
-            pytest.fail(f"the VM lane used up its budget of {BUDGET:.0f} s (PROVISION_VM_LANE_BUDGET)")
-        return min(cap, remaining)
-
-    def step(self, name: str, t0: float) -> None:
-        self.timings[name] = round(time.monotonic() - t0, 1)
-
-    def ansible(
-        self, *args: str, timeout: float | None = None, tool: str = "ansible"
-    ) -> subprocess.CompletedProcess[str]:
-        """`ansible all ARGS` (or `ansible-playbook ARGS`) against the lane's inventory."""
-        from provisioner.ansible import ansible_env
-
-        env = ansible_env(self.cluster.root)
-        target = ["all"] if tool == "ansible" else []
-        return subprocess.run(
-            [str(Path(sys.executable).parent / tool), *target, "-i", str(self.cluster.inventory), *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env=env,
-            timeout=self.left(1200) if timeout is None else timeout,
-            check=False,
-        )
+class Lane(vm_lane.Lane):
+    """The swarm VM lane's helpers, with this lane's two nodes."""
 
     def hosts(self) -> dict[str, Any]:
         import testinfra
@@ -173,10 +91,6 @@ class Lane:
         os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))  # its ssh_args (ControlMaster)
         inv = self.cluster.inventory
         return {n: testinfra.get_host(f"ansible://{n}?ansible_inventory={inv}") for n in IPS}
-
-    def state(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.cluster.root / "state.json").read_text())
-        return data
 
 
 def _cleanup(lane: Lane) -> None:
@@ -197,14 +111,14 @@ def lane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     control_dir = tempfile.mkdtemp(prefix="vmcp-")  # short: a socket path has at most 107 bytes
     # testinfra's ansible backend runs ansible-inventory from PATH: the one next to this Python.
     bindir = str(Path(sys.executable).parent)
-    lane_env = SLOW_TIMEOUT | {
-        "ANSIBLE_SSH_EXTRA_ARGS": CONTROL_PATH_ARG.format(control_dir),
+    lane_env = vm_lane.SLOW_TIMEOUT | {
+        "ANSIBLE_SSH_EXTRA_ARGS": vm_lane.CONTROL_PATH_ARG.format(control_dir),
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
     }
     saved_env = {k: os.environ.get(k) for k in lane_env}
     os.environ.update(lane_env)
     lane = Lane(
-        Cluster(root / "ws", NAME, NETWORK), daemons_before=libvirt.started_daemons(), deadline=started + BUDGET
+        Cluster(root / "ws", NAME, NETWORK), daemons_before=libvirt.started_daemons(), deadline=started + vm_lane.BUDGET
     )
     lane.timings["libvirt host ready"] = round(time.monotonic() - started, 1)
     libvirt.cleanup_cluster(DOMAINS, [f"{NAME}-mgmt"])  # leftovers of an interrupted run
@@ -233,7 +147,7 @@ def test_up_forms_a_verified_kubernetes_cluster_on_two_vms(lane: Lane) -> None:
     from provisioner import box
 
     t0 = time.monotonic()
-    box_args = ("--box", box.BOX_NAME_RUNTIME) if RUNTIME_BOX else ()
+    box_args = ("--box", box.BOX_NAME_RUNTIME) if vm_lane.RUNTIME_BOX else ()
     proc = lane.cluster.run("up", *UP_ARGS, *box_args, timeout=lane.left(3600))
     lane.step("up (2 VMs, kubeadm + Calico, verify)", t0)
     lane.node_net = libvirt.network_for_subnet(f"{SUBNET}.")
@@ -283,7 +197,7 @@ def test_vms_are_real_machines_on_the_node_network(lane: Lane) -> None:
 
 
 def test_swap_turned_on_behind_our_back_is_turned_off_by_prepare(lane: Lane) -> None:
-    on = lane.ansible("-b", "-m", "ansible.builtin.shell", "-a", SWAP_ON)
+    on = lane.ansible("-b", "-m", "ansible.builtin.shell", "-a", vm_lane.SWAP_ON)
     assert on.returncode == 0, on.stdout + on.stderr
     assert all("/swapfile" in h.check_output("cat /proc/swaps") for h in lane.hosts().values())
     t0 = time.monotonic()
@@ -377,7 +291,7 @@ def test_destroy_leaves_nothing_behind(lane: Lane) -> None:
     assert left.empty(), left
     routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
     assert NETWORK not in routes and "10.254.166.0/24" not in routes, routes  # bridges gone
-    assert _dnsmasq_of(NAME) == [], "dnsmasq of the cluster's networks still runs"
+    assert vm_lane._dnsmasq_of(NAME) == [], "dnsmasq of the cluster's networks still runs"
     ours = lane.daemons_before | libvirt.HostState.load().daemons
     if libvirt.answers():
         # libvirtd still runs: someone else's (a service manager, or another cluster's machines).
@@ -386,18 +300,3 @@ def test_destroy_leaves_nothing_behind(lane: Lane) -> None:
         assert libvirt.started_daemons() == {}
         assert all(not libvirt.pid_alive(p, n) for n, p in ours.items())
         assert libvirt.leftover_chains() == []
-
-
-def _dnsmasq_of(name: str) -> list[int]:
-    """Process ids of dnsmasq instances libvirt started for this cluster's networks (read from /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmdline.startswith("/usr/sbin/dnsmasq") and f"/dnsmasq/{name}-" in cmdline:
-            pids.append(int(entry.name))
-    return pids
