@@ -35,8 +35,9 @@ from provisioner.errors import ProvisionError
 # The toolkit's one default release pair, shared by every install source.
 DEFAULT_KUBERNETES = "1.37.2"
 DEFAULT_CALICO = "3.31.0"
-# Releases the source build knows how to make (the Go module versions it pins in bundle/).
-KNOWN_KUBERNETES = ("1.37.2",)
+# Releases the source build knows how to make (the Go module versions it pins in bundle/;
+# components.yaml kubernetes_releases), oldest first: 1.36 is there for `upgrade`.
+KNOWN_KUBERNETES = ("1.36.3", "1.37.2")
 KNOWN_CALICO = ("3.31.0",)
 
 MANIFEST = "manifest.json"
@@ -94,11 +95,11 @@ def resolve_versions(kubernetes: str | None, calico: str | None) -> Versions:
 def _pick(want: str, known: tuple[str, ...], what: str, flag: str) -> str:
     parts = want.split(".")
     if not all(p.isdigit() for p in parts) or len(parts) not in (2, 3):
-        raise ProvisionError(f"{what} version {want!r} is not X.Y or X.Y.Z; give e.g. {flag} {known[0]}", exit_code=2)
+        raise ProvisionError(f"{what} version {want!r} is not X.Y or X.Y.Z; give e.g. {flag} {known[-1]}", exit_code=2)
     matches = [k for k in known if k == want or (len(parts) == 2 and k.startswith(want + "."))]
     if not matches:
         raise ProvisionError(
-            f"the bundle knows {what} {', '.join(known)}, not {want}; pass {flag} {known[0]}", exit_code=2
+            f"the bundle knows {what} {', '.join(known)}, not {want}; pass {flag} {known[-1]}", exit_code=2
         )
     return sorted(matches, key=lambda v: [int(x) for x in v.split(".")])[-1]
 

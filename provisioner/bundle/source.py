@@ -55,11 +55,19 @@ def load_components(path: Path = COMPONENTS) -> dict[str, Any]:
     return data
 
 
-def go_builds(data: dict[str, Any]) -> list[GoBuild]:
+def kubernetes_releases(data: dict[str, Any]) -> dict[str, str]:
+    """Release -> the module directory under bundle/ that pins it (components.yaml)."""
+    return {str(k): str(v) for k, v in (data.get("kubernetes_releases") or {}).items()}
+
+
+def go_builds(data: dict[str, Any], kubernetes: str = "") -> list[GoBuild]:
+    """The Go builds of the bundle; the `kubernetes` build from the module directory of `kubernetes`
+    (components.yaml kubernetes_releases) when one is named."""
+    releases = kubernetes_releases(data)
     return [
         GoBuild(
             name=name,
-            dir=BUNDLE_SRC / b["dir"],
+            dir=BUNDLE_SRC / (releases[kubernetes] if name == "kubernetes" and kubernetes in releases else b["dir"]),
             version_module=b.get("version_module") or "",
             tags=tuple(b.get("tags") or ()),
             ldflags=tuple(b.get("ldflags") or ()),
@@ -263,13 +271,16 @@ def addon_images(data: dict[str, Any] | None = None, kind: str = "source") -> li
 
 
 def missing_addon_images(bundle: Bundle) -> list[str]:
-    """The add-on images (and, in a source bundle, the host tools such as helm) this toolkit's recipe
-    puts in a bundle of `bundle`'s source that it lacks (it was made before they were added)."""
+    """The add-on images (and, in a source bundle, the host tools such as helm and the binaries such
+    as etcdctl) this toolkit's recipe puts in a bundle of `bundle`'s source that it lacks (it was made
+    before they were added)."""
     have = {f.image for f in bundle.images}
     missing = [name for name in addon_images(kind=bundle.source) if name not in have]
     if bundle.source == "source":
         files = {f.path for f in bundle.files}
-        missing += [f"tools/{name}" for name in load_components().get("tools") or {} if f"tools/{name}" not in files]
+        data = load_components()
+        wanted = [f"tools/{name}" for name in data.get("tools") or {}] + [f"bin/{name}" for name in data["bin"]]
+        missing += [path for path in wanted if path not in files]
     return missing
 
 
@@ -294,13 +305,13 @@ def build(
     into place with finish()."""
     check_go()
     data = load_components()
-    builds = go_builds(data)
-    wanted = data.get("kubernetes_version"), data.get("calico_version")
-    if wanted != (versions.kubernetes, versions.calico):
+    releases = kubernetes_releases(data)
+    if versions.kubernetes not in releases or versions.calico != data.get("calico_version"):
         raise ProvisionError(
-            f"bundle/ pins Kubernetes {wanted[0]} and Calico {wanted[1]}; a source build of "
-            f"{versions.kubernetes}/{versions.calico} needs its go.mod files changed to match"
+            f"bundle/ pins Kubernetes {', '.join(releases)} and Calico {data.get('calico_version')}; a source build "
+            f"of {versions.kubernetes}/{versions.calico} needs a module directory with its go.mod under bundle/"
         )
+    builds = go_builds(data, versions.kubernetes)
     outputs: dict[str, Path] = {}
     module_versions: dict[str, str] = {}
     steps = len(builds) + 2

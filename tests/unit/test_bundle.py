@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,7 @@ def test_up_refuses_a_release_the_bundle_does_not_know_naming_the_spec_flag(monk
     from provisioner.spec import build_spec
 
     monkeypatch.setattr(kubesource, "host_cgroup_version", lambda: 1)
-    spec = build_spec({"provider": "docker", "versions": {"kubernetes": "1.36"}})
+    spec = build_spec({"provider": "docker", "versions": {"kubernetes": "1.35"}})
     with pytest.raises(ProvisionError, match=r"pass --kube-version 1\.37\.2") as info:
         kubesource.check_bundle_versions(spec)
     assert info.value.exit_code == 2
@@ -184,3 +185,27 @@ def test_up_refuses_a_release_the_bundle_does_not_know_naming_the_spec_flag(monk
     # spec.KUBE_MINORS, so the spec of that day is made by hand.
     known = build_spec({"provider": "docker"})
     kubesource.check_bundle_versions(dataclasses.replace(known, versions={**known.versions, "kubernetes": "1.38"}))
+
+
+def test_the_known_releases_are_the_module_directories_that_pin_them() -> None:
+    data = source.load_components()
+    releases = source.kubernetes_releases(data)
+    assert tuple(releases) == bundle.KNOWN_KUBERNETES
+    assert data["kubernetes_version"] == bundle.DEFAULT_KUBERNETES == bundle.KNOWN_KUBERNETES[-1]
+    for release, directory in releases.items():
+        gomod = (source.BUNDLE_SRC / directory / "go.mod").read_text(encoding="utf-8")
+        minor = release.split(".")[1]
+        # The release itself, and every staging module at the matching v0 tag.
+        assert f"require k8s.io/kubernetes v{release}\n" in gomod
+        staging = re.findall(r"^\tk8s\.io/[\w-]+ => k8s\.io/[\w-]+ (v\S+)$", gomod, re.M)
+        assert len(staging) > 30 and set(staging) == {f"v0.{minor}.{release.split('.')[2]}"}
+        kube = next(b for b in source.go_builds(data, release) if b.name == "kubernetes")
+        assert kube.dir == source.BUNDLE_SRC / directory
+
+
+def test_a_release_the_bundle_does_not_pin_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(
+        ProvisionError, match=r"knows Kubernetes 1\.36\.3, 1\.37\.2, not 1\.35; pass --kubernetes 1\.37\.2"
+    ):
+        bundle.resolve_versions("1.35", None)
+    assert bundle.resolve_versions("1.36", None).kubernetes == "1.36.3"

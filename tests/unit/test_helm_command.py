@@ -113,10 +113,19 @@ def test_a_source_bundle_without_helm_is_found_lacking(tmp_path: Path) -> None:
         bundle.FileEntry(f"images/{i}.tar", "x", "v", "0" * 64, "s", 1, image=name)
         for i, name in enumerate(source.addon_images())
     ]
-    old = bundle.Bundle(tmp_path, bundle.Versions("1.37.2", "3.31.0"), "source", files=images)
+    bins = [bundle.FileEntry(f"bin/{n}", n, "v", "0" * 64, "s", 1) for n in source.load_components()["bin"]]
+    old = bundle.Bundle(tmp_path, bundle.Versions("1.37.2", "3.31.0"), "source", files=[*images, *bins])
     assert source.missing_addon_images(old) == ["tools/helm"]
     tools = bundle.FileEntry("tools/helm", "helm", "v4", "0" * 64, "s", 1)
-    assert source.missing_addon_images(bundle.Bundle(tmp_path, old.versions, "source", files=[*images, tools])) == []
+    assert (
+        source.missing_addon_images(bundle.Bundle(tmp_path, old.versions, "source", files=[*images, *bins, tools]))
+        == []
+    )
+
+    # A bundle made before etcdctl and etcdutl (the upgrade's snapshot tools) is lacking them.
+    older = [b for b in bins if b.path not in ("bin/etcdctl", "bin/etcdutl")]
+    made_before = bundle.Bundle(tmp_path, old.versions, "source", files=[*images, *older, tools])
+    assert source.missing_addon_images(made_before) == ["bin/etcdctl", "bin/etcdutl"]
 
 
 def test_the_projects_chart_is_a_chart_of_the_smoke_image() -> None:

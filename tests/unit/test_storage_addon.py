@@ -84,8 +84,14 @@ def _bundle(tmp_path: Path, images: list[str], src: str = "source") -> Bundle:
 def test_a_source_bundle_made_before_the_add_ons_is_found_lacking(tmp_path: Path) -> None:
     wanted = source.addon_images()
     # A source bundle also carries the host's tools (helm); tests/unit/test_helm_command.py covers those.
-    assert source.missing_addon_images(_bundle(tmp_path, ["registry.k8s.io/pause:3.10"])) == [*wanted, "tools/helm"]
-    assert source.missing_addon_images(_bundle(tmp_path, wanted)) == ["tools/helm"]
+    # And the node binaries (bin/), such as etcdctl, added after the first bundles.
+    bins = [f"bin/{name}" for name in source.load_components()["bin"]]
+    assert source.missing_addon_images(_bundle(tmp_path, ["registry.k8s.io/pause:3.10"])) == [
+        *wanted,
+        "tools/helm",
+        *bins,
+    ]
+    assert source.missing_addon_images(_bundle(tmp_path, wanted)) == ["tools/helm", *bins]
     # A download bundle saves upstream's provisioner and busybox from their registries.
     downloaded = source.addon_images(kind="download")
     assert source.missing_addon_images(_bundle(tmp_path, [], src="download")) == downloaded
