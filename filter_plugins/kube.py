@@ -29,6 +29,7 @@ from provisioner.kube import (  # noqa: E402
     nodeip,
     packages,
     signingkey,
+    upgrade,
 )
 
 
@@ -72,6 +73,12 @@ class FilterModule:
             "kube_interface_names": clusterstate.interface_names,
             "kube_interface_for_ip": kubeadm.interface_for_ip,
             "kube_api_endpoint_plan": kubeadm.api_endpoint_plan,
+            "kube_upgrade_step": upgrade.upgrade_step,
+            "kube_upgrade_blockers": upgrade.upgrade_blockers,
+            "kube_static_pod_release": upgrade.static_pod_release,
+            "kube_node_name_for_ip": upgrade.node_name_for_ip,
+            "kube_upgrade_behind": upgrade.nodes_behind,
+            "kube_upgrade_marked": upgrade.marked_nodes,
             "calico_manifest_url": calico.calico_manifest_url,
             "calico_manifest_documents": calico.calico_manifest_documents,
             "calico_node_problems": clusterstate.calico_node_problems,

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from provisioner.command import access, build, destroy, helm, kubectl, plan, provision, status, up, verify
+from provisioner.command import access, build, destroy, helm, kubectl, plan, provision, status, up, upgrade, verify
 from provisioner.errors import ProvisionError
 from provisioner.spec import ENGINES, PROVIDERS, RUNTIME_SOURCES, RUNTIMES
 from provisioner.workspace import Workspace, default_provision_dir
@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     sub.add_parser("reset", help="kubeadm reset on every node so the cluster can form again")
+    ug = sub.add_parser(
+        "upgrade",
+        help="move the cluster to the next Kubernetes release (one minor, or a patch), one node at a time",
+    )
+    ug.add_argument(
+        "--kube-version",
+        required=True,
+        help="the target release: the next minor (1.37) or a newer patch of the cluster's minor",
+    )
     img = sub.add_parser("image", help="node image of the docker provider")
     img_sub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     ib = img_sub.add_parser("build", help="build the node image from Debian packages")
@@ -264,6 +273,7 @@ CLUSTER_COMMANDS = (
     "destroy",
     "kubeconfig",
     "kubectl",
+    "upgrade",
     "helm",
     "reset",
 )
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         ws = workspace_of(args.dir) if args.command in CLUSTER_COMMANDS else Workspace(default_provision_dir())
-        if args.command in ("up", "destroy", "provision", "reset"):
+        if args.command in ("up", "destroy", "provision", "reset", "upgrade"):
             with ws.lock(args.command):
                 return dispatch(args, ws)
         return dispatch(args, ws)
@@ -363,6 +373,8 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
         return helm.helm(ws, args.kubectl_args)
     if cmd == "reset":
         return provision.reset(ws, args.verbose)
+    if cmd == "upgrade":
+        return upgrade.upgrade(ws, args.kube_version, args.verbose)
     if cmd == "image":
         if args.kubernetes:
             return build.kube_image_build(args.force)

@@ -154,11 +154,19 @@ def refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
     if old.engine == "kubernetes" and not same_release(old.versions["kubernetes"], new.versions["kubernetes"]):
         raise ProvisionError(
             f"this cluster runs Kubernetes {old.versions['kubernetes']}, the spec now says "
-            f"{new.versions['kubernetes']}; `up` does not move a running cluster to another release (that takes "
-            f"`kubeadm upgrade` one node at a time, which the toolkit does not do yet): go back to "
-            f"--kube-version {old.versions['kubernetes']}, or `destroy -f` and `up` with the new release",
+            f"{new.versions['kubernetes']}; `up` does not move a running cluster to another release: "
+            + (
+                f"`provision.py upgrade --kube-version {new.versions['kubernetes']}` does, one node at a time (or go "
+                f"back to --kube-version {old.versions['kubernetes']})"
+                if _release_key(new.versions["kubernetes"]) > _release_key(old.versions["kubernetes"])
+                else f"kubeadm does not downgrade either; keep --kube-version {old.versions['kubernetes']}"
+            ),
             exit_code=2,
         )
+
+
+def _release_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split(".") if x.isdigit())
 
 
 def same_release(current: str, wanted: str) -> bool:

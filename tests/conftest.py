@@ -21,6 +21,7 @@ LANE_ORDER = (
     "tests/integration/test_kubernetes_cluster.py",
     "tests/integration/test_swarm_cluster.py",
     "tests/integration/test_libvirt_vms.py",
+    "tests/integration/test_kubernetes_upgrade.py",
     "tests/integration/test_kubernetes_ha.py",
     "tests/integration/test_kubernetes_engine_docker.py",
     "tests/integration/test_molecule.py",

@@ -48,6 +48,7 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
     progress = Progress(out, verbose=opts.verbose)
     timings: dict[str, float] = {}
     spec, inputs = _spec_for_up(ws, opts, out)
+    unfinished_upgrade(State.load(ws.state_file))
     provider = machines.for_name(spec.provider)
     cluster_id = ws.cluster_id() or identity.new_id()
     leaving = _leaving_nodes(ws, spec, opts, out, inp)
@@ -100,6 +101,19 @@ def up(ws: Workspace, opts: UpOptions, out: TextIO = sys.stdout, inp: TextIO = s
     if kubernetes_blocker(spec):
         out.write("\nNOTE: the Kubernetes stages did not run (the reason is above)\n")
     return rc
+
+
+def unfinished_upgrade(state: State) -> None:
+    """Refuse `up` on a cluster half-way between two releases: its inventory still names the old one,
+    so a converge would put the old kubelet back on the nodes the upgrade already moved."""
+    rec = state.stages.get("upgrade")
+    if rec is not None and rec.status == "failed":
+        target = rec.message.split(":", 1)[0].removeprefix("to ").strip()
+        raise ProvisionError(
+            f"an upgrade of this cluster to {target} stopped part-way; finish it first with "
+            f"`provision.py upgrade --kube-version {target}` (it resumes at the node it stopped on), then `up`",
+            exit_code=2,
+        )
 
 
 def _spec_for_up(ws: Workspace, opts: UpOptions, out: TextIO) -> tuple[ClusterSpec, dict[str, Any]]:

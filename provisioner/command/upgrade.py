@@ -1,0 +1,140 @@
+"""`provision.py upgrade --kube-version X`: move a running Kubernetes cluster one release step.
+
+Python decides and prepares (the cluster exists and formed, the step is one the version skew policy
+allows, the target's bundle is built), playbooks/upgrade.yml does the work node by node (the same
+playbook an operator runs with ansible-playbook), and only when it finished do the spec, the inventory
+and the state name the new release; verify then checks the cluster as `up` does.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from provisioner import REPO_ROOT, bundle, inventory
+from provisioner.ansible import StageRun, forget_facts, run_playbook
+from provisioner.command.up import lost_machines_error
+from provisioner.command.verify import run_verify
+from provisioner.errors import ProvisionError
+from provisioner.kube import upgrade as rules
+from provisioner.kubesource import kube_source_choice, kubernetes_blocker
+from provisioner.progress import Progress
+from provisioner.spec import ClusterSpec
+from provisioner.state import State
+from provisioner.vagrant import Vagrant
+from provisioner.workspace import Workspace
+
+PLAYBOOK = REPO_ROOT / "playbooks" / "upgrade.yml"
+STAGE = "upgrade"
+
+
+def check_cluster(ws: Workspace, spec: ClusterSpec, state: State) -> None:
+    """Refuse, before anything changes, a cluster the upgrade cannot start from."""
+    if spec.engine != "kubernetes":
+        raise ProvisionError("upgrade is for the kubernetes engine; a swarm's nodes are upgraded with their packages")
+    blocker = kubernetes_blocker(spec)
+    if blocker:
+        raise ProvisionError(f"this cluster's Kubernetes stages cannot run here: {blocker}", exit_code=2)
+    if not ws.inventory.exists() or not state.done("join"):
+        raise ProvisionError(
+            "this cluster has not formed yet (its join stage is not done); run `provision.py up` until it is, "
+            "then upgrade",
+            exit_code=2,
+        )
+    source, why = kube_source_choice(spec)
+    if source != "bundle":
+        raise ProvisionError(
+            f"this cluster installs from pkgs.k8s.io ({why}); `upgrade` moves clusters made from the offline bundle "
+            "only, so far: upgrade its nodes with kubeadm by hand (kubeadm's upgrade guide)",
+            exit_code=2,
+        )
+
+
+def target_versions(spec: ClusterSpec, wanted: str) -> tuple[bundle.Versions, str]:
+    """The target's bundle versions and the step ('none', 'patch' or 'minor'), refused with one
+    sentence when the bundle does not know the release or the step is not allowed."""
+    versions = bundle.resolve_versions(wanted, spec.versions["calico"])
+    try:
+        step = rules.upgrade_step(spec.versions["kubernetes"], versions.kubernetes)
+    except ProvisionError as exc:
+        raise ProvisionError(exc.message, exit_code=2) from None
+    return versions, step
+
+
+def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys.stdout) -> int:
+    from provisioner.bundle import make
+
+    started = time.monotonic()
+    spec = ws.saved_spec()
+    state = State.load(ws.state_file)
+    check_cluster(ws, spec, state)
+    current = spec.versions["kubernetes"]
+    versions, step = target_versions(spec, wanted)
+    if step == "none":
+        out.write(f"==> the cluster's spec says Kubernetes {current}: checking that every node runs it\n")
+    else:
+        out.write(f"==> upgrade: Kubernetes {current} -> {versions.kubernetes} (a {step} step), one node at a time\n")
+    found = make.ensure(versions, "auto", force=False, out=out, verbose=verbose, addons=spec.storage or spec.metrics)
+    out.write(f"    bundle: {found.path}\n")
+    snapshots = ws.root / "etcd-snapshots"
+    snapshots.mkdir(exist_ok=True)
+    extra = {
+        "kube_upgrade_version": versions.kubernetes,
+        "kube_upgrade_bundle_dir": str(found.path),
+        "kube_upgrade_bundle_node_dir": (
+            f"{inventory.BUNDLES_NODE_DIR}/{found.path.name}" if spec.provider in inventory.BUNDLE_SHARED else ""
+        ),
+        "kube_upgrade_snapshot_dest": str(snapshots),
+    }
+    forget_facts(ws.root)
+    progress = Progress(out, verbose=verbose)
+    t0 = time.monotonic()
+    try:
+        run: StageRun = run_playbook(
+            PLAYBOOK,
+            ws.inventory,
+            ws.root,
+            ws.logs / "upgrade.log",
+            progress,
+            f"upgrade to {versions.kubernetes} (checks, images, etcd snapshot, then node by node)",
+            verbose=verbose,
+            extra_vars=extra,
+        )
+    except ProvisionError as exc:
+        err = lost_machines_error(exc, Vagrant(ws.root, spec.provider), STAGE)
+        # `up` refuses to converge a cluster half-way between two releases (see up.unfinished_upgrade).
+        state.mark(STAGE, "failed", time.monotonic() - t0, message=f"to {versions.kubernetes}: {err.message}")
+        state.save()
+        out.write(
+            f"    the upgrade stopped; `provision.py upgrade --kube-version {versions.kubernetes}` resumes at the "
+            "node it stopped on\n"
+        )
+        if err is exc:
+            raise
+        raise err from exc
+    took = time.monotonic() - t0
+    state.mark(STAGE, "done", took, changed=run.changed)
+    # From here on the cluster is at the target: the spec, its inputs and the inventory say so, so that
+    # `up` and verify work from the target's bundle.
+    saved = ws.load_saved() or {}
+    inputs = dict(saved.get("inputs") or {})
+    inputs["versions"] = {**(inputs.get("versions") or {}), "kubernetes": versions.kubernetes}
+    data = spec.to_dict()
+    data["versions"] = dict(spec.versions, kubernetes=versions.kubernetes)
+    new_spec = ClusterSpec.from_dict(data)
+    keep = {k: v for k, v in saved.items() if k not in ("spec", "inputs", *data)}
+    ws.save_spec(new_spec, inputs, keep)
+    vg = Vagrant(ws.root, new_spec.provider)
+    names = [n.name for n in new_spec.nodes]
+    ssh = vg.running_docker_machines(names, ws.inventory) or vg.ssh_config(names)
+    inventory.write_inventory(inventory.build_inventory(new_spec, ssh, ws.root, found.path), ws.inventory)
+    state.fingerprint = ""  # the next `up` converges every stage against the new release
+    state.save()
+    snapshot = snapshots / f"etcd-before-v{versions.kubernetes}.db"
+    out.write(f"    upgrade: {took:.0f} s, {run.summary_line()}\n")
+    if snapshot.exists():
+        out.write(f"    etcd snapshot from before the upgrade: {snapshot} (README: Upgrade, to roll back)\n")
+    rc = run_verify(ws, new_spec, state, out)
+    out.write(f"==> Kubernetes {versions.kubernetes} in {time.monotonic() - started:.0f} s\n")
+    return rc
