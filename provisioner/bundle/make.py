@@ -109,7 +109,7 @@ def ensure(
                 if not lacking:
                     return existing
                 out.write(
-                    f"bundle {versions.name} predates {lacking[0]}, which the add-ons need ({len(lacking)} in all): "
+                    f"bundle {versions.name} predates {lacking[0]}, which this toolkit now puts in a bundle ({len(lacking)} in all): "
                     f"making it again from {existing.source} (what it already has comes from the caches)\n"
                 )
                 try:
