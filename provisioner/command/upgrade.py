@@ -102,6 +102,9 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
             extra_vars=extra,
         )
     except ProvisionError as exc:
+        resume = f"run `provision.py upgrade --kube-version {versions.kubernetes}` again to resume at that node"
+        exc.message = exc.message.replace("run `up` again to resume here", resume)
+        exc.args = (exc.message,)
         err = lost_machines_error(exc, Vagrant(ws.root, spec.provider), STAGE)
         # `up` refuses to converge a cluster half-way between two releases (see up.unfinished_upgrade).
         state.mark(STAGE, "failed", time.monotonic() - t0, message=f"to {versions.kubernetes}: {err.message}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -39,7 +40,14 @@ MARGIN = 3.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from make_cluster(tmp_path_factory, NAME, NETWORK)
+    kept = tmp_path_factory.mktemp("upgrade-logs")
+    for made in make_cluster(tmp_path_factory, NAME, NETWORK):
+        try:
+            yield made
+        finally:
+            # destroy removes the state directory with its logs: keep the upgrade's for a failure's reader.
+            for log in (made.root / "logs").glob("upgrade*"):
+                shutil.copy2(log, kept / log.name)
 
 
 def kubectl(cluster: Cluster, *args: str, stdin: str | None = None, check: bool = True) -> str:
