@@ -159,7 +159,8 @@ def refuse_incompatible_change(old: ClusterSpec, new: ClusterSpec) -> None:
                 f"`provision.py upgrade --kube-version {new.versions['kubernetes']}` does, one node at a time (or go "
                 f"back to --kube-version {old.versions['kubernetes']})"
                 if _release_key(new.versions["kubernetes"]) > _release_key(old.versions["kubernetes"])
-                else f"kubeadm does not downgrade either; keep --kube-version {old.versions['kubernetes']}"
+                else f"kubeadm does not downgrade either; keep --kube-version {old.versions['kubernetes']}, or "
+                f"`destroy -f` and `up` to start again on {new.versions['kubernetes']}"
             ),
             exit_code=2,
         )

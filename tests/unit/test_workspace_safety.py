@@ -216,6 +216,16 @@ def test_a_change_the_live_cluster_cannot_take_is_refused(change: dict[str, Any]
     assert "destroy -f" in info.value.message
 
 
+def test_a_newer_release_in_the_spec_points_at_upgrade_not_destroy() -> None:
+    old = build_spec({"nodes": 3, "provider": "docker", "versions": {"kubernetes": "1.36.3"}})
+    new = build_spec({"nodes": 3, "provider": "docker"})
+    with pytest.raises(ProvisionError) as info:
+        preflight.refuse_incompatible_change(old, new)
+    message = info.value.message
+    assert info.value.exit_code == 2 and "runs Kubernetes 1.36.3, the spec now says 1.37.2" in message
+    assert "provision.py upgrade --kube-version 1.37.2" in message and "destroy" not in message
+
+
 def test_growing_with_the_same_release_named_by_its_minor_is_fine() -> None:
     old = build_spec({"nodes": 3, "provider": "docker"})
     preflight.refuse_incompatible_change(old, build_spec({"nodes": 5, "versions": {"kubernetes": "1.37"}}))
