@@ -268,15 +268,28 @@ def ensure_cluster_key(root: Path, name: str, *, create: bool) -> Path | None:
     return key
 
 
+# A frame of a Ruby backtrace: "/usr/share/.../batch_action.rb:86:in `block in run'", perhaps after "from".
+RUBY_FRAME = re.compile(r"^(from\s+)?/\S+\.rb:\d+:in\b")
+UNEXPECTED = re.compile(r"on the\s+'([^']+)'\s+machine\.\s+Please report this as a bug:\s*\n([^\n]+)")
 ERROR_HINTS = re.compile(r"(error|failed|refused|cannot|could not|not found|denied)", re.IGNORECASE)
 
 
 def last_error(log_file: Path) -> str:
-    """The most telling line near the end of a Vagrant log."""
+    """The most telling line near the end of a Vagrant log.
+
+    An error Vagrant did not expect (a provider plugin's, say) comes as "An unexpected error occurred
+    when executing the action on the 'X' machine. Please report this as a bug:", its message, then a
+    Ruby backtrace often longer than the window looked at: the backtrace is left out and that message
+    named with its machine.
+    """
     try:
-        lines = [ln.strip() for ln in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        text = log_file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return "no output"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not RUBY_FRAME.match(ln.strip())]
+    unexpected = list(UNEXPECTED.finditer("\n".join(lines)))
+    if unexpected:
+        return f"{unexpected[-1].group(1)}: {unexpected[-1].group(2).strip()}"
     for line in reversed(lines[-40:]):
         if ERROR_HINTS.search(line):
             return line

@@ -66,6 +66,22 @@ def test_last_error_prefers_error_lines(tmp_path: Path) -> None:
     assert last_error(tmp_path / "missing.log") == "no output"
 
 
+def test_last_error_names_the_machine_and_message_of_an_unexpected_error_not_its_backtrace(tmp_path: Path) -> None:
+    frames = "".join(f"\tfrom /usr/share/gems/vagrant-libvirt/lib/x{i}.rb:{i}:in `call'\n" for i in range(80))
+    log = tmp_path / "up.log"
+    log.write_text(
+        "==> manager1: Waiting for domain to get an IP address...\n"
+        "An error occurred while executing multiple actions in parallel.\n"
+        "An unexpected error occurred when executing the action on the\n"
+        "'manager1' machine. Please report this as a bug:\n\n"
+        "Timeout waiting for the domain's address (Fog::Errors::TimeoutError)\n\n"
+        "/usr/share/gems/fog-core/lib/fog/core/wait_for.rb:11:in `wait_for'\n"
+        + frames
+        + "/usr/share/rubygems-integration/all/gems/vagrant-2.3.4/lib/vagrant/batch_action.rb:86:in `block (2 levels) in run'\n"
+    )
+    assert last_error(log) == "manager1: Timeout waiting for the domain's address (Fog::Errors::TimeoutError)"
+
+
 def _fake_vagrant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
     bindir = tmp_path / "bin"
     bindir.mkdir()
