@@ -130,18 +130,19 @@ class Watch:
 
     def _client(self, node: str, ip: str) -> None:
         while not self.stop.is_set():
-            t = time.monotonic()
+            t = time.time()
             try:
                 with urllib.request.urlopen(f"http://{ip}:{NODE_PORT}/", timeout=2) as resp:
-                    ok, why = resp.status == 200, str(resp.status)
+                    # The body names the replica that answered: a failure's reader sees who served around it.
+                    ok, why = resp.status == 200, resp.read(200).decode(errors="replace").strip()
             except OSError as exc:
                 ok, why = False, str(exc)
             self.results.append((t, node, ok, why))
-            self.stop.wait(max(0.0, 0.5 - (time.monotonic() - t)))
+            self.stop.wait(max(0.0, 0.5 - (time.time() - t)))
 
     def _cordons(self) -> None:
         while not self.stop.is_set():
-            t = time.monotonic()
+            t = time.time()
             out = kubectl(self.cluster, "get", "nodes", "-o", "json", check=False)
             try:
                 items = json.loads(out)["items"]
@@ -165,6 +166,31 @@ class Watch:
 
     def drained_ever(self) -> set[str]:
         return set().union(*(nodes for _, nodes in self.cordoned))
+
+    def around(self, t: float, node: str, seconds: float = 3.0) -> list[str]:
+        """What the client saw through a node a few seconds either side of a moment, for a failure's reader."""
+        return [
+            f"{clock(w)} {'ok' if ok else 'FAILED'} {why}"
+            for w, n, ok, why in self.results
+            if n == node and abs(w - t) <= seconds
+        ]
+
+
+def clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 10) % 10}"
+
+
+def events(cluster: Cluster, namespace: str) -> list[str]:
+    """A namespace's events, oldest first, one line each with its time (UTC)."""
+    items = json.loads(kubectl(cluster, "-n", namespace, "get", "events", "-o", "json", check=False) or "{}").get(
+        "items", []
+    )
+    lines = []
+    for e in items:
+        when = e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or ""
+        obj = e.get("involvedObject", {})
+        lines.append(f"{when} {obj.get('kind')}/{obj.get('name')} {e.get('reason')}: {e.get('message', '')[:160]}")
+    return sorted(lines)
 
 
 def node_versions(cluster: Cluster) -> dict[str, str]:
@@ -208,7 +234,17 @@ def test_upgrade_moves_every_node_to_the_next_minor_with_the_workload_answering(
     for node, (total, n_failed, n_excused) in counts.items():
         assert total > 100, counts
         unexcused = [r for r in watch.results if r[1] == node and not r[2] and not watch.excused(r[0], node)]
-        assert n_failed == n_excused, f"{node}: {unexcused[:5]} ({counts})"
+        if n_failed != n_excused:
+            # What a reader needs to find the cause: each failure with its time and reason, what the client
+            # saw around it, the workload's events, the cordons and the upgrade's own output.
+            seen = "\n".join(f"{clock(r[0])} {r[3]}\n  " + "\n  ".join(watch.around(r[0], node)) for r in unexcused[:5])
+            cordons = "\n".join(f"{clock(t)} {sorted(n)}" for t, n in watch.cordoned if n)
+            print(f"unexcused failures through {node}:\n{seen}")
+            print("events in the workload's namespace:\n" + "\n".join(events(cluster, NS)))
+            print("events in kube-system:\n" + "\n".join(events(cluster, "kube-system")[-80:]))
+            print(f"cordons:\n{cordons}")
+            print("the upgrade's output:\n" + out[-6000:])
+        assert n_failed == n_excused, f"{node}: {[(clock(r[0]), r[3]) for r in unexcused[:5]]} ({counts})"
     # Every node had its turn, drained, and none stays cordoned.
     assert watch.drained_ever() == set(IPS), watch.drained_ever()
     assert watch.cordoned[-1][1] == frozenset(), watch.cordoned[-1]
