@@ -15,6 +15,7 @@ from provisioner.vagrant import (
     cluster_key,
     ensure_cluster_key,
     last_error,
+    machines_without_address,
     parse_progress_line,
     parse_ssh_config,
 )
@@ -234,3 +235,55 @@ def test_any_doubt_leaves_the_machines_to_vagrant(
     vg, inventory = _running_setup(tmp_path, monkeypatch, out, rc)
     assert vg.running_docker_machines(nodes, inventory) is None
     assert Vagrant(vg.provision_dir, "libvirt").running_docker_machines(["cp1"], inventory) is None
+
+
+STUCK_UP = (
+    "==> manager1: Starting domain.\n==> worker1: Starting domain.\n"
+    "==> manager1: Waiting for domain to get an IP address...\n==> worker1: Waiting for domain to get an IP address...\n"
+    "==> worker1: Waiting for SSH to become available...\n"
+    "An unexpected error occurred when executing the action on the\n'manager1' machine. Please report this as a bug:\n"
+)
+
+
+def test_machines_left_waiting_for_an_address_are_named() -> None:
+    assert machines_without_address(STUCK_UP) == ["manager1"]
+    assert (
+        machines_without_address("==> cp1: Waiting for domain to get an IP address...\n==> cp1: Machine booted\n") == []
+    )
+
+
+def test_a_libvirt_machine_that_got_no_address_is_powered_off_and_started_once_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = tmp_path / "stuck.txt"
+    stuck.write_text(STUCK_UP)
+    calls = _fake_vagrant(
+        tmp_path,
+        monkeypatch,
+        f'echo "$*" >> {tmp_path}/calls\n'
+        f'case "$1" in up) [ $(grep -c "^up" {tmp_path}/calls) -ge 2 ] && exit 0; cat {stuck}; exit 1;; esac\nexit 0\n',
+    )
+    Vagrant(tmp_path, "libvirt").up(["manager1", "worker1"], tmp_path / "machines.log")
+    lines = calls.read_text().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["up", "halt", "up"]
+    assert lines[1] == "halt -f manager1"
+
+
+def test_a_second_stuck_boot_fails_with_the_machine_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stuck = tmp_path / "stuck.txt"
+    stuck.write_text(STUCK_UP)
+    calls = _fake_vagrant(
+        tmp_path, monkeypatch, f'echo "$*" >> {tmp_path}/calls\ncase "$1" in up) cat {stuck}; exit 1;; esac\nexit 0\n'
+    )
+    with pytest.raises(ProvisionError, match="vagrant up failed"):
+        Vagrant(tmp_path, "libvirt").up(["manager1", "worker1"], tmp_path / "machines.log")
+    assert [ln.split()[0] for ln in calls.read_text().splitlines()] == ["up", "halt", "up"]
+
+
+def test_the_docker_provider_is_not_restarted_for_an_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stuck = tmp_path / "stuck.txt"
+    stuck.write_text(STUCK_UP)
+    calls = _fake_vagrant(tmp_path, monkeypatch, f'echo "$*" >> {tmp_path}/calls\ncat {stuck}; exit 1\n')
+    with pytest.raises(ProvisionError):
+        Vagrant(tmp_path, "docker").up(["manager1", "worker1"], tmp_path / "machines.log")
+    assert len(calls.read_text().splitlines()) == 1
