@@ -221,6 +221,8 @@ def test_upgrade_moves_every_node_to_the_next_minor_with_the_workload_answering(
         for th in threads:
             th.join(timeout=10)
     out = proc.stdout
+    took = re.search(r"upgrade: \d+ s, .*", out)
+    print(took.group(0) if took else "upgrade: no summary line")
     assert f"Kubernetes {FROM} -> {TO} (a minor step)" in out, out[-4000:]
     assert_verified(out)
     # The client's counts, printed per node: requests, failures, failures while the node was drained.
