@@ -1,9 +1,10 @@
 """A highly available control plane on container nodes (issue 15): three control planes and one
-worker from the bundle, behind the virtual IP that keepalived moves and HAProxy serves on every
-control plane. Then the failure test: the node that holds the virtual IP is stopped; the endpoint
-answers from another control plane within a bounded time, kubectl works through it and a new pod
-runs; the node comes back, etcd has three healthy members again and verify is green; a rerun
-changes nothing; destroy.
+worker from the bundle of the previous minor (1.36), behind the virtual IP that keepalived moves and
+HAProxy serves on every control plane. Then the failure test: the node that holds the virtual IP is
+stopped; the endpoint answers from another control plane within a bounded time, kubectl works
+through it and a new pod runs; the node comes back, etcd has three healthy members again and verify
+is green. Then `upgrade` to 1.37.2, control plane by control plane, with the endpoint's /readyz read
+twice a second throughout; a rerun changes nothing; destroy.
 
 The tests run in file order against one cluster. Traffic goes only to the nodes this test creates
 (their loopback-forwarded SSH ports, their node-network addresses and the virtual IP among them).
@@ -12,8 +13,10 @@ The tests run in file order against one cluster. Traffic goes only to the nodes 
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,6 +35,7 @@ ENDPOINT = f"https://{VIP}:8443"
 CONTROL_PLANES = ("cp1", "cp2", "cp3")
 NODES = (*CONTROL_PLANES, "worker1")
 FAILOVER_SECONDS = 60
+FROM, TO = "1.36.3", "1.37.2"
 # What verify must show as passed (an ok cell in its table, never a skip): every API server, the
 # endpoint and etcd; the data plane through the smoke-test workload on every node.
 WANTED = {
@@ -112,9 +116,11 @@ def test_up_forms_three_control_planes_behind_the_endpoint(cluster: Cluster) -> 
         NAME,
         "--network",
         NETWORK,
+        "--kube-version",
+        "1.36",
         timeout=3600,
     )
-    print(f"up --nodes 4 --control-planes 3: {time.monotonic() - t0:.0f} s")
+    print(f"up --nodes 4 --control-planes 3 --kube-version 1.36: {time.monotonic() - t0:.0f} s")
     assert_verified(proc.stdout, WANTED)
     assert f"API endpoint {VIP}:8443" in cluster.run("plan").stdout
     assert len(vip_holders()) == 1, vip_holders()
@@ -144,7 +150,9 @@ def test_the_endpoint_survives_the_loss_of_the_node_holding_the_vip(cluster: Clu
     now = vip_holders()
     assert len(now) == 1 and now[0] != holder, now
     assert "worker1" in kubectl(cluster, "get", "nodes", "-o", "name").stdout
-    smoke = bundle.smoke_image(default_bundle())
+    before = bundle.find(bundle.resolve_versions(FROM, None))
+    assert before is not None, f"the bundle of {FROM} is missing"
+    smoke = bundle.smoke_image(before)
     kubectl(cluster, "run", "ha-probe", f"--image={smoke}", "--image-pull-policy=Never", "--restart=Never")
     waited = kubectl(
         cluster, "wait", "pod/ha-probe", "--for=jsonpath={.status.phase}=Running", "--timeout=180s", check=False
@@ -161,6 +169,42 @@ def test_the_node_comes_back_and_verify_is_green(cluster: Cluster) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert_verified(proc.stdout, WANTED)
     assert len(vip_holders()) == 1
+
+
+def test_upgrade_moves_every_control_plane_with_the_endpoint_answering(cluster: Cluster) -> None:
+    readings: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            t = time.time()
+            readings.append((t, endpoint_ready()))
+            stop.wait(max(0.0, 0.5 - (time.time() - t)))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        proc = cluster.run("upgrade", "--kube-version", TO, timeout=3600)
+    finally:
+        stop.set()
+        poller.join(timeout=10)
+    took = re.search(r"upgrade: \d+ s, .*", proc.stdout)
+    failed = [(time.strftime("%H:%M:%S", time.gmtime(t)), why) for t, why in readings if why]
+    print(took.group(0) if took else "upgrade: no summary line")
+    print(f"the endpoint's /readyz during the upgrade: {len(readings)} readings, {len(failed)} failed")
+    assert f"Kubernetes {FROM} -> {TO} (a minor step)" in proc.stdout, proc.stdout[-4000:]
+    assert_verified(proc.stdout, WANTED)
+    assert len(readings) > 100, len(readings)
+    assert not failed, failed[:10]
+    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
+    assert {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes} == {
+        n: f"v{TO}" for n in NODES
+    }
+    images = kubectl(
+        cluster, "-n", "kube-system", "get", "pods", "-l", "tier=control-plane",
+        "-o", "jsonpath={range .items[*]}{.spec.containers[0].image}{'\\n'}{end}",
+    ).stdout.split()  # fmt: skip
+    assert len(images) == 12 and all(i.endswith(f":v{TO}") for i in images if "etcd" not in i), images
 
 
 def test_rerun_converges_with_no_change(cluster: Cluster) -> None:
