@@ -19,6 +19,11 @@
                                                      # the Ansible strategy: Mitogen's (the default)
                                                      # against Ansible's linear, alternating, twice
 
+    .venv/bin/python bench/bench.py --engine kubernetes --upgrade
+                                                     # `upgrade` 1.36 -> 1.37 of a three-node cluster:
+                                                     # the cold up at 1.36, the upgrade in all and each
+                                                     # node's turn (from the run's events), the rerun
+
     .venv/bin/python bench/bench.py --bundle warm|cold
                                                      # the bundle's source build, per component
 
@@ -269,6 +274,47 @@ def run_strategies(rounds: int = 2) -> None:
         )
 
 
+UPGRADE_FROM, UPGRADE_TO = "1.36", "1.37.2"
+UPGRADE_PLAYS = ("Upgrade | the first control plane", "Upgrade | the other control planes", "Upgrade | the workers")
+
+
+def node_turns(events: Path) -> dict[str, float]:
+    """Each node's turn in an upgrade, from the events of the run (callback_plugins/provision_events):
+    from the start of its first task in the node plays to the end of its last."""
+    spans: dict[str, tuple[float, float]] = {}
+    play = ""
+    for raw in events.read_text(encoding="utf-8").splitlines():
+        event = json.loads(raw)
+        if event.get("event") == "play":
+            play = str(event.get("name", ""))
+        elif event.get("event") == "result" and play.startswith(UPGRADE_PLAYS):
+            end = float(event["t"])
+            start = end - float(event.get("duration") or 0.0)
+            first, last = spans.get(event["host"], (start, end))
+            spans[event["host"]] = (min(first, start), max(last, end))
+    return {host: last - first for host, (first, last) in spans.items()}
+
+
+def run_upgrade() -> None:
+    """A three-node cluster made at the previous minor, then `upgrade` to the default release: the
+    upgrade in all, each node's turn, and a second `upgrade` with nothing left to do."""
+    print(f"-- engine: kubernetes, upgrade {UPGRADE_FROM} -> {UPGRADE_TO} of a three-node cluster")
+    made, root = cold(3, "", keep=True, extra=("--kube-version", UPGRADE_FROM))
+    print(line(f"cold up N=3 at {UPGRADE_FROM}:", made), flush=True)
+    try:
+        upgrade = provision(root, "upgrade", "--kube-version", UPGRADE_TO)
+        turns = node_turns(root / "logs" / "upgrade.events.jsonl")
+        print(
+            f"{'upgrade (verify included):':<28} {upgrade.seconds:6.1f}s  cpu {upgrade.cpu:.0f} CPU-s; each node's turn: "
+            + ", ".join(f"{host} {sec:.0f}s" for host, sec in turns.items()),
+            flush=True,
+        )
+        again = provision(root, "upgrade", "--kube-version", UPGRADE_TO)
+        print(f"{'upgrade again (nothing left):':<28} {again.seconds:6.1f}s  cpu {again.cpu:.0f} CPU-s", flush=True)
+    finally:
+        provision(root, "destroy", "-f")
+
+
 def run_bundle(cold_caches: bool) -> None:
     """`bundle build --force` into a scratch bundle directory: warm (this machine's Go caches and binary
     cache) or cold (a fresh cache directory: every module downloaded and every package compiled)."""
@@ -342,6 +388,11 @@ def main() -> int:
         action="store_true",
         help="kubernetes: Mitogen's strategy against Ansible's linear, alternating: cold N=3 and up --converge",
     )
+    parser.add_argument(
+        "--upgrade",
+        action="store_true",
+        help=f"kubernetes: up N=3 at {UPGRADE_FROM}, then `upgrade` to {UPGRADE_TO}: in all and per node",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="--strategy: rounds of both ways (default 2)")
     parser.add_argument(
         "--bundle",
@@ -371,6 +422,9 @@ def main() -> int:
     )
     if args.engine == "kubernetes" and args.addons:
         run_addons()
+        return 0
+    if args.engine == "kubernetes" and args.upgrade:
+        run_upgrade()
         return 0
     if args.engine == "kubernetes" and args.strategy:
         run_strategies(args.rounds)
