@@ -105,7 +105,12 @@ def settle(all_hosts: list[Host]) -> float:
     """How long the cluster-view checks wait for the swarm to settle (a node that has just joined or
     restarted): WAIT_SECONDS, or nothing when a node's Docker is down, as then it cannot settle and
     waiting only delays the report (test_docker_answers names the node)."""
-    return 0.0 if _docker_down(all_hosts) else WAIT_SECONDS
+    if _docker_down(all_hosts):
+        return 0.0
+    # Scaled like the roles' own waits on a slow machine (cluster_time_scale: the VM lane runs at 4
+    # under qemu software emulation, where a replica once took longer than 120 s to start).
+    scale = float(all_hosts[0].ansible.get_variables().get("cluster_time_scale") or 1)
+    return WAIT_SECONDS * max(1.0, scale)
 
 
 # --- helpers ----------------------------------------------------------------------------------
