@@ -152,9 +152,7 @@ class Vagrant:
             rc = proc.stream(cmd, env=self.env, cwd=REPO_ROOT, log_file=log_file, on_line=on_line)
             if rc == 0 or attempt == LOCK_RETRIES:
                 return rc
-            with log_file.open(encoding="utf-8", errors="replace") as f:
-                f.seek(start)
-                text = f.read()
+            text = _read_from(log_file, start)
             if LOCKED_MARK not in text and not (RACE_MARK in text and cmd[1] == "up" and attempt < RACE_RETRIES):
                 return rc
             log.info("vagrant: a machine is locked or was mid-creation; retrying (%d/%d)", attempt, LOCK_RETRIES)
