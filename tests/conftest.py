@@ -2,8 +2,10 @@
 
 scripts/test.sh runs pytest with two xdist workers, one test module to a worker at a time
 (`--dist loadfile`), so two lanes run at once on the two cores. The integration lanes go first,
-longest first, so that the short unit modules fill the gaps at the end; the VM lane, which keeps both
-cores busy with emulated CPUs, is paired with the lanes that wait most.
+longest first, so that the short unit modules fill the gaps at the end. A worker takes its next
+module when two tests of its current one are left (xdist's loadfile), so the first two start
+together: the HA lane (the longest: make, upgrade, fail over) beside the VM lane; the worker that
+finishes first takes the next in this order.
 
 At the end, each lane's wall time (from its first test's setup to its last test's teardown, module
 fixtures included) and the worker it ran on, so that CI's log shows where its minutes went.
@@ -18,12 +20,11 @@ import pytest
 
 # Module path -> start rank; modules not named here (the unit tests) come after, in their own order.
 LANE_ORDER = (
-    "tests/integration/test_kubernetes_cluster.py",
-    "tests/integration/test_swarm_cluster.py",
-    "tests/integration/test_libvirt_vms.py",
-    "tests/integration/test_kubernetes_upgrade.py",
     "tests/integration/test_kubernetes_ha.py",
+    "tests/integration/test_libvirt_vms.py",
+    "tests/integration/test_kubernetes_cluster.py",
     "tests/integration/test_kubernetes_engine_docker.py",
+    "tests/integration/test_swarm_cluster.py",
     "tests/integration/test_molecule.py",
 )
 

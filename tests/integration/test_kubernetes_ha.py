@@ -1,10 +1,15 @@
-"""A highly available control plane on container nodes (issue 15): three control planes and one
-worker from the bundle of the previous minor (1.36), behind the virtual IP that keepalived moves and
-HAProxy serves on every control plane. Then `upgrade` to 1.37.2, control plane by control plane,
-with the endpoint's /readyz read twice a second throughout. Then the failure test: the node that
-holds the virtual IP is stopped; the endpoint answers from another control plane within a bounded
-time, kubectl works through it and a new pod runs; the node comes back, etcd has three healthy
-members again and verify is green; a rerun changes nothing; destroy.
+"""A highly available control plane on container nodes (issue 15) and its upgrade (issue 21): three
+control planes and one worker from the bundle of the previous minor (1.36), behind the virtual IP that
+keepalived moves and HAProxy serves on every control plane, with a workload behind a NodePort (three
+replicas of the smoke web server on any node, a PodDisruptionBudget of one unavailable). Then
+`upgrade` to 1.37.2, node by node, with the endpoint's /readyz read twice a second and the NodePort
+requested through every node's address twice a second throughout: every node at the target, verify
+green, no failed request through a node that was not being drained at that moment, the etcd snapshot
+restorable with etcdutl, a second upgrade that changes nothing, `up` afterwards keeping the new
+release with nothing to change. Then the failure test: the node that holds the virtual IP is stopped;
+the endpoint answers from another control plane within a bounded time, kubectl works through it and a
+new pod runs; the node comes back, etcd has three healthy members again and verify is green; a rerun
+changes nothing; destroy.
 
 The tests run in file order against one cluster. Traffic goes only to the nodes this test creates
 (their loopback-forwarded SSH ports, their node-network addresses and the virtual IP among them).
@@ -14,17 +19,20 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import ssl
 import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from provisioner import bundle
 from tests.integration.conftest import Cluster, assert_verified, default_bundle, make_cluster
+from tests.integration.workload import NS, Watch, events, workload
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +44,7 @@ CONTROL_PLANES = ("cp1", "cp2", "cp3")
 NODES = (*CONTROL_PLANES, "worker1")
 FAILOVER_SECONDS = 60
 FROM, TO = "1.36.3", "1.37.2"
+NODE_PORT = 30663
 # During the upgrade: at most this many failed readings of the endpoint in a row (2 s at two a second,
 # HAProxy's window: a check every 1 s, a server down after 2 failed checks).
 ENDPOINT_BLIP_READINGS = 4
@@ -55,11 +64,21 @@ WANTED = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from make_cluster(tmp_path_factory, NAME, NETWORK)
+    kept = tmp_path_factory.mktemp("upgrade-logs")
+    for made in make_cluster(tmp_path_factory, NAME, NETWORK):
+        try:
+            yield made
+        finally:
+            # destroy removes the state directory with its logs: keep the upgrade's for a failure's reader.
+            for log in (made.root / "logs").glob("upgrade*"):
+                shutil.copy2(log, kept / log.name)
 
 
-def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The bundle's kubectl on this host with the fetched kubeconfig (it points at the endpoint)."""
+def kubectl(
+    cluster: Cluster, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The bundle's kubectl (the target release's: it serves both) on this host with the fetched
+    kubeconfig (it points at the endpoint)."""
     proc = subprocess.run(
         [
             str(default_bundle().path / "bin" / "kubectl"),
@@ -68,6 +87,7 @@ def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Comp
             "--request-timeout=20s",
             *args,
         ],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=180,
@@ -76,6 +96,19 @@ def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Comp
     if check:
         assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr[-1000:]}"
     return proc
+
+
+def node_versions(cluster: Cluster) -> dict[str, str]:
+    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
+    return {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes}
+
+
+def node_ips(cluster: Cluster) -> dict[str, str]:
+    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
+    return {
+        n["metadata"]["name"]: next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
+        for n in nodes
+    }
 
 
 def endpoint_ready() -> str:
@@ -137,9 +170,13 @@ def test_up_forms_three_control_planes_behind_the_endpoint(cluster: Cluster) -> 
     # The certificates uploaded for the control-plane joins are gone again.
     secret = kubectl(cluster, "-n", "kube-system", "get", "secret", "kubeadm-certs", check=False)
     assert secret.returncode != 0 and "NotFound" in secret.stderr, secret.stdout + secret.stderr
+    assert node_versions(cluster) == {n: f"v{FROM}" for n in NODES}
+    # The workload the upgrade must keep answering.
+    kubectl(cluster, "apply", "-f", "-", stdin=workload(f"provisioner.local/smoke-web:{FROM}", NODE_PORT))
+    kubectl(cluster, "-n", NS, "rollout", "status", "deployment/web", "--timeout", "180s")
 
 
-def test_upgrade_moves_every_control_plane_with_the_endpoint_answering(cluster: Cluster) -> None:
+def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(cluster: Cluster) -> None:
     readings: list[tuple[float, str]] = []
     stop = threading.Event()
 
@@ -149,17 +186,30 @@ def test_upgrade_moves_every_control_plane_with_the_endpoint_answering(cluster: 
             readings.append((t, endpoint_ready()))
             stop.wait(max(0.0, 0.5 - (time.time() - t)))
 
+    def out(*args: str, check: bool = True) -> str:
+        return kubectl(cluster, *args, check=check).stdout
+
+    ips = node_ips(cluster)
+    assert set(ips) == set(NODES), ips
+    watch = Watch(out, ips, NODE_PORT)
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
+    watch.start()
+    time.sleep(5)
     try:
         proc = cluster.run("upgrade", "--kube-version", TO, timeout=3600)
     finally:
+        time.sleep(5)
         stop.set()
+        watch.finish()
         poller.join(timeout=10)
     took = re.search(r"upgrade: \d+ s, .*", proc.stdout)
     failed = [(time.strftime("%H:%M:%S", time.gmtime(t)), why) for t, why in readings if why]
     print(took.group(0) if took else "upgrade: no summary line")
     print(f"the endpoint's /readyz during the upgrade: {len(readings)} readings, {len(failed)} failed")
+    counts = watch.counts()
+    for node, (total, n_failed, n_excused) in counts.items():
+        print(f"client through {node}: {total} requests, {n_failed} failed, {n_excused} while drained")
     assert f"Kubernetes {FROM} -> {TO} (a minor step)" in proc.stdout, proc.stdout[-4000:]
     assert_verified(proc.stdout, WANTED)
     assert len(readings) > 100, len(readings)
@@ -175,15 +225,65 @@ def test_upgrade_moves_every_control_plane_with_the_endpoint_answering(cluster: 
     print("failed readings: " + "; ".join(f"{t} {why[:80]}" for t, why in failed))
     assert longest <= ENDPOINT_BLIP_READINGS, (longest, failed)
     assert len(failed) <= 0.02 * len(readings), failed
-    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
-    assert {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes} == {
-        n: f"v{TO}" for n in NODES
-    }
+    # The workload: no failed request through a node that was not drained at that moment (print why).
+    for node, (total, n_failed, n_excused) in counts.items():
+        assert total > 100, counts
+        if n_failed != n_excused:
+            print(watch.report(node, "\n".join(["events in the workload's namespace:", *events(out, NS)]), proc.stdout))
+        assert n_failed == n_excused, f"{node}: {[(r[0], r[3]) for r in watch.unexcused(node)[:5]]} ({counts})"
+    # Every node had its turn, drained, and none stays cordoned.
+    assert watch.drained_ever() == set(NODES), watch.drained_ever()
+    assert watch.cordoned[-1][1] == frozenset(), watch.cordoned[-1]
+    # Every kubelet and every control-plane static pod at the target; the API server reports it.
+    assert node_versions(cluster) == {n: f"v{TO}" for n in NODES}
     images = kubectl(
         cluster, "-n", "kube-system", "get", "pods", "-l", "tier=control-plane",
         "-o", "jsonpath={range .items[*]}{.spec.containers[0].image}{'\\n'}{end}",
     ).stdout.split()  # fmt: skip
     assert len(images) == 12 and all(i.endswith(f":v{TO}") for i in images if "etcd" not in i), images
+    server = json.loads(out("version", "-o", "json"))["serverVersion"]["gitVersion"]
+    assert server == f"v{TO}"
+    # The spec records the new release.
+    saved = json.loads((cluster.root / "cluster.json").read_text())
+    assert saved["spec"]["versions"]["kubernetes"] == TO
+
+
+def test_the_snapshot_from_before_the_upgrade_restores_with_etcdutl(cluster: Cluster, tmp_path: Path) -> None:
+    snapshot = cluster.root / "etcd-snapshots" / f"etcd-before-v{TO}.db"
+    assert snapshot.stat().st_size > 100_000, snapshot
+    tool = bundle.find(bundle.resolve_versions(TO, None))
+    assert tool is not None
+    restored = tmp_path / "restored"
+    proc = subprocess.run(
+        [str(tool.path / "bin" / "etcdutl"), "snapshot", "restore", str(snapshot), "--data-dir", str(restored)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (restored / "member" / "snap" / "db").stat().st_size > 100_000
+
+
+def test_a_second_upgrade_to_the_same_release_changes_nothing(cluster: Cluster) -> None:
+    out = cluster.run("upgrade", "--kube-version", TO, timeout=1500).stdout
+    summary = re.search(r"upgrade: \d+ s, (.*)", out)
+    assert summary, out[-3000:]
+    changed = [int(c) for c in re.findall(r"changed=(\d+)", summary.group(1))]
+    assert len(changed) == len(NODES) and sum(changed) == 0, summary.group(1)
+    assert_verified(out, WANTED)
+
+
+def test_up_after_the_upgrade_keeps_the_new_release_with_nothing_to_change(cluster: Cluster) -> None:
+    # The upgrade cleared the fingerprint, so this `up` converges every stage against the new release:
+    # the upgrade brought the control plane stage's own files there too, so nothing changes.
+    proc = cluster.run("up", "--no-verify", timeout=1800)
+    changed = cluster.timings()["changed"]
+    assert isinstance(changed, dict) and {"control_plane", "join", "cni"} <= set(changed), changed
+    assert all(v == 0 for v in changed.values()), (changed, proc.stdout[-3000:])
+    assert node_versions(cluster) == {n: f"v{TO}" for n in NODES}
+    refused = cluster.run("up", "--kube-version", "1.36", check=False)
+    assert refused.returncode == 2 and "kubeadm does not downgrade" in refused.stderr, refused.stderr
 
 
 def test_the_endpoint_survives_the_loss_of_the_node_holding_the_vip(cluster: Cluster) -> None:
@@ -220,12 +320,7 @@ def test_the_node_comes_back_and_verify_is_green(cluster: Cluster) -> None:
 
 
 def test_rerun_converges_with_no_change(cluster: Cluster) -> None:
-    # The step before verified the cluster. The first converge after the upgrade brings the control
-    # plane stage's own files to the new release (measured: control_plane changed=3, every other
-    # stage 0); the second proves a converge changes nothing.
-    cluster.run("up", "--converge", "--no-verify", timeout=1800)
-    first = cluster.timings()["changed"]
-    assert isinstance(first, dict) and all(v == 0 for k, v in first.items() if k != "control_plane"), first
+    # The step before verified the cluster, after a control plane's loss and return.
     cluster.run("up", "--converge", "--no-verify", timeout=1800)
     changed = cluster.timings()["changed"]
     assert isinstance(changed, dict) and {"control_plane", "join"} <= set(changed), changed

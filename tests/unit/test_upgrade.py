@@ -1,6 +1,6 @@
 """`provision.py upgrade`: the release steps it allows, what in a running cluster stops it before
 anything changes, and how the command refuses what it cannot do (the integration lane,
-tests/integration/test_kubernetes_upgrade.py, runs a real one)."""
+tests/integration/test_kubernetes_ha.py, runs a real one)."""
 
 from __future__ import annotations
 
