@@ -32,7 +32,7 @@ import pytest
 
 from provisioner import bundle
 from tests.integration.conftest import Cluster, assert_verified, default_bundle, make_cluster
-from tests.integration.workload import NS, Watch, events, workload
+from tests.integration.workload import NS, Watch, clock, events, workload
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +230,7 @@ def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(c
         assert total > 100, counts
         if n_failed != n_excused:
             print(watch.report(node, "\n".join(["events in the workload's namespace:", *events(out, NS)]), proc.stdout))
-        assert n_failed == n_excused, f"{node}: {[(r[0], r[3]) for r in watch.unexcused(node)[:5]]} ({counts})"
+        assert n_failed == n_excused, f"{node}: {[(clock(r[0]), r[3]) for r in watch.unexcused(node)[:5]]} ({counts})"
     # Every node had its turn, drained, and none stays cordoned.
     assert watch.drained_ever() == set(NODES), watch.drained_ever()
     assert watch.cordoned[-1][1] == frozenset(), watch.cordoned[-1]

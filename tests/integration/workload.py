@@ -10,6 +10,7 @@ passed in: the nodes the lane created.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import urllib.request
@@ -120,7 +121,7 @@ class Watch:
             t = time.time()
             try:
                 items = json.loads(self.kubectl("get", "nodes", "-o", "json", check=False))["items"]
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, subprocess.TimeoutExpired):
                 items = None  # the API server restarting: no reading this second
             if items is not None:
                 self.cordoned.append(
@@ -140,7 +141,13 @@ class Watch:
             th.join(timeout=10)
 
     def excused(self, t: float, node: str) -> bool:
-        return any(node in nodes for when, nodes in self.cordoned if abs(when - t) <= MARGIN)
+        """The node was cordoned at t: in a reading within MARGIN of it, or in the readings on both sides
+        of it (while an API server restarts, the readings can stop for longer than MARGIN)."""
+        if any(node in nodes for when, nodes in self.cordoned if abs(when - t) <= MARGIN):
+            return True
+        before = [nodes for when, nodes in self.cordoned if when <= t]
+        after = [nodes for when, nodes in self.cordoned if when > t]
+        return bool(before and after and node in before[-1] and node in after[0])
 
     def drained_ever(self) -> set[str]:
         return set().union(*(nodes for _, nodes in self.cordoned))
