@@ -8,7 +8,8 @@ together: the HA lane (the longest: make, upgrade, fail over) beside the VM lane
 finishes first takes the next in this order.
 
 At the end, each lane's wall time (from its first test's setup to its last test's teardown, module
-fixtures included) and the worker it ran on, so that CI's log shows where its minutes went.
+fixtures included) and the worker it ran on, so that CI's log shows where its minutes went; then the
+figures the lanes recorded (record_property("figure", ...)), passed or not.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class _Lane:
 
 
 _lanes: defaultdict[str, _Lane] = defaultdict(_Lane)
+# What the lanes measured and want in CI's log whether they passed or not (pytest shows a passed test's
+# output nowhere): a test records ("figure", text) with record_property, which xdist carries to the
+# controller on the report.
+_figures: list[tuple[str, str]] = []
 
 
 def _lane_of(nodeid: str) -> str:
@@ -62,6 +67,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     node = getattr(report, "node", None)  # set by xdist on the controller: the worker that ran it
     gateway = getattr(node, "gateway", None)
     lane.workers.add(str(getattr(gateway, "id", "main")))
+    if report.when == "call":
+        _figures.extend((report.nodeid, str(value)) for name, value in report.user_properties if name == "figure")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -78,3 +85,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(
         f"{(last - first) / 60:6.1f} min  wall clock, first test to last (setup and linters before it)"
     )
+    if _figures:
+        terminalreporter.section("figures the lanes measured")
+        for nodeid, text in _figures:
+            terminalreporter.write_line(f"{nodeid.rsplit('::', 1)[-1]}: {text}")

@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -176,7 +176,9 @@ def test_up_forms_three_control_planes_behind_the_endpoint(cluster: Cluster) -> 
     kubectl(cluster, "-n", NS, "rollout", "status", "deployment/web", "--timeout", "180s")
 
 
-def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(cluster: Cluster) -> None:
+def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(
+    cluster: Cluster, record_property: Callable[[str, object], None]
+) -> None:
     readings: list[tuple[float, str]] = []
     stop = threading.Event()
 
@@ -210,6 +212,13 @@ def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(c
     counts = watch.counts()
     for node, (total, n_failed, n_excused) in counts.items():
         print(f"client through {node}: {total} requests, {n_failed} failed, {n_excused} while drained")
+    record_property("figure", took.group(0) if took else "upgrade: no summary line")
+    record_property("figure", f"endpoint /readyz: {len(readings)} readings, {len(failed)} failed")
+    record_property(
+        "figure",
+        "client (requests/failed/while drained): "
+        + ", ".join(f"{node} {c[0]}/{c[1]}/{c[2]}" for node, c in counts.items()),
+    )
     assert f"Kubernetes {FROM} -> {TO} (a minor step)" in proc.stdout, proc.stdout[-4000:]
     assert_verified(proc.stdout, WANTED)
     assert len(readings) > 100, len(readings)
