@@ -86,9 +86,20 @@ def storage_manifest(ns: str, image: str, token: str) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
+# A new namespace's default ServiceAccount comes from kube-controller-manager a moment later (longer
+# while a new one takes the lead, as after an upgrade): a pod applied before it is refused. The apply
+# (idempotent) is tried again then, and only then.
+NO_SERVICE_ACCOUNT = 'serviceaccount "default" not found'
+
+
 def apply(cp: Any, manifest: str) -> None:
-    with cp.sudo():
-        result = cp.run(f"{KUBECTL} apply -f - <<'EOF'\n{manifest}\nEOF")
+    def once() -> Any:
+        with cp.sudo():
+            result = cp.run(f"{KUBECTL} apply -f - <<'EOF'\n{manifest}\nEOF")
+        assert NO_SERVICE_ACCOUNT not in result.stderr, result.stderr.strip()[-400:]
+        return result
+
+    result = retry(once, "the check namespace's default ServiceAccount", attempts=FAST_ATTEMPTS, delay=FAST_DELAY)
     assert result.rc == 0, f"applying the storage check failed: {result.stderr.strip()[-400:]}"
 
 
