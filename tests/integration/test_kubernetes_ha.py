@@ -194,6 +194,7 @@ def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(
     ips = node_ips(cluster)
     assert set(ips) == set(NODES), ips
     watch = Watch(out, ips, NODE_PORT)
+    watch.answering()  # every node's kube-proxy has opened the port before the count starts
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     watch.start()

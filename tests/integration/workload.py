@@ -129,6 +129,22 @@ class Watch:
                 )
             self.stop.wait(1.0)
 
+    def answering(self, timeout: float = 120.0) -> None:
+        """Wait until the NodePort answers through every node three times in a row: a rollout is done
+        when its replicas are ready, and each node's kube-proxy opens the port a moment later (a node
+        still without it refuses the connection)."""
+        deadline = time.monotonic() + timeout
+        for node, ip in self.ips.items():
+            streak, why = 0, ""
+            while streak < 3:
+                try:
+                    with urllib.request.urlopen(f"http://{ip}:{self.node_port}/", timeout=2) as resp:
+                        streak, why = (streak + 1, "") if resp.status == 200 else (0, f"HTTP {resp.status}")
+                except OSError as exc:
+                    streak, why = 0, str(exc)
+                assert time.monotonic() < deadline, f"the NodePort does not answer through {node} ({ip}): {why}"
+                time.sleep(0.5)
+
     def start(self) -> None:
         self.threads = [threading.Thread(target=self._client, args=item, daemon=True) for item in self.ips.items()]
         self.threads.append(threading.Thread(target=self._cordons, daemon=True))
