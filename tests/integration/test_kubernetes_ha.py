@@ -27,6 +27,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,16 +99,19 @@ def kubectl(
     return proc
 
 
+def nodes(cluster: Cluster) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
+    return items
+
+
 def node_versions(cluster: Cluster) -> dict[str, str]:
-    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
-    return {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes}
+    return {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes(cluster)}
 
 
 def node_ips(cluster: Cluster) -> dict[str, str]:
-    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
     return {
         n["metadata"]["name"]: next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
-        for n in nodes
+        for n in nodes(cluster)
     }
 
 
@@ -164,8 +168,10 @@ def test_up_forms_three_control_planes_behind_the_endpoint(cluster: Cluster) -> 
         json.loads(kubectl(cluster, "config", "view", "-o", "json").stdout)["clusters"][0]["cluster"]["server"]
         == ENDPOINT
     )
-    nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json").stdout)["items"]
-    roles = {n["metadata"]["name"]: "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"] for n in nodes}
+    roles = {
+        n["metadata"]["name"]: "node-role.kubernetes.io/control-plane" in n["metadata"]["labels"]
+        for n in nodes(cluster)
+    }
     assert roles == {"cp1": True, "cp2": True, "cp3": True, "worker1": False}
     # The certificates uploaded for the control-plane joins are gone again.
     secret = kubectl(cluster, "-n", "kube-system", "get", "secret", "kubeadm-certs", check=False)
@@ -208,11 +214,8 @@ def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(
         poller.join(timeout=10)
     took = re.search(r"upgrade: \d+ s, .*", proc.stdout)
     failed = [(time.strftime("%H:%M:%S", time.gmtime(t)), why) for t, why in readings if why]
-    print(took.group(0) if took else "upgrade: no summary line")
-    print(f"the endpoint's /readyz during the upgrade: {len(readings)} readings, {len(failed)} failed")
     counts = watch.counts()
-    for node, (total, n_failed, n_excused) in counts.items():
-        print(f"client through {node}: {total} requests, {n_failed} failed, {n_excused} while drained")
+    # Printed after the lane times whether the test passes or not (tests/conftest.py).
     record_property("figure", took.group(0) if took else "upgrade: no summary line")
     record_property("figure", f"endpoint /readyz: {len(readings)} readings, {len(failed)} failed")
     record_property(

@@ -104,15 +104,19 @@ class Watch:
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
+    def _request(self, ip: str) -> tuple[bool, str]:
+        """One request through a node: whether it answered 200, and the body (it names the replica that
+        answered, so a failure's reader sees who served around it) or why not."""
+        try:
+            with urllib.request.urlopen(f"http://{ip}:{self.node_port}/", timeout=2) as resp:
+                return resp.status == 200, resp.read(200).decode(errors="replace").strip()
+        except OSError as exc:
+            return False, str(exc)
+
     def _client(self, node: str, ip: str) -> None:
         while not self.stop.is_set():
             t = time.time()
-            try:
-                with urllib.request.urlopen(f"http://{ip}:{self.node_port}/", timeout=2) as resp:
-                    # The body names the replica that answered: a failure's reader sees who served around it.
-                    ok, why = resp.status == 200, resp.read(200).decode(errors="replace").strip()
-            except OSError as exc:
-                ok, why = False, str(exc)
+            ok, why = self._request(ip)
             self.results.append((t, node, ok, why))
             self.stop.wait(max(0.0, 0.5 - (time.time() - t)))
 
@@ -135,13 +139,10 @@ class Watch:
         still without it refuses the connection)."""
         deadline = time.monotonic() + timeout
         for node, ip in self.ips.items():
-            streak, why = 0, ""
+            streak = 0
             while streak < 3:
-                try:
-                    with urllib.request.urlopen(f"http://{ip}:{self.node_port}/", timeout=2) as resp:
-                        streak, why = (streak + 1, "") if resp.status == 200 else (0, f"HTTP {resp.status}")
-                except OSError as exc:
-                    streak, why = 0, str(exc)
+                ok, why = self._request(ip)
+                streak = streak + 1 if ok else 0
                 assert time.monotonic() < deadline, f"the NodePort does not answer through {node} ({ip}): {why}"
                 time.sleep(0.5)
 
