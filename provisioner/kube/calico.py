@@ -4,11 +4,13 @@ the desired ones."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provisioner.kube import KubeConfigError, ipv4_network, kubectl_json
+from provisioner.kube.kubeadm import time_scale
 
 CALICO_MANIFEST_BASE = "https://raw.githubusercontent.com/projectcalico/calico"
 
@@ -35,7 +37,8 @@ def _set_env(container: dict[str, Any], values: Mapping[str, str]) -> None:
 def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Calico's VXLAN manifest with the cluster's settings: the pod CIDR as the default IP pool, its
     block size, encapsulation and outgoing NAT, node addresses autodetected inside the node network
-    (never Vagrant's NAT or a Docker bridge), the MTU, and an optional registry mirror."""
+    (never Vagrant's NAT or a Docker bridge), the MTU, an optional registry mirror, and the probes of
+    its containers scaled by time_scale (unchanged at 1)."""
     import yaml
 
     pods = ipv4_network(values.get("pods_subnet"), "kube_pods_subnet")
@@ -55,6 +58,7 @@ def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> li
         )
     mtu = int(values.get("mtu") or 0)
     registry = str(values.get("registry") or "").strip().rstrip("/")
+    scale = time_scale(values.get("time_scale"))
     docs = [d for d in yaml.safe_load_all(str(manifest)) if isinstance(d, dict)]
     found = {"configmap": False, "daemonset": False}
     for doc in docs:
@@ -82,12 +86,32 @@ def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> li
                     )
         if registry:
             _rewrite_images(doc, registry)
+        if scale != 1 and kind in ("DaemonSet", "Deployment"):
+            _scale_probes(doc, scale)
     if not all(found.values()):
         raise KubeConfigError(
             "the Calico manifest has no calico-config ConfigMap or calico-node DaemonSet; "
             "give the release's calico-vxlan.yaml (calico_manifest_file or calico_manifest_base_url)"
         )
     return docs
+
+
+# Kubernetes' defaults for a probe's fields that the manifest leaves out.
+PROBE_DEFAULTS = {"timeoutSeconds": 1, "failureThreshold": 3, "initialDelaySeconds": 0}
+
+
+def _scale_probes(doc: dict[str, Any], scale: float) -> None:
+    """Multiply each liveness and readiness probe's timeout, failure count and initial delay by `scale`
+    (how often it runs stays): on an emulated CPU calico-node answers its probes late, and at
+    Calico's own values the kubelet kills it over and over while the node is busiest."""
+    for container in doc["spec"]["template"]["spec"].get("containers") or []:
+        for kind in ("livenessProbe", "readinessProbe"):
+            probe = container.get(kind)
+            if isinstance(probe, dict):
+                for key, default in PROBE_DEFAULTS.items():
+                    value = int(probe.get(key, default))
+                    if value:
+                        probe[key] = math.ceil(value * scale)
 
 
 def _rewrite_images(node: Any, registry: str) -> None:

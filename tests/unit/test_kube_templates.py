@@ -370,6 +370,7 @@ def calico_vars(manifest: str = CALICO_UPSTREAM, **overrides: Any) -> dict[str, 
         "calico_nat_outgoing": True,
         "calico_mtu": 0,
         "calico_registry": "",
+        "cluster_time_scale": 1,
         "calico_upstream_manifest": {"content": base64.b64encode(manifest.encode()).decode()},
     }
     values.update(overrides)
@@ -429,6 +430,52 @@ def test_calico_options() -> None:
     pod = docs[1]["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["image"] == "mirror.example.test:5000/calico/cni:v3.31.0"
     assert pod["containers"][0]["image"] == "mirror.example.test:5000/calico/node:v3.31.0"
+
+
+CALICO_PROBES = CALICO_UPSTREAM.replace(
+    "            - {name: IP, value: autodetect}\n",
+    "            - {name: IP, value: autodetect}\n"
+    "          livenessProbe: {exec: {command: [/bin/calico-node, -felix-live]}, periodSeconds: 10,"
+    " initialDelaySeconds: 10, failureThreshold: 6, timeoutSeconds: 10}\n"
+    "          readinessProbe: {exec: {command: [/bin/calico-node, -felix-ready]}, periodSeconds: 10,"
+    " timeoutSeconds: 10}\n",
+)
+
+
+def _probes(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    node = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "calico-node")
+    return {k: node[k] for k in ("livenessProbe", "readinessProbe")}
+
+
+def test_calico_probes_scale_with_time_scale_and_stay_upstreams_at_1() -> None:
+    assert "readinessProbe" in CALICO_PROBES
+    upstream = _probes(render(CALICO_TEMPLATE, calico_vars(CALICO_PROBES)))
+    assert upstream["livenessProbe"] == {
+        "exec": {"command": ["/bin/calico-node", "-felix-live"]},
+        "periodSeconds": 10,
+        "initialDelaySeconds": 10,
+        "failureThreshold": 6,
+        "timeoutSeconds": 10,
+    }
+    assert "failureThreshold" not in upstream["readinessProbe"]
+    scaled = _probes(render(CALICO_TEMPLATE, calico_vars(CALICO_PROBES, cluster_time_scale=4)))
+    assert scaled["livenessProbe"] == {
+        "exec": {"command": ["/bin/calico-node", "-felix-live"]},
+        "periodSeconds": 10,
+        "initialDelaySeconds": 40,
+        "failureThreshold": 24,
+        "timeoutSeconds": 40,
+    }
+    # Fields the manifest leaves out are scaled from Kubernetes' defaults (failureThreshold 3).
+    assert scaled["readinessProbe"] == {
+        "exec": {"command": ["/bin/calico-node", "-felix-ready"]},
+        "periodSeconds": 10,
+        "timeoutSeconds": 40,
+        "failureThreshold": 12,
+    }
+    with pytest.raises(RENDER_ERRORS, match="time_scale"):
+        render(CALICO_TEMPLATE, calico_vars(CALICO_PROBES, cluster_time_scale=50))
 
 
 @pytest.mark.parametrize(
