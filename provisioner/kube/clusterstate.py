@@ -155,14 +155,17 @@ def pod_problems(pods: object) -> list[str]:
     return problems
 
 
-def smoke_manifest(namespace: str, image: str) -> str:
+def smoke_manifest(namespace: str, image: str, namespace_labels: Mapping[str, str] | None = None) -> str:
     """verify's workload: the smoke web server on every node (control planes too), never pulled, and a
-    NodePort service in front of it."""
+    NodePort service in front of it, in `namespace` (with `namespace_labels`)."""
     import yaml
 
     labels = {"app": "smoke"}
+    namespace_meta: dict[str, Any] = {"name": namespace}
+    if namespace_labels:
+        namespace_meta["labels"] = dict(namespace_labels)
     docs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": namespace_meta},
         {
             "apiVersion": "apps/v1",
             "kind": "DaemonSet",

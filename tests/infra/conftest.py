@@ -14,12 +14,20 @@ import pytest
 CONTAINER_VIRT = {"docker", "container", "containerd", "podman", "lxc", "lxc-libvirt", "systemd-nspawn"}
 
 
+_CONTAINER_NODES: dict[str, bool] = {}
+
+
 def is_container_node(host: Any) -> bool:
-    """True on a system container node: it shares the host's kernel (swap, modules, clock)."""
-    if host.file("/.dockerenv").exists:
-        return True
-    virt = host.run("systemd-detect-virt --container")
-    return bool(virt.rc == 0 and virt.stdout.strip() in CONTAINER_VIRT)
+    """True on a system container node: it shares the host's kernel (swap, modules, clock). Asked
+    once per host and run: a node does not change kind between two checks."""
+    key = host.backend.get_pytest_id()
+    if key not in _CONTAINER_NODES:
+        found = host.file("/.dockerenv").exists
+        if not found:
+            virt = host.run("systemd-detect-virt --container")
+            found = virt.rc == 0 and virt.stdout.strip() in CONTAINER_VIRT
+        _CONTAINER_NODES[key] = bool(found)
+    return _CONTAINER_NODES[key]
 
 
 @pytest.fixture

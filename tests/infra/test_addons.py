@@ -118,7 +118,7 @@ def wait_succeeded(cp: Any, ns: str, pod: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def storage(inventory: str, control_plane: Any) -> Iterator[dict[str, Any]]:  # noqa: F811
-    runner = AnsibleRunner(inventory)
+    runner = AnsibleRunner.get_runner(inventory)
     variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
     if not variables.get("local_path_storage_enabled", True):
         pytest.skip("not configured: the spec's storage add-on is off (storage: false)")
@@ -184,7 +184,7 @@ def metrics_problems(node_metrics: dict[str, Any], nodes: list[str]) -> list[str
 
 
 def test_metrics_every_node_has_figures(inventory: str, control_plane: Any) -> None:  # noqa: F811
-    runner = AnsibleRunner(inventory)
+    runner = AnsibleRunner.get_runner(inventory)
     variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
     if not variables.get("metrics_server_enabled", True):
         pytest.skip("not configured: the spec's metrics add-on is off (metrics: false)")
@@ -210,7 +210,7 @@ RELEASE = "provisioner-smoke"
 def test_helm_installs_the_projects_chart_from_its_directory(inventory: str) -> None:  # noqa: F811
     from provisioner.command.helm import helm_binary
 
-    runner = AnsibleRunner(inventory)
+    runner = AnsibleRunner.get_runner(inventory)
     variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
     kubeconfig = str(variables.get("kube_kubeconfig_dest") or "")
     if not Path(kubeconfig).is_file():

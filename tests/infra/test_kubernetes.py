@@ -10,9 +10,11 @@ and pod-network checks (`kubectl exec POD -- /smoke-web -lookup|-get`), as the i
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import json
 import os
+import secrets
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,7 +29,10 @@ from provisioner.kube import clusterstate, nodeip, packages
 testinfra_hosts = ["ansible://k8s_cluster"]
 
 KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+# Each run's workload gets a namespace of its own (NAMESPACE-<random>, labelled LABEL): the previous
+# run's is deleted without waiting for it, so a rerun never waits on its pods' teardown.
 NAMESPACE = "provisioner-verify"
+LABEL = ("provisioner.local/verify", "smoke")
 # Every wait is bounded by ATTEMPTS x DELAY (150 s), polled every 2 s: a check that passes a moment
 # later is seen a moment later.
 ATTEMPTS = int(os.environ.get("KUBE_VERIFY_ATTEMPTS", "75"))
@@ -59,7 +64,7 @@ def inventory(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def control_plane(inventory: str) -> Any:
-    hosts = AnsibleRunner(inventory).get_hosts("kube_control_plane")
+    hosts = AnsibleRunner.get_runner(inventory).get_hosts("kube_control_plane")
     if not hosts:
         pytest.fail("the inventory has no kube_control_plane host")
     return testinfra.get_host(f"ansible://{hosts[0]}?ansible_inventory={inventory}")
@@ -96,6 +101,24 @@ def node_ip_of(host: Any) -> str:
     return _NODE_IPS[key]
 
 
+# The cluster's nodes and kube-system's pods, read once by the first check that needs them and again
+# only by a check that found a problem in them (each read is a kubectl run on the control plane).
+STATE = "get nodes,pods -n kube-system -o json"
+_STATE: list[str] = []
+
+
+def cluster_state(control_plane: Any, fresh: bool = False) -> str:
+    if fresh or not _STATE:
+        _STATE[:] = [kubectl(control_plane, STATE)]
+    return _STATE[0]
+
+
+def retry_state(control_plane: Any, check: Callable[[str], None], what: str) -> None:
+    """retry(check) on the cluster state: the last one read first, a fresh read on every attempt after."""
+    attempts = iter(range(ATTEMPTS))
+    retry(lambda: check(cluster_state(control_plane, fresh=next(attempts) > 0)), what)
+
+
 _NODE_NAMES: dict[str, str] = {}
 
 
@@ -105,9 +128,7 @@ def node_name_of(host: Any, control_plane: Any) -> str:
     ip = node_ip_of(host)
     if ip not in _NODE_NAMES:
         names = [
-            name
-            for name, address in clusterstate.node_addresses(kubectl(control_plane, "get nodes -o json")).items()
-            if address == ip
+            name for name, address in clusterstate.node_addresses(cluster_state(control_plane)).items() if address == ip
         ]
         assert names, f"{host.backend.get_pytest_id()}: no Node has InternalIP {ip}"
         _NODE_NAMES[ip] = names[0]
@@ -137,17 +158,17 @@ def test_binaries_match_kube_version(host: Any, package: str) -> None:
 def test_node_ready(host: Any, control_plane: Any) -> None:
     ip = node_ip_of(host)
 
-    def ready() -> None:
-        problems = clusterstate.node_problems(kubectl(control_plane, "get nodes -o json"), [ip])
+    def ready(state: str) -> None:
+        problems = clusterstate.node_problems(state, [ip])
         assert not problems, "; ".join(problems)
 
-    retry(ready, f"{host.backend.get_pytest_id()} node-ready")
+    retry_state(control_plane, ready, f"{host.backend.get_pytest_id()} node-ready")
 
 
 def test_internal_ip_in_node_network_and_unique(host: Any, control_plane: Any) -> None:
     cidr = ipaddress.IPv4Network(str(host.ansible.get_variables().get("node_network_cidr", "192.168.56.0/24")))
     name = node_name_of(host, control_plane)
-    addresses = clusterstate.node_addresses(kubectl(control_plane, "get nodes -o json"))
+    addresses = clusterstate.node_addresses(cluster_state(control_plane))
     mine = addresses[name]
     assert ipaddress.IPv4Address(mine) in cidr, f"node {name}: InternalIP {mine} is outside node_network_cidr {cidr}"
     assert mine != nodeip.VAGRANT_NAT_ADDRESS, f"node {name}: InternalIP is the Vagrant NAT address"
@@ -157,7 +178,12 @@ def test_internal_ip_in_node_network_and_unique(host: Any, control_plane: Any) -
 
 def test_node_roles(host: Any, control_plane: Any) -> None:
     name = node_name_of(host, control_plane)
-    labels = kubectl_json(control_plane, f"get node {name}")["metadata"].get("labels", {})
+    (node,) = [
+        i
+        for i in json.loads(cluster_state(control_plane))["items"]
+        if i["kind"] == "Node" and i["metadata"]["name"] == name
+    ]
+    labels = node["metadata"].get("labels", {})
     is_cp = "kube_control_plane" in host.ansible.get_variables().get("group_names", [])
     has_label = "node-role.kubernetes.io/control-plane" in labels
     assert has_label == is_cp, (
@@ -169,25 +195,25 @@ def test_node_roles(host: Any, control_plane: Any) -> None:
 def test_calico_node_ready(host: Any, control_plane: Any) -> None:
     name = node_name_of(host, control_plane)
 
-    def ready() -> None:
-        state = kubectl(control_plane, "get nodes,pods -n kube-system -o json")
+    def ready(state: str) -> None:
         problems = [p for p in clusterstate.calico_node_problems(state) if p.startswith(f"node {name}:")]
         assert not problems, "; ".join(problems)
 
-    retry(ready, f"node {name} calico-node")
+    retry_state(control_plane, ready, f"node {name} calico-node")
 
 
 def test_system_pods_running_and_ready(control_plane: Any) -> None:
-    def ready() -> None:
-        problems = clusterstate.pod_problems(kubectl(control_plane, "get pods -n kube-system -o json"))
+    def ready(state: str) -> None:
+        problems = clusterstate.pod_problems(state)
         assert not problems, "; ".join(problems)
 
-    retry(ready, "cluster kube-system pods")
+    retry_state(control_plane, ready, "cluster kube-system pods")
 
 
 @pytest.fixture(scope="module")
 def smoke_image(inventory: str) -> str:
-    variables = AnsibleRunner(inventory).get_variables(AnsibleRunner(inventory).get_hosts("kube_control_plane")[0])
+    runner = AnsibleRunner.get_runner(inventory)
+    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
     image = str(variables.get("kube_smoke_image") or "")
     if not image:
         # Every install mode brings the image (a bundle's images/, else kube_smoke_image_archive), so
@@ -203,25 +229,29 @@ def smoke_image(inventory: str) -> str:
 @pytest.fixture(scope="module")
 def workload(control_plane: Any, smoke_image: str) -> Iterator[dict[str, Any]]:
     """The toolkit's smoke web server on every node (a DaemonSet that tolerates the control plane)
-    exposed as a NodePort, in NAMESPACE; deleted with the namespace at the end."""
-    kubectl(control_plane, f"delete namespace {NAMESPACE} --ignore-not-found --wait=true --timeout=120s")
-    manifest = clusterstate.smoke_manifest(NAMESPACE, smoke_image)
+    exposed as a NodePort, in a namespace of this run's; deleted with the namespace at the end."""
+    kubectl(control_plane, f"delete namespace -l {'='.join(LABEL)} --wait=false")
+    ns = f"{NAMESPACE}-{secrets.token_hex(3)}"
+    manifest = clusterstate.smoke_manifest(ns, smoke_image, dict([LABEL]))
     try:
         with control_plane.sudo():
             result = control_plane.run(f"{KUBECTL} apply -f - <<'EOF'\n{manifest}\nEOF")
         assert result.rc == 0, f"applying the smoke workload failed: {result.stderr.strip()[-400:]}"
-        kubectl(control_plane, f"-n {NAMESPACE} rollout status daemonset/smoke --timeout={int(ATTEMPTS * DELAY)}s")
-        service = kubectl_json(control_plane, f"-n {NAMESPACE} get service smoke")
-        pods = kubectl_json(control_plane, f"-n {NAMESPACE} get pods -l app=smoke")["items"]
-        cluster_ip = kubectl(control_plane, "get service kubernetes -n default -o jsonpath={.spec.clusterIP}").strip()
+        kubectl(control_plane, f"-n {ns} rollout status daemonset/smoke --timeout={int(ATTEMPTS * DELAY)}s")
+        items = kubectl_json(control_plane, f"-n {ns} get services,pods")["items"] + [
+            kubectl_json(control_plane, "-n default get service kubernetes")
+        ]
+        (service,) = [i for i in items if i["kind"] == "Service" and i["metadata"]["namespace"] == ns]
+        pods = [i for i in items if i["kind"] == "Pod"]
         yield {
+            "ns": ns,
             "node_port": str(service["spec"]["ports"][0]["nodePort"]),
-            "kubernetes_ip": cluster_ip,
+            "kubernetes_ip": items[-1]["spec"]["clusterIP"],
             "pods": {p["spec"]["nodeName"]: (p["metadata"]["name"], p["status"]["podIP"]) for p in pods},
         }
     finally:
         with control_plane.sudo():
-            control_plane.run(f"{KUBECTL} delete namespace {NAMESPACE} --ignore-not-found --wait=false")
+            control_plane.run(f"{KUBECTL} delete namespace {ns} --ignore-not-found --wait=false")
 
 
 def test_dns_resolves_from_a_pod_on_the_node(host: Any, control_plane: Any, workload: dict[str, Any]) -> None:
@@ -230,7 +260,7 @@ def test_dns_resolves_from_a_pod_on_the_node(host: Any, control_plane: Any, work
     pod = workload["pods"][name][0]
 
     def resolves() -> None:
-        out = kubectl(control_plane, f"-n {NAMESPACE} exec {pod} -- /smoke-web -lookup kubernetes.default")
+        out = kubectl(control_plane, f"-n {workload['ns']} exec {pod} -- /smoke-web -lookup kubernetes.default")
         answers = sorted(line.strip() for line in out.splitlines() if line.strip())
         assert answers == [workload["kubernetes_ip"]], (
             f"kubernetes.default resolved to {answers or 'nothing'} from {pod}, not [{workload['kubernetes_ip']}]"
@@ -240,18 +270,30 @@ def test_dns_resolves_from_a_pod_on_the_node(host: Any, control_plane: Any, work
 
 
 def test_pod_reaches_pods_on_every_other_node(host: Any, control_plane: Any, workload: dict[str, Any]) -> None:
+    """From this node's smoke pod, a request to the smoke pod of every other node; the requests run side
+    by side (each one is an SSH round trip and a `kubectl exec`), each with its own bounded retry."""
     name = node_name_of(host, control_plane)
     assert name in workload["pods"], f"node {name}: no smoke pod runs there"
     pod = workload["pods"][name][0]
-    for other, (other_pod, other_ip) in sorted(workload["pods"].items()):
-        if other == name:
-            continue
+    others = [(other, *found) for other, found in sorted(workload["pods"].items()) if other != name]
 
-        def reaches(other_pod: str = other_pod, other_ip: str = other_ip) -> None:
-            out = kubectl(control_plane, f"-n {NAMESPACE} exec {pod} -- /smoke-web -get http://{other_ip}:8080/")
-            assert other_pod in out, f"{pod} -> {other_pod} ({other_ip}) answered {out.strip()[-200:]!r}"
+    def reaches(other: str, other_pod: str, other_ip: str) -> None:
+        def once() -> None:
+            # `sudo` in the command, not control_plane.sudo(): that switch is the host's, shared by the threads.
+            result = control_plane.run(
+                f"sudo {KUBECTL} -n {workload['ns']} exec {pod} -- /smoke-web -get http://{other_ip}:8080/"
+            )
+            out = result.stdout if result.rc == 0 else result.stderr
+            assert result.rc == 0 and other_pod in out, (
+                f"{pod} -> {other_pod} ({other_ip}) answered {out.strip()[-200:]!r}"
+            )
 
-        retry(reaches, f"pod network {name} -> {other}", attempts=max(3, ATTEMPTS // 5), delay=DELAY)
+        retry(once, f"pod network {name} -> {other}", attempts=max(3, ATTEMPTS // 5), delay=DELAY)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+        futures = [pool.submit(reaches, *other) for other in others]
+    failures = [str(f.exception()) for f in futures if f.exception() is not None]
+    assert not failures, "; ".join(failures)
 
 
 def test_nodeport_answers_from_the_host(host: Any, workload: dict[str, Any]) -> None:
@@ -308,7 +350,7 @@ def _https_status(url: str) -> tuple[int, str]:
 
 
 def _control_plane_hosts(inventory: str) -> list[Any]:
-    runner = AnsibleRunner(inventory)
+    runner = AnsibleRunner.get_runner(inventory)
     return [
         testinfra.get_host(f"ansible://{h}?ansible_inventory={inventory}")
         for h in runner.get_hosts("kube_control_plane")
@@ -316,7 +358,7 @@ def _control_plane_hosts(inventory: str) -> list[Any]:
 
 
 def test_api_server_answers_on_each_control_plane(host: Any, inventory: str) -> None:
-    if host.backend.get_hostname() not in AnsibleRunner(inventory).get_hosts("kube_control_plane"):
+    if host.backend.get_hostname() not in AnsibleRunner.get_runner(inventory).get_hosts("kube_control_plane"):
         pytest.skip("not configured: a worker runs no API server of its own")
     url = f"https://{node_ip_of(host)}:6443/readyz"
 
@@ -346,7 +388,7 @@ def test_api_endpoint_answers(control_plane: Any) -> None:
 def test_haproxy_listens_on_the_node_address_and_the_vip(host: Any, inventory: str) -> None:
     """HAProxy on every control plane, the ones without the VIP included (net.ipv4.ip_nonlocal_bind),
     bound to the node's own address and the VIP only, never to every interface."""
-    if host.backend.get_hostname() not in AnsibleRunner(inventory).get_hosts("kube_control_plane"):
+    if host.backend.get_hostname() not in AnsibleRunner.get_runner(inventory).get_hosts("kube_control_plane"):
         pytest.skip("not configured: a worker runs no HAProxy")
     variables = host.ansible.get_variables()
     vip = str(variables.get("kube_api_vip") or "")
