@@ -73,6 +73,7 @@ def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> li
             found["daemonset"] = True
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 if container.get("name") == "calico-node":
+                    _add_startup_probe(container)
                     _set_env(
                         container,
                         {
@@ -96,16 +97,39 @@ def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> li
     return docs
 
 
+# How long calico-node may take to become ready at its start before the kubelet restarts it (its
+# startup probe's failures, one a second; scaled by time_scale like the other probes).
+STARTUP_SECONDS = 300
+
+
+def _add_startup_probe(container: dict[str, Any]) -> None:
+    """A startup probe asking calico-node's readiness question every second. Without one, the kubelet
+    asks it once as the container starts (too early: felix is not up yet) and then only every
+    readinessProbe.periodSeconds (10 s), so a new node waits up to 10 s longer for calico-node to be
+    Ready; once the startup probe passes, the kubelet runs the readiness probe at once and the startup
+    probe stops (it costs nothing after the start). Liveness checks begin after it, as with any
+    startup probe."""
+    ready = container.get("readinessProbe")
+    if not isinstance(ready, dict) or "startupProbe" in container:
+        return
+    container["startupProbe"] = {
+        **{k: v for k, v in ready.items() if k in ("exec", "httpGet", "tcpSocket", "grpc")},
+        "periodSeconds": 1,
+        "timeoutSeconds": int(ready.get("timeoutSeconds", PROBE_DEFAULTS["timeoutSeconds"])),
+        "failureThreshold": STARTUP_SECONDS,
+    }
+
+
 # Kubernetes' defaults for a probe's fields that the manifest leaves out.
 PROBE_DEFAULTS = {"timeoutSeconds": 1, "failureThreshold": 3, "initialDelaySeconds": 0}
 
 
 def _scale_probes(doc: dict[str, Any], scale: float) -> None:
-    """Multiply each liveness and readiness probe's timeout, failure count and initial delay by `scale`
+    """Multiply each liveness, readiness and startup probe's timeout, failure count and initial delay by `scale`
     (how often it runs stays): on an emulated CPU calico-node answers its probes late, and at
     Calico's own values the kubelet kills it over and over while the node is busiest."""
     for container in doc["spec"]["template"]["spec"].get("containers") or []:
-        for kind in ("livenessProbe", "readinessProbe"):
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
             probe = container.get(kind)
             if isinstance(probe, dict):
                 for key, default in PROBE_DEFAULTS.items():

@@ -445,10 +445,10 @@ CALICO_PROBES = CALICO_UPSTREAM.replace(
 def _probes(docs: list[dict[str, Any]]) -> dict[str, Any]:
     ds = next(d for d in docs if d["kind"] == "DaemonSet")
     node = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "calico-node")
-    return {k: node[k] for k in ("livenessProbe", "readinessProbe")}
+    return {k: node[k] for k in ("livenessProbe", "readinessProbe", "startupProbe") if k in node}
 
 
-def test_calico_probes_scale_with_time_scale_and_stay_upstreams_at_1() -> None:
+def test_calico_probes_scale_with_time_scale_and_calico_node_gets_a_startup_probe() -> None:
     assert "readinessProbe" in CALICO_PROBES
     upstream = _probes(render(CALICO_TEMPLATE, calico_vars(CALICO_PROBES)))
     assert upstream["livenessProbe"] == {
@@ -459,6 +459,14 @@ def test_calico_probes_scale_with_time_scale_and_stay_upstreams_at_1() -> None:
         "timeoutSeconds": 10,
     }
     assert "failureThreshold" not in upstream["readinessProbe"]
+    # calico-node's readiness question, asked every second until it passes (then the kubelet asks the
+    # readiness probe at once), for at most 300 s.
+    assert upstream["startupProbe"] == {
+        "exec": {"command": ["/bin/calico-node", "-felix-ready"]},
+        "periodSeconds": 1,
+        "timeoutSeconds": 10,
+        "failureThreshold": 300,
+    }
     scaled = _probes(render(CALICO_TEMPLATE, calico_vars(CALICO_PROBES, cluster_time_scale=4)))
     assert scaled["livenessProbe"] == {
         "exec": {"command": ["/bin/calico-node", "-felix-live"]},
@@ -466,6 +474,12 @@ def test_calico_probes_scale_with_time_scale_and_stay_upstreams_at_1() -> None:
         "initialDelaySeconds": 40,
         "failureThreshold": 24,
         "timeoutSeconds": 40,
+    }
+    assert scaled["startupProbe"] == {
+        "exec": {"command": ["/bin/calico-node", "-felix-ready"]},
+        "periodSeconds": 1,
+        "timeoutSeconds": 40,
+        "failureThreshold": 1200,
     }
     # Fields the manifest leaves out are scaled from Kubernetes' defaults (failureThreshold 3).
     assert scaled["readinessProbe"] == {
