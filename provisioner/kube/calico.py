@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provisioner.kube import KubeConfigError, ipv4_network, kubectl_json
-from provisioner.kube.kubeadm import time_scale
+from provisioner.kube.kubeadm import api_server_endpoint, time_scale
 
 CALICO_MANIFEST_BASE = "https://raw.githubusercontent.com/projectcalico/calico"
 
@@ -37,8 +37,10 @@ def _set_env(container: dict[str, Any], values: Mapping[str, str]) -> None:
 def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Calico's VXLAN manifest with the cluster's settings: the pod CIDR as the default IP pool, its
     block size, encapsulation and outgoing NAT, node addresses autodetected inside the node network
-    (never Vagrant's NAT or a Docker bridge), the MTU, an optional registry mirror, and the probes of
-    its containers scaled by time_scale (unchanged at 1)."""
+    (never Vagrant's NAT or a Docker bridge), the MTU, an optional registry mirror, the probes of
+    its containers scaled by time_scale (unchanged at 1), and, given the API server's address
+    (`api_server`, the admin kubeconfig's server URL), the kubernetes-services-endpoint ConfigMap that
+    points Calico's containers at it instead of at the kubernetes Service's cluster IP."""
     import yaml
 
     pods = ipv4_network(values.get("pods_subnet"), "kube_pods_subnet")
@@ -94,7 +96,24 @@ def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> li
             "the Calico manifest has no calico-config ConfigMap or calico-node DaemonSet; "
             "give the release's calico-vxlan.yaml (calico_manifest_file or calico_manifest_base_url)"
         )
+    server = str(values.get("api_server") or "").strip()
+    if server:
+        docs.insert(0, services_endpoint(server))  # before the pods that read it
     return docs
+
+
+def services_endpoint(server: str) -> dict[str, Any]:
+    """The ConfigMap that Calico's manifest reads (optional envFrom in calico-node's containers) for
+    the API server's address. Without it Calico reaches the API through the kubernetes Service's
+    cluster IP, which works on a node only once kube-proxy has written its rules there: on a new node
+    install-cni often ran first, failed, and was restarted after a 10 s back-off."""
+    host, _, port = api_server_endpoint(server).rpartition(":")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kubernetes-services-endpoint", "namespace": "kube-system"},
+        "data": {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port},
+    }
 
 
 # How long calico-node may take to become ready at its start before the kubelet restarts it (its

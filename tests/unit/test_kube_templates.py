@@ -371,6 +371,7 @@ def calico_vars(manifest: str = CALICO_UPSTREAM, **overrides: Any) -> dict[str, 
         "calico_mtu": 0,
         "calico_registry": "",
         "cluster_time_scale": 1,
+        "calico_api_server": {"stdout": ""},
         "calico_upstream_manifest": {"content": base64.b64encode(manifest.encode()).decode()},
     }
     values.update(overrides)
@@ -430,6 +431,24 @@ def test_calico_options() -> None:
     pod = docs[1]["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["image"] == "mirror.example.test:5000/calico/cni:v3.31.0"
     assert pod["containers"][0]["image"] == "mirror.example.test:5000/calico/node:v3.31.0"
+
+
+@pytest.mark.parametrize(
+    ("server", "host", "port"),
+    [("https://192.168.56.10:6443", "192.168.56.10", "6443"), ("https://192.168.56.9:8443/", "192.168.56.9", "8443")],
+)
+def test_calico_reaches_the_api_server_directly(server: str, host: str, port: str) -> None:
+    docs = render(CALICO_TEMPLATE, calico_vars(calico_api_server={"stdout": server}))
+    assert docs[0] == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kubernetes-services-endpoint", "namespace": "kube-system"},
+        "data": {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port},
+    }
+    # Without the address (check mode before init), no such ConfigMap: Calico's default stands.
+    assert "kubernetes-services-endpoint" not in [d["metadata"]["name"] for d in render(CALICO_TEMPLATE, calico_vars())]
+    with pytest.raises(RENDER_ERRORS, match="https://host"):
+        render(CALICO_TEMPLATE, calico_vars(calico_api_server={"stdout": "192.168.56.10:6443"}))
 
 
 CALICO_PROBES = CALICO_UPSTREAM.replace(
