@@ -104,10 +104,18 @@ def calico_manifest_documents(manifest: object, values: Mapping[str, Any]) -> li
 
 def services_endpoint(server: str) -> dict[str, Any]:
     """The ConfigMap that Calico's manifest reads (optional envFrom in calico-node's containers) for
-    the API server's address. Without it Calico reaches the API through the kubernetes Service's
-    cluster IP, which works on a node only once kube-proxy has written its rules there: on a new node
-    install-cni often ran first, failed, and was restarted after a 10 s back-off."""
-    host, _, port = api_server_endpoint(server).rpartition(":")
+    the API server's address (`server`: https://host[:port] or host:port). Without it Calico reaches
+    the API through the kubernetes Service's cluster IP, which works on a node only once kube-proxy
+    has written its rules there: on a new node install-cni often ran first, failed, and was restarted
+    after a 10 s back-off. A loopback address is refused: every node would look for the API at home."""
+    url = server if "://" in server else f"https://{server}"
+    host, _, port = api_server_endpoint(url).rpartition(":")
+    if host == "localhost" or host.startswith("127.") or host in ("[::1]", "::1"):
+        raise KubeConfigError(
+            f"the API server's address for Calico ({server}) is a loopback address that no other node reaches; "
+            "set calico_services_endpoint to host:port of an address every node reaches, or to '' to keep "
+            "the kubernetes Service"
+        )
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -117,8 +125,9 @@ def services_endpoint(server: str) -> dict[str, Any]:
 
 
 # How long calico-node may take to become ready at its start before the kubelet restarts it (its
-# startup probe's failures, one a second; scaled by time_scale like the other probes).
-STARTUP_SECONDS = 300
+# startup probe's failures, one a second, times time_scale): as long as the calico role's wait
+# (calico_wait_retries x calico_wait_delay), so the probe never ends a start the wait still allows.
+STARTUP_SECONDS = 600
 
 
 def _add_startup_probe(container: dict[str, Any]) -> None:
@@ -144,14 +153,17 @@ PROBE_DEFAULTS = {"timeoutSeconds": 1, "failureThreshold": 3, "initialDelaySecon
 
 
 def _scale_probes(doc: dict[str, Any], scale: float) -> None:
-    """Multiply each liveness, readiness and startup probe's timeout, failure count and initial delay by `scale`
+    """Multiply each liveness and readiness probe's timeout, failure count and initial delay by `scale`
     (how often it runs stays): on an emulated CPU calico-node answers its probes late, and at
-    Calico's own values the kubelet kills it over and over while the node is busiest."""
+    Calico's own values the kubelet kills it over and over while the node is busiest. The startup
+    probe's timeout and period are multiplied instead (its failure count stays): on a slow machine it
+    asks less often, for as many times as long."""
     for container in doc["spec"]["template"]["spec"].get("containers") or []:
         for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
             probe = container.get(kind)
             if isinstance(probe, dict):
-                for key, default in PROBE_DEFAULTS.items():
+                scaled = {"timeoutSeconds": 1, "periodSeconds": 10} if kind == "startupProbe" else PROBE_DEFAULTS
+                for key, default in scaled.items():
                     value = int(probe.get(key, default))
                     if value:
                         probe[key] = math.ceil(value * scale)

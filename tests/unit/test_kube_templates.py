@@ -372,6 +372,7 @@ def calico_vars(manifest: str = CALICO_UPSTREAM, **overrides: Any) -> dict[str, 
         "calico_registry": "",
         "cluster_time_scale": 1,
         "calico_api_server": {"stdout": ""},
+        "calico_services_endpoint": "auto",
         "calico_upstream_manifest": {"content": base64.b64encode(manifest.encode()).decode()},
     }
     values.update(overrides)
@@ -448,7 +449,16 @@ def test_calico_reaches_the_api_server_directly(server: str, host: str, port: st
     # Without the address (check mode before init), no such ConfigMap: Calico's default stands.
     assert "kubernetes-services-endpoint" not in [d["metadata"]["name"] for d in render(CALICO_TEMPLATE, calico_vars())]
     with pytest.raises(RENDER_ERRORS, match="https://host"):
-        render(CALICO_TEMPLATE, calico_vars(calico_api_server={"stdout": "192.168.56.10:6443"}))
+        render(CALICO_TEMPLATE, calico_vars(calico_api_server={"stdout": "ftp://192.168.56.10:6443"}))
+
+
+def test_calico_services_endpoint_can_be_given_or_left_out() -> None:
+    given = render(CALICO_TEMPLATE, calico_vars(calico_services_endpoint="10.0.0.5:7443", calico_api_server={}))
+    assert given[0]["data"] == {"KUBERNETES_SERVICE_HOST": "10.0.0.5", "KUBERNETES_SERVICE_PORT": "7443"}
+    off = render(CALICO_TEMPLATE, calico_vars(calico_services_endpoint="", calico_api_server={"stdout": "https://a:1"}))
+    assert "kubernetes-services-endpoint" not in [d["metadata"]["name"] for d in off]
+    with pytest.raises(RENDER_ERRORS, match="loopback"):
+        render(CALICO_TEMPLATE, calico_vars(calico_api_server={"stdout": "https://127.0.0.1:6443"}))
 
 
 CALICO_PROBES = CALICO_UPSTREAM.replace(
@@ -479,12 +489,12 @@ def test_calico_probes_scale_with_time_scale_and_calico_node_gets_a_startup_prob
     }
     assert "failureThreshold" not in upstream["readinessProbe"]
     # calico-node's readiness question, asked every second until it passes (then the kubelet asks the
-    # readiness probe at once), for at most 300 s.
+    # readiness probe at once), for at most 600 s (the calico role's wait).
     assert upstream["startupProbe"] == {
         "exec": {"command": ["/bin/calico-node", "-felix-ready"]},
         "periodSeconds": 1,
         "timeoutSeconds": 10,
-        "failureThreshold": 300,
+        "failureThreshold": 600,
     }
     scaled = _probes(render(CALICO_TEMPLATE, calico_vars(CALICO_PROBES, cluster_time_scale=4)))
     assert scaled["livenessProbe"] == {
@@ -494,11 +504,12 @@ def test_calico_probes_scale_with_time_scale_and_calico_node_gets_a_startup_prob
         "failureThreshold": 24,
         "timeoutSeconds": 40,
     }
+    # The startup probe asks less often on a slow machine, as many times: 600 x 4 s.
     assert scaled["startupProbe"] == {
         "exec": {"command": ["/bin/calico-node", "-felix-ready"]},
-        "periodSeconds": 1,
+        "periodSeconds": 4,
         "timeoutSeconds": 40,
-        "failureThreshold": 1200,
+        "failureThreshold": 600,
     }
     # Fields the manifest leaves out are scaled from Kubernetes' defaults (failureThreshold 3).
     assert scaled["readinessProbe"] == {
