@@ -230,7 +230,12 @@ def smoke_image(inventory: str) -> str:
 def workload(control_plane: Any, smoke_image: str) -> Iterator[dict[str, Any]]:
     """The toolkit's smoke web server on every node (a DaemonSet that tolerates the control plane)
     exposed as a NodePort, in a namespace of this run's; deleted with the namespace at the end."""
-    kubectl(control_plane, f"delete namespace -l {'='.join(LABEL)} --wait=false")
+    # The earlier runs' namespaces (and the unlabelled one that runs before labels used), not waited for.
+    kubectl(
+        control_plane,
+        f"delete namespace -l {'='.join(LABEL)} --wait=false && {KUBECTL} delete namespace {NAMESPACE}"
+        " --ignore-not-found --wait=false",
+    )
     ns = f"{NAMESPACE}-{secrets.token_hex(3)}"
     manifest = clusterstate.smoke_manifest(ns, smoke_image, dict([LABEL]))
     try:
@@ -290,7 +295,8 @@ def test_pod_reaches_pods_on_every_other_node(host: Any, control_plane: Any, wor
 
         retry(once, f"pod network {name} -> {other}", attempts=max(3, ATTEMPTS // 5), delay=DELAY)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+    # At most 8 at once: they share one SSH connection, and sshd allows 10 sessions on one (MaxSessions).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(others)))) as pool:
         futures = [pool.submit(reaches, *other) for other in others]
     failures = [str(f.exception()) for f in futures if f.exception() is not None]
     assert not failures, "; ".join(failures)
