@@ -29,6 +29,19 @@ log = logging.getLogger(__name__)
 PARALLEL_PROVIDERS = {"docker", "libvirt"}
 
 
+def machine_readable_error(output: object) -> str:
+    """The message of the last `error-exit` line of Vagrant's --machine-readable output ("" if none).
+    Its fields are timestamp,target,type,data...; commas in the message come as %!(VAGRANT_COMMA) and
+    line breaks as a literal backslash-n."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output or "")
+    found = ""
+    for line in text.splitlines():
+        fields = line.split(",", 4)
+        if len(fields) == 5 and fields[2] == "error-exit":
+            found = fields[4]
+    return " ".join(found.replace("%!(VAGRANT_COMMA)", ",").replace("\\n", " ").split())
+
+
 @dataclass(frozen=True)
 class SshInfo:
     host: str
@@ -184,15 +197,25 @@ class Vagrant:
         if rc != 0:
             raise ProvisionError(f"vagrant destroy failed (exit {rc}): {last_error(log_file)}", log_path=str(log_file))
 
-    def status(self) -> list[MachineStatus]:
+    def status(self, attempts: int = 3, pause: float = 2.0) -> list[MachineStatus]:
+        """The machines Vagrant knows and their states. Only reads, so a failed `vagrant status` (seen
+        once in CI beside another lane, with nothing said) is asked again, up to `attempts` times;
+        the last failure is reported with Vagrant's own error."""
         proc.require_tool("vagrant")
         client = python_vagrant.Vagrant(root=str(REPO_ROOT), env=self.env, quiet_stderr=False)  # type: ignore[no-untyped-call]  # python-vagrant has no hints
-        try:
-            statuses = client.status()  # type: ignore[no-untyped-call]
-        except subprocess.CalledProcessError as exc:
-            raise ProvisionError(
-                f"vagrant status failed (exit {exc.returncode}); run `vagrant status` to see why"
-            ) from exc
+        for attempt in range(1, attempts + 1):
+            try:
+                statuses = client.status()  # type: ignore[no-untyped-call]
+                break
+            except subprocess.CalledProcessError as exc:
+                reason = machine_readable_error(exc.output)
+                if attempt == attempts:
+                    raise ProvisionError(
+                        f"vagrant status failed (exit {exc.returncode}, {attempts} tries): "
+                        f"{reason or 'it said nothing'}; run `vagrant status` to see why"
+                    ) from exc
+                log.warning("vagrant status failed (exit %s): %s; asking again", exc.returncode, reason or "no message")
+                time.sleep(pause)
         return [MachineStatus(s.name, s.state or "unknown", s.provider or self.provider) for s in statuses]
 
     def ssh_config(self, nodes: list[str] | None = None) -> dict[str, SshInfo]:

@@ -287,3 +287,46 @@ def test_the_docker_provider_is_not_restarted_for_an_address(tmp_path: Path, mon
     with pytest.raises(ProvisionError):
         Vagrant(tmp_path, "docker").up(["manager1", "worker1"], tmp_path / "machines.log")
     assert len(calls.read_text().splitlines()) == 1
+
+
+STATUS_OUT = (
+    "1700000000,cp1,metadata,provider,docker\n1700000000,cp1,provider-name,docker\n"
+    "1700000000,cp1,state,running\n1700000000,cp1,state-human-short,running\n"
+)
+# Vagrant's machine-readable error: a comma as %!(VAGRANT_COMMA), a line break as backslash-n.
+STATUS_ERROR = (
+    "1700000000,,ui,error,Docker isn't running\n"
+    "1700000000,,error-exit,Vagrant::Errors::DockerNotRunning,"
+    "Docker isn't running%!(VAGRANT_COMMA) or the daemon did not answer.\\nStart it.\n"
+)
+
+
+def test_machine_readable_error_reads_the_last_error_exit_line() -> None:
+    assert vagrant_mod.machine_readable_error(STATUS_ERROR.encode()) == (
+        "Docker isn't running, or the daemon did not answer. Start it."
+    )
+    assert vagrant_mod.machine_readable_error(STATUS_OUT) == ""
+
+
+def test_status_is_asked_again_after_a_failure_and_says_vagrants_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ok").write_text(STATUS_OUT)
+    (tmp_path / "error").write_text(STATUS_ERROR)
+    calls = _fake_vagrant(
+        tmp_path,
+        monkeypatch,
+        f"echo x >> {tmp_path}/calls\n"
+        f"[ $(wc -l < {tmp_path}/calls) -ge 3 ] && {{ cat {tmp_path}/ok; exit 0; }}\n"
+        f"cat {tmp_path}/error; exit 1\n",
+    )
+    (machine,) = Vagrant(tmp_path, "docker").status(pause=0)
+    assert (machine.name, machine.state) == ("cp1", "running")
+    assert len(calls.read_text().split()) == 3
+
+    calls.unlink()
+    with pytest.raises(
+        ProvisionError, match=r"2 tries\): Docker isn't running, or the daemon did not answer\. Start it\."
+    ):
+        Vagrant(tmp_path, "docker").status(attempts=2, pause=0)
+    assert len(calls.read_text().split()) == 2
