@@ -71,8 +71,9 @@ def control_plane(inventory: str) -> Any:
 
 
 def kubectl(control_plane: Any, args: str) -> str:
-    with control_plane.sudo():
-        result = control_plane.run(f"{KUBECTL} {args}")
+    # `sudo` in the command rather than control_plane.sudo(): that switch belongs to the host object,
+    # which the pod-to-pod check's threads share.
+    result = control_plane.run(f"sudo {KUBECTL} {args}")
     assert result.rc == 0, f"kubectl {args} failed (rc {result.rc}): {result.stderr.strip()[-500:]}"
     return str(result.stdout)
 
@@ -231,11 +232,8 @@ def workload(control_plane: Any, smoke_image: str) -> Iterator[dict[str, Any]]:
     """The toolkit's smoke web server on every node (a DaemonSet that tolerates the control plane)
     exposed as a NodePort, in a namespace of this run's; deleted with the namespace at the end."""
     # The earlier runs' namespaces (and the unlabelled one that runs before labels used), not waited for.
-    kubectl(
-        control_plane,
-        f"delete namespace -l {'='.join(LABEL)} --wait=false && {KUBECTL} delete namespace {NAMESPACE}"
-        " --ignore-not-found --wait=false",
-    )
+    kubectl(control_plane, f"delete namespace -l {'='.join(LABEL)} --wait=false")
+    kubectl(control_plane, f"delete namespace {NAMESPACE} --ignore-not-found --wait=false")
     ns = f"{NAMESPACE}-{secrets.token_hex(3)}"
     manifest = clusterstate.smoke_manifest(ns, smoke_image, dict([LABEL]))
     try:
@@ -284,14 +282,8 @@ def test_pod_reaches_pods_on_every_other_node(host: Any, control_plane: Any, wor
 
     def reaches(other: str, other_pod: str, other_ip: str) -> None:
         def once() -> None:
-            # `sudo` in the command, not control_plane.sudo(): that switch is the host's, shared by the threads.
-            result = control_plane.run(
-                f"sudo {KUBECTL} -n {workload['ns']} exec {pod} -- /smoke-web -get http://{other_ip}:8080/"
-            )
-            out = result.stdout if result.rc == 0 else result.stderr
-            assert result.rc == 0 and other_pod in out, (
-                f"{pod} -> {other_pod} ({other_ip}) answered {out.strip()[-200:]!r}"
-            )
+            out = kubectl(control_plane, f"-n {workload['ns']} exec {pod} -- /smoke-web -get http://{other_ip}:8080/")
+            assert other_pod in out, f"{pod} -> {other_pod} ({other_ip}) answered {out.strip()[-200:]!r}"
 
         retry(once, f"pod network {name} -> {other}", attempts=max(3, ATTEMPTS // 5), delay=DELAY)
 
