@@ -1,7 +1,8 @@
 """`provision.py upgrade --kube-version X`: move a running Kubernetes cluster one release step.
 
 Python decides and prepares (the cluster exists and formed, the step is one the version skew policy
-allows, the target's bundle is built), playbooks/upgrade.yml does the work node by node (the same
+allows; from the bundle, the target's bundle is built; from pkgs.k8s.io, verify's smoke-test image of
+the target is made), playbooks/upgrade.yml does the work node by node (the same
 playbook an operator runs with ansible-playbook), and only when it finished do the spec, the inventory
 and the state name the new release; verify then checks the cluster as `up` does.
 """
@@ -18,7 +19,7 @@ from provisioner.command.up import lost_machines_error
 from provisioner.command.verify import run_verify
 from provisioner.errors import ProvisionError
 from provisioner.kube import upgrade as rules
-from provisioner.kubesource import kube_source_choice, kubernetes_blocker
+from provisioner.kubesource import ensure_smoke_archive, kube_source_choice, kubernetes_blocker
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec
 from provisioner.state import State
@@ -42,24 +43,28 @@ def check_cluster(ws: Workspace, spec: ClusterSpec, state: State) -> None:
             "then upgrade",
             exit_code=2,
         )
-    source, why = kube_source_choice(spec)
-    if source != "bundle":
-        raise ProvisionError(
-            f"this cluster installs from pkgs.k8s.io ({why}); `upgrade` moves clusters made from the offline bundle "
-            "only, so far: upgrade its nodes with kubeadm by hand (kubeadm's upgrade guide)",
-            exit_code=2,
-        )
 
 
-def target_versions(spec: ClusterSpec, wanted: str) -> tuple[bundle.Versions, str]:
-    """The target's bundle versions and the step ('none', 'patch' or 'minor'), refused with one
-    sentence when the bundle does not know the release or the step is not allowed."""
-    versions = bundle.resolve_versions(wanted, spec.versions["calico"])
+def target_versions(spec: ClusterSpec, wanted: str, source: str) -> tuple[str, str]:
+    """The target release and the step ('none', 'patch' or 'minor'), refused with one sentence when the
+    step is not allowed, or, from the bundle, when the bundle does not know the release. From
+    pkgs.k8s.io the release is named in full (the role checks that the repository carries it)."""
+    if source == "bundle":
+        target = bundle.resolve_versions(wanted, spec.versions["calico"]).kubernetes
+    else:
+        try:
+            target = ".".join(map(str, rules.parse_release(wanted)))
+        except ProvisionError:
+            raise ProvisionError(
+                f"--kube-version {wanted}: this cluster upgrades from pkgs.k8s.io, so name the release in full "
+                "(major.minor.patch, e.g. 1.37.2)",
+                exit_code=2,
+            ) from None
     try:
-        step = rules.upgrade_step(spec.versions["kubernetes"], versions.kubernetes)
+        step = rules.upgrade_step(spec.versions["kubernetes"], target)
     except ProvisionError as exc:
         raise ProvisionError(exc.message, exit_code=2) from None
-    return versions, step
+    return target, step
 
 
 def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys.stdout) -> int:
@@ -70,23 +75,39 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
     state = State.load(ws.state_file)
     check_cluster(ws, spec, state)
     current = spec.versions["kubernetes"]
-    versions, step = target_versions(spec, wanted)
+    source, why = kube_source_choice(spec)
+    target, step = target_versions(spec, wanted, source)
     if step == "none":
         out.write(f"==> the cluster's spec says Kubernetes {current}: checking that every node runs it\n")
     else:
-        out.write(f"==> upgrade: Kubernetes {current} -> {versions.kubernetes} (a {step} step), one node at a time\n")
-    found = make.ensure(versions, "auto", force=False, out=out, verbose=verbose, addons=spec.storage or spec.metrics)
-    out.write(f"    bundle: {found.path}\n")
+        out.write(f"==> upgrade: Kubernetes {current} -> {target} (a {step} step), one node at a time\n")
     snapshots = ws.root / "etcd-snapshots"
     snapshots.mkdir(exist_ok=True)
-    extra = {
-        "kube_upgrade_version": versions.kubernetes,
-        "kube_upgrade_bundle_dir": str(found.path),
-        "kube_upgrade_bundle_node_dir": (
-            f"{inventory.BUNDLES_NODE_DIR}/{found.path.name}" if spec.provider in inventory.BUNDLE_SHARED else ""
-        ),
+    extra: dict[str, str] = {
+        "kube_upgrade_version": target,
+        "kube_upgrade_source": source,
         "kube_upgrade_snapshot_dest": str(snapshots),
     }
+    found: bundle.Bundle | None = None
+    if source == "bundle":
+        found = make.ensure(
+            bundle.resolve_versions(target, spec.versions["calico"]),
+            "auto",
+            force=False,
+            out=out,
+            verbose=verbose,
+            addons=spec.storage or spec.metrics,
+        )
+        out.write(f"    bundle: {found.path}\n")
+        extra["kube_upgrade_bundle_dir"] = str(found.path)
+        if spec.provider in inventory.BUNDLE_SHARED:
+            extra["kube_upgrade_bundle_node_dir"] = f"{inventory.BUNDLES_NODE_DIR}/{found.path.name}"
+    else:
+        out.write(f"    packages from pkgs.k8s.io ({why}), images through the nodes' registries\n")
+        smoke = inventory.smoke_vars(target, None)
+        ensure_smoke_archive(target, out)
+        extra["kube_upgrade_smoke_image"] = smoke["kube_smoke_image"]
+        extra["kube_upgrade_smoke_image_archive"] = smoke["kube_smoke_image_archive"]
     forget_facts(ws.root)
     progress = Progress(out, verbose=verbose)
     t0 = time.monotonic()
@@ -97,20 +118,20 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
             ws.root,
             ws.logs / "upgrade.log",
             progress,
-            f"upgrade to {versions.kubernetes} (checks, images, etcd snapshot, then node by node)",
+            f"upgrade to {target} (checks, images, etcd snapshot, then node by node)",
             verbose=verbose,
             extra_vars=extra,
         )
     except ProvisionError as exc:
-        resume = f"run `provision.py upgrade --kube-version {versions.kubernetes}` again to resume at that node"
+        resume = f"run `provision.py upgrade --kube-version {target}` again to resume at that node"
         exc.message = exc.message.replace("run `up` again to resume here", resume)
         exc.args = (exc.message,)
         err = lost_machines_error(exc, Vagrant(ws.root, spec.provider), STAGE)
         # `up` refuses to converge a cluster half-way between two releases (see up.unfinished_upgrade).
-        state.mark(STAGE, "failed", time.monotonic() - t0, message=f"to {versions.kubernetes}: {err.message}")
+        state.mark(STAGE, "failed", time.monotonic() - t0, message=f"to {target}: {err.message}")
         state.save()
         out.write(
-            f"    the upgrade stopped; `provision.py upgrade --kube-version {versions.kubernetes}` resumes at the "
+            f"    the upgrade stopped; `provision.py upgrade --kube-version {target}` resumes at the "
             "node it stopped on\n"
         )
         if err is exc:
@@ -119,25 +140,27 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
     took = time.monotonic() - t0
     state.mark(STAGE, "done", took, changed=run.changed)
     # From here on the cluster is at the target: the spec, its inputs and the inventory say so, so that
-    # `up` and verify work from the target's bundle.
+    # `up` and verify work from the target's bundle (or packages).
     saved = ws.load_saved() or {}
     inputs = dict(saved.get("inputs") or {})
-    inputs["versions"] = {**(inputs.get("versions") or {}), "kubernetes": versions.kubernetes}
+    inputs["versions"] = {**(inputs.get("versions") or {}), "kubernetes": target}
     data = spec.to_dict()
-    data["versions"] = dict(spec.versions, kubernetes=versions.kubernetes)
+    data["versions"] = dict(spec.versions, kubernetes=target)
     new_spec = ClusterSpec.from_dict(data)
     keep = {k: v for k, v in saved.items() if k not in ("spec", "inputs", *data)}
     ws.save_spec(new_spec, inputs, keep)
     vg = Vagrant(ws.root, new_spec.provider)
     names = [n.name for n in new_spec.nodes]
     ssh = vg.running_docker_machines(names, ws.inventory) or vg.ssh_config(names)
-    inventory.write_inventory(inventory.build_inventory(new_spec, ssh, ws.root, found.path), ws.inventory)
+    inventory.write_inventory(
+        inventory.build_inventory(new_spec, ssh, ws.root, found.path if found else None), ws.inventory
+    )
     state.fingerprint = ""  # the next `up` converges every stage against the new release
     state.save()
-    snapshot = snapshots / f"etcd-before-v{versions.kubernetes}.db"
+    snapshot = snapshots / f"etcd-before-v{target}.db"
     out.write(f"    upgrade: {took:.0f} s, {run.summary_line()}\n")
     if snapshot.exists():
         out.write(f"    etcd snapshot from before the upgrade: {snapshot} (README: Upgrade, to roll back)\n")
     rc = run_verify(ws, new_spec, state, out)
-    out.write(f"==> Kubernetes {versions.kubernetes} in {time.monotonic() - started:.0f} s\n")
+    out.write(f"==> Kubernetes {target} in {time.monotonic() - started:.0f} s\n")
     return rc

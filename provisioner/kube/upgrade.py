@@ -108,3 +108,65 @@ def marked_nodes(nodes: Any, annotation: str, names: list[str] | None = None) ->
         if annotation in (item["metadata"].get("annotations") or {})
         and (not names or item["metadata"]["name"] in names)
     ]
+
+
+# From here: an upgrade from pkgs.k8s.io (kube_upgrade_source upstream), where the target's packages
+# come from the repository of its minor and the images through the nodes' registries.
+
+UPSTREAM_PACKAGES = ("kubelet", "kubeadm", "kubectl")
+
+
+def repo_release_missing(index: object, target: object, names: Any = UPSTREAM_PACKAGES) -> list[str]:
+    """The packages of `names` that a repository's Packages index (the text of a flat repository's
+    Packages file) has at no version of the release `target` (`1.37.2` is any `1.37.2-<build>`)."""
+    release = ".".join(map(str, parse_release(target)))
+    found: dict[str, set[str]] = {}
+    for stanza in re.split(r"\n\s*\n", str(index or "")):
+        fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*?)\s*$", stanza, re.M))
+        if "Package" in fields and "Version" in fields:
+            found.setdefault(fields["Package"], set()).add(fields["Version"])
+    return [str(name) for name in names if not any(v.startswith(release + "-") for v in found.get(str(name), set()))]
+
+
+def newest_build(madison: object, target: object) -> str:
+    """The newest package version of the release `target` in `apt-cache madison NAME` output (lines
+    `NAME | VERSION | SOURCE`), '' when there is none: `1.37.2-1.1` rather than `1.37.2-1.0`."""
+    release = ".".join(map(str, parse_release(target)))
+    versions = []
+    for line in str(madison or "").splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 3 and parts[1].startswith(release + "-"):
+            versions.append(parts[1])
+
+    def order(version: str) -> list[tuple[int, int | str]]:
+        # Debian revisions of one release compare piece by piece: numbers as numbers.
+        return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+~]", version.split("-", 1)[1])]
+
+    return max(versions, key=order, default="")
+
+
+def repo_key_error(served: object, trusted: object, url: object, keyring: object) -> str:
+    """'' when the key a repository serves (`served`, armored) is one this node trusts already (its
+    keyring's content `trusted`); else one sentence: the upgrade never writes a key itself."""
+    from provisioner.kube.signingkey import key_fingerprints
+
+    fingerprints = key_fingerprints(served)
+    have = key_fingerprints(trusted) if str(trusted or "").strip() else []
+    if set(fingerprints) <= set(have):
+        return ""
+    return (
+        f"the repository at {url} is signed with {', '.join(fingerprints)}, which this node does not trust "
+        f"({keyring} holds {', '.join(have) or 'no key'}); nothing was changed. If that key is the repository's own, "
+        f"add it to {keyring} and run the upgrade again"
+    )
+
+
+def worker_images(images: Any) -> list[str]:
+    """Of the images `kubeadm config images list` names, those a node that is not a control plane
+    runs (kube-proxy, CoreDNS, pause): not the static pods of the control plane."""
+    control = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
+    return [
+        str(i)
+        for i in images or []
+        if str(i).strip() and str(i).rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0] not in control
+    ]

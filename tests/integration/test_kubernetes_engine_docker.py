@@ -5,12 +5,14 @@ verifies what ran; a release the toolkit cannot install (1.38, not released) is 
 anything is made. Those prepared nodes, with nothing of Kubernetes installed, then take the
 Kubernetes playbooks in check mode with the upstream sources (pkgs.k8s.io, Calico's manifest URL)
 pointed at loopback; then the kube_packages playbook for real against a stand-in for pkgs.k8s.io's
-repository of 1.37 (tests/standins/aptrepo.py) served from this host on the nodes' network: the
-packages installed, pinned and held, and a newer patch in the repository does not move them. Then
+repositories of 1.36 and 1.37 (tests/standins/aptrepo.py) served from this host on the nodes' network: the
+1.36 packages installed, pinned and held, and a newer patch in the repository does not move them. Then
 containerd on the nodes pulls registry.k8s.io's and docker.io's images through registry mirrors: a
 stand-in registry over TLS with the test's CA (tests/standins/registry.py). Then the nodes become a cluster with kube_source upstream through the
 stand-ins (the spec's mirrors), verified and converged again with changed=0, and a rotated signing key
-stops `up` until `up --accept-repo-key` accepts it. The real cluster from the bundle is
+stops `up` until `up --accept-repo-key` accepts it. Last, `upgrade` moves that cluster from 1.36 to 1.37
+with the packages of the stand-in's 1.37 repository and the images through the stand-in registry. The
+real cluster from the bundle is
 tests/integration/test_kubernetes_cluster.py.
 """
 
@@ -70,12 +72,21 @@ URL = re.compile(r"\b(?:https?|ftps?|git|ssh|rsync|s3)://[^\s\"'\\,)]+", re.IGNO
 # The host's address on the nodes' network (the Docker bridge's gateway): the stand-in listens there.
 HOST_ON_NODE_NETWORK = "192.168.156.1"
 KEYRING = "/etc/apt/keyrings/kubernetes-apt-keyring.asc"
-# What the stand-in's 1.37.2 leaves on a node: kubelet, kubeadm, kubectl and cri-tools installed and held
-# (hi), kubernetes-cni installed as their dependency (ii).
-HELD = {
-    "hi kubelet=1.37.2-1.1", "hi kubeadm=1.37.2-1.1", "hi kubectl=1.37.2-1.1", "hi cri-tools=1.37.0-1.1",
-    "ii kubernetes-cni=1.10.0-1.1",
-}  # fmt: skip
+# The cluster is made at FROM from the stand-in's 1.36 repository and upgraded to TO from its 1.37 one.
+FROM, TO = "1.36.3", "1.37.2"
+
+
+def held(release: str) -> set[str]:
+    """What the stand-in's packages leave on a node at `release`: kubelet, kubeadm, kubectl and cri-tools
+    installed and held (hi), kubernetes-cni installed as their dependency (ii). cri-tools is the one
+    the node installed with FROM: an upgrade moves only kubelet, kubeadm and kubectl."""
+    return {
+        f"hi kubelet={release}-1.1", f"hi kubeadm={release}-1.1", f"hi kubectl={release}-1.1",
+        "hi cri-tools=1.36.0-1.1", "ii kubernetes-cni=1.10.0-1.1",
+    }  # fmt: skip
+
+
+HELD = held(FROM)
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +99,22 @@ class _Quiet(SimpleHTTPRequestHandler):
         """The requests are not the test's output."""
 
 
+def previous_bundle() -> bundle.Bundle:
+    """The bundle of FROM (the HA lane, beside this one, uses it too: one build, under its lock)."""
+    from provisioner.bundle import make
+
+    return make.ensure(bundle.resolve_versions(FROM, None), "auto", force=False, out=sys.stdout)
+
+
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepo]:
-    """pkgs.k8s.io's v1.37 repository, from the bundle's binaries (the suite builds the bundle first)."""
+    """pkgs.k8s.io's v1.36 and v1.37 repositories, from the bundles' binaries (the suite builds the
+    default bundle first)."""
     root = tmp_path_factory.mktemp("pkgs-standin")
-    repo = AptRepo(root / "www", root / "gnupg", minor="1.37")
+    repo = AptRepo(root / "www", root / "gnupg", minor="1.36")
     try:
-        repo.add_release(default_bundle().path, "1.37.2")
+        repo.add_release(previous_bundle().path, FROM)
+        repo.add_release(default_bundle().path, TO)
         repo.publish()
         yield repo
     finally:  # gpg's agent, started by the first signature
@@ -123,9 +143,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory, served: str) -> Iterator[
     of registry.k8s.io without a path would ask for it). Needs the nodes' network, as `served` does."""
     source = default_bundle().path
     with Registry.start(tmp_path_factory.mktemp("registry"), HOST_ON_NODE_NETWORK) as running:
-        for entry in bundle.load(source).images:
-            if entry.image.startswith(("registry.k8s.io/", "quay.io/", "docker.io/")):
-                running.push(source / entry.path, entry.image)
+        pushed: set[str] = set()
+        # FROM's images for the cluster, then TO's for its upgrade (what both carry is pushed once)
+        for found in (previous_bundle().path, source):
+            for entry in bundle.load(found).images:
+                if entry.image.startswith(("registry.k8s.io/", "quay.io/", "docker.io/")) and entry.image not in pushed:
+                    running.push(found / entry.path, entry.image)
+                    pushed.add(entry.image)
         running.push(source / "images" / "pause.tar", "pause:3.10.2")
         yield running
 
@@ -143,7 +167,7 @@ def test_up_until_runtime_prepares_the_nodes_and_stops(cluster: Cluster) -> None
     # so the nodes have what Ansible's apt module needs in check mode (python3-apt, package lists).
     proc = cluster.run(
         "up", "--nodes", "2", "--provider", "docker", "--name", NAME, "--network", NETWORK, "--until", "runtime",
-        "--image", "provisioner/node",
+        "--image", "provisioner/node", "--kube-version", FROM,
     )  # fmt: skip
     out = proc.stdout
     assert "==> stage prepare" in out and "==> stage runtime" in out
@@ -380,8 +404,8 @@ def test_the_pkgs_k8s_io_path_installs_pins_and_holds_from_a_stand_in_repository
 ) -> None:
     base = f"{served}/{standin.base_path}"
     upstream = {
-        "kube_version": "1.37.2",
-        "kube_packages_allow_cgroup_v1": True,  # this host runs cgroup v1; kubelet 1.37 still starts there
+        "kube_version": FROM,
+        "kube_packages_allow_cgroup_v1": True,  # this host runs cgroup v1; kubelet 1.36 still starts there
         "kube_packages_repo_base_url": base,
         "kube_bundle_dir": "",
         "kube_bundle_node_dir": "",
@@ -394,14 +418,14 @@ def test_the_pkgs_k8s_io_path_installs_pins_and_holds_from_a_stand_in_repository
     versions = _node_lines(cluster, "kubelet --version; systemctl is-enabled kubelet; grep ^URIs: "
                            "/etc/apt/sources.list.d/kubernetes.sources")  # fmt: skip
     for node in ("cp1", "worker1"):
-        assert versions[node] == ["Kubernetes v1.37.2", "enabled", f"URIs: {base}/v1.37/deb/"], versions
+        assert versions[node] == [f"Kubernetes v{FROM}", "enabled", f"URIs: {base}/v1.36/deb/"], versions
 
     # A newer patch appears in the repository and the nodes' apt sees it: a second converge changes
     # nothing, and the held packages stay at the patch they were installed at.
-    standin.add_release(default_bundle().path, "1.37.3")
+    standin.add_release(previous_bundle().path, "1.36.4")
     standin.publish()
     policy = _node_lines(cluster, "apt-get update -qq && apt-cache policy kubelet | grep Candidate:")
-    assert all(lines == ["Candidate: 1.37.3-1.1"] for lines in policy.values()), policy
+    assert all(lines == ["Candidate: 1.36.4-1.1"] for lines in policy.values()), policy
     proc, recap = _playbook(cluster, "kube_packages", upstream, check=False)
     _passed("kube_packages", proc, recap)
     assert {h: c["changed"] for h, c in recap.items()} == {"cp1": 0, "worker1": 0}, proc.stdout[-4000:]
@@ -440,13 +464,15 @@ def test_containerd_pulls_through_registry_mirrors_with_their_ca(cluster: Cluste
             assert re.search(request, log, re.M), f"no {path} request from {ip}:\n{log[-3000:]}"
 
 
-def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
-    cluster: Cluster, standin: AptRepo, served: str, registry: Registry, tmp_path: Path
-) -> None:
-    # The prepared nodes become a cluster with kube_source upstream and the spec's mirrors pointing at the
-    # stand-ins: packages from the apt repository, Calico's manifest from the file server, every image
-    # through the registry. The bundle stays out: no bundle directory, no image import.
-    ca = tmp_path / "stand-in-ca.pem"
+@pytest.fixture(scope="module")
+def upstream_config(
+    tmp_path_factory: pytest.TempPathFactory, standin: AptRepo, served: str, registry: Registry
+) -> Path:
+    """A cluster configuration with kube_source upstream and the spec's mirrors pointing at the
+    stand-ins: packages from the apt repository, Calico's manifest from the file server, every image
+    through the registry."""
+    root = tmp_path_factory.mktemp("upstream-config")
+    ca = root / "stand-in-ca.pem"
     ca.write_text(registry.ca_pem)
     mirrors = {
         "kubernetes_packages": f"{served}/{standin.base_path}",
@@ -454,8 +480,17 @@ def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
         "registries": {name: f"{registry.url}/v2/{name}" for name in ("registry.k8s.io", "quay.io", "docker.io")},
         "registry_ca": str(ca),
     }
-    config = tmp_path / "upstream.yml"
+    config = root / "upstream.yml"
     config.write_text(yaml.safe_dump({"kube_source": "upstream", "storage": False, "mirrors": mirrors}))
+    return config
+
+
+def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
+    cluster: Cluster, standin: AptRepo, served: str, registry: Registry, upstream_config: Path
+) -> None:
+    # The prepared nodes become a cluster with kube_source upstream through the stand-ins. The bundle
+    # stays out: no bundle directory, no image import.
+    config = upstream_config
     proc = cluster.run("up", "--config", str(config), timeout=2400)
     out = proc.stdout
     assert "kubernetes: packages from pkgs.k8s.io (the cluster's kube_source)" in out, out[-3000:]
@@ -488,13 +523,13 @@ def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
                        "quay.io/calico/kube-controllers"):  # fmt: skip
         assert re.search(rf'"(?:HEAD|GET) /v2/{re.escape(repository)}/manifests/', log), repository
 
-    # A second converge with nothing to do changes nothing, in any stage; 1.37.3, in the repository since
+    # A second converge with nothing to do changes nothing, in any stage; 1.36.4, in the repository since
     # the test above and apt's candidate on the nodes, is not installed by `up`.
     cluster.run("up", "--converge", "--config", str(config), timeout=1800)
     changed = cluster.timings()["changed"]
     assert isinstance(changed, dict) and changed and all(v == 0 for v in changed.values()), changed
     policy = _node_lines(cluster, "apt-cache policy kubelet | grep Candidate:")
-    assert all(lines == ["Candidate: 1.37.3-1.1"] for lines in policy.values()), policy
+    assert all(lines == ["Candidate: 1.36.4-1.1"] for lines in policy.values()), policy
     assert _packages(cluster) == {"cp1": HELD, "worker1": HELD}
 
     # The repository rotates its signing key: `up` stops in kube_packages, naming both keys, and the
@@ -516,6 +551,70 @@ def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
     assert _node_lines(cluster, f"sha256sum {KEYRING}") != first_key
     signed = _node_lines(cluster, "apt-get update 2>&1 | grep -ci -e NO_PUBKEY -e not.signed -e EXPKEYSIG; true")
     assert all(lines == ["0"] for lines in signed.values()), signed
+
+
+def test_upgrade_moves_the_held_packages_to_the_next_minor_from_its_repository(
+    cluster: Cluster, standin: AptRepo, served: str, registry: Registry, upstream_config: Path
+) -> None:
+    # The 1.37 repository also has a newer patch than the target: the upgrade takes the release named.
+    standin.add_release(default_bundle().path, "1.37.3")
+    standin.publish()
+    before = len(registry.requests().splitlines())
+    proc = cluster.run("upgrade", "--kube-version", TO, timeout=2400)
+    out = proc.stdout
+    assert f"upgrade: Kubernetes {FROM} -> {TO} (a minor step)" in out, out[-3000:]
+    assert "packages from pkgs.k8s.io" in out, out[-3000:]
+    assert_verified(out)
+    # Every node: kubelet, kubeadm and kubectl of the target from the stand-in, held; the apt source
+    # on the target's minor; nothing left of the unpacked kubeadm.
+    assert _packages(cluster) == {"cp1": held(TO), "worker1": held(TO)}
+    base = f"{served}/{standin.base_path}"
+    lines = _node_lines(
+        cluster,
+        "kubelet --version; grep ^URIs: /etc/apt/sources.list.d/kubernetes.sources;"
+        " test -e /var/tmp/provisioner-upgrade && echo leftover || echo clean",
+    )
+    for node in ("cp1", "worker1"):
+        assert lines[node] == [f"Kubernetes v{TO}", f"URIs: {base}/v1.37/deb/", "clean"], lines
+    # The control plane's static pods run the target's images, pulled through the stand-in registry
+    # before cp1's turn; kube-proxy's too, on the worker.
+    static = _node_lines(cluster, "grep -h image: /etc/kubernetes/manifests/kube-*.yaml | sort -u")
+    assert static["cp1"] and all(line.endswith(f":v{TO}") for line in static["cp1"]), static
+    log = "\n".join(registry.requests().splitlines()[before:])
+    for ip, repositories in {
+        "192.168.156.10": ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"],
+        "192.168.156.11": ["kube-proxy"],
+    }.items():
+        for repository in repositories:
+            request = rf'^{re.escape(ip)} .*"(?:HEAD|GET) /v2/registry\.k8s\.io/{repository}/manifests/v{TO} HTTP'
+            assert re.search(request, log, re.M), f"{ip} never asked the registry for {repository}:v{TO}\n{log[-3000:]}"
+    # The snapshot was taken in the etcd container (the nodes have no etcdctl) and restores.
+    snapshot = cluster.root / "etcd-snapshots" / f"etcd-before-v{TO}.db"
+    assert snapshot.stat().st_size > 100_000, snapshot
+    check = subprocess.run(
+        [str(default_bundle().path / "bin" / "etcdutl"), "snapshot", "status", str(snapshot), "-w", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert check.returncode == 0 and json.loads(check.stdout)["totalKey"] > 100, check.stdout + check.stderr
+    assert yaml.safe_load((cluster.root / "cluster.json").read_text())["spec"]["versions"]["kubernetes"] == TO
+
+    # Again: nothing left to do, nothing changed.
+    again = cluster.run("upgrade", "--kube-version", TO, timeout=1500).stdout
+    summary = re.search(r"upgrade: \d+ s, (.*)", again)
+    assert summary, again[-3000:]
+    changed = [int(c) for c in re.findall(r"changed=(\d+)", summary.group(1))]
+    assert len(changed) == 2 and sum(changed) == 0, summary.group(1)
+    # `up` afterwards converges with nothing to change and leaves the held packages where the upgrade
+    # put them, with 1.37.3 apt's candidate.
+    cluster.run("up", "--converge", "--no-verify", "--config", str(upstream_config), timeout=1800)
+    changed_up = cluster.timings()["changed"]
+    assert isinstance(changed_up, dict) and changed_up and all(v == 0 for v in changed_up.values()), changed_up
+    policy = _node_lines(cluster, "apt-cache policy kubelet | grep Candidate:")
+    assert all(lines == ["Candidate: 1.37.3-1.1"] for lines in policy.values()), policy
+    assert _packages(cluster) == {"cp1": held(TO), "worker1": held(TO)}
 
 
 def test_rerun_one_stage_and_destroy(cluster: Cluster) -> None:

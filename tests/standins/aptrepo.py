@@ -1,15 +1,17 @@
-"""A stand-in for pkgs.k8s.io's apt repository of one Kubernetes minor, made on this machine.
+"""A stand-in for pkgs.k8s.io's apt repositories of Kubernetes minors, made on this machine.
 
-It keeps pkgs.k8s.io's layout (`core:/stable:/v1.MINOR/deb/`, a flat repository: Packages, Release,
+It keeps pkgs.k8s.io's layout (`core:/stable:/v1.MINOR/deb/` per minor, each a flat repository: Packages, Release,
 InRelease, Release.gpg and the armored Release.key beside the .deb files) and its package names,
 versions (`1.37.2-1.1`) and dependencies, so that the kube_packages role runs its upstream path
 against it with nothing but kube_packages_repo_base_url changed. The packages are built with Debian's
-dpkg-deb from the offline bundle's binaries; the repository is signed with a key made here by gpg,
-in a GNUPGHOME of the stand-in's own. The unit files in the packages are the project's own.
+dpkg-deb from the offline bundle's binaries; every minor's repository is signed with one key made here
+by gpg (as pkgs.k8s.io signs all its minors with one), in a GNUPGHOME of the stand-in's own. The unit
+files in the packages are the project's own.
 
     repo = AptRepo(root, gpg_home)
-    repo.add_release(bundle_dir, "1.37.2")      # kubelet, kubeadm, kubectl, cri-tools, kubernetes-cni
-    repo.publish()                              # Packages, Release, signatures, Release.key
+    repo.add_release(bundle_dir, "1.37.2")      # into v1.37: kubelet, kubeadm, kubectl, cri-tools, kubernetes-cni
+    repo.add_release(bundle_136, "1.36.3")      # into v1.36
+    repo.publish()                              # each minor: Packages, Release, signatures, Release.key
     repo.rotate_key(); repo.publish()           # a new signing key, as a repository rotating its key
 """
 
@@ -84,7 +86,11 @@ class AptRepo:
 
     @property
     def deb_dir(self) -> Path:
-        return self.root / "core:" / "stable:" / f"v{self.minor}" / "deb"
+        """The repository of `minor`."""
+        return self.deb_dir_of(self.minor)
+
+    def deb_dir_of(self, minor: str) -> Path:
+        return self.root / "core:" / "stable:" / f"v{minor}" / "deb"
 
     def _gpg(self, *args: str, stdin: str | None = None) -> str:
         self.gpg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -101,7 +107,9 @@ class AptRepo:
         self.key_fingerprint = fingerprint
         return fingerprint
 
-    def _deb(self, name: str, version: str, depends: str, files: Mapping[str, tuple[Path | str, int]]) -> None:
+    def _deb(
+        self, minor: str, name: str, version: str, depends: str, files: Mapping[str, tuple[Path | str, int]]
+    ) -> None:
         """Build NAME_VERSION_amd64.deb into the repository: files maps a path on the node to (a file to
         copy, or the text to write; its mode)."""
         with tempfile.TemporaryDirectory(prefix=f"standin-{name}-") as tmp:
@@ -130,37 +138,44 @@ class AptRepo:
                 " Built by the provisioner test suite for its pkgs.k8s.io stand-in.",
             ]
             (tree / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
-            self.deb_dir.mkdir(parents=True, exist_ok=True)
-            out = self.deb_dir / f"{name}_{version}_amd64.deb"
+            deb_dir = self.deb_dir_of(minor)
+            deb_dir.mkdir(parents=True, exist_ok=True)
+            out = deb_dir / f"{name}_{version}_amd64.deb"
             # gzip at its fastest: the packages are read once, over a local network.
             _run("dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(tree), str(out))
 
-    def add_release(self, bundle_dir: Path, kube_version: str, cri_tools: str = "1.37.0", cni: str = "1.10.0") -> None:
-        """kubelet, kubeadm, kubectl at KUBE_VERSION-1.1 (cri-tools and kubernetes-cni at their own
-        numbering), from the bundle's bin/ directory."""
+    def add_release(self, bundle_dir: Path, kube_version: str, cri_tools: str = "", cni: str = "1.10.0") -> None:
+        """kubelet, kubeadm, kubectl at KUBE_VERSION-1.1 into the repository of its minor (cri-tools, at
+        MINOR.0 unless named, and kubernetes-cni at their own numbering), from the bundle's bin/."""
         binaries = bundle_dir / "bin"
         release = f"{kube_version}-1.1"
-        self._deb("kubelet", release, KUBELET_DEPENDS, {
+        minor = ".".join(kube_version.split(".")[:2])
+        cri_tools = cri_tools or f"{minor}.0"
+        deb_dir = self.deb_dir_of(minor)
+        self._deb(minor, "kubelet", release, KUBELET_DEPENDS, {
             "/usr/bin/kubelet": (binaries / "kubelet", 0o755),
             "/usr/lib/systemd/system/kubelet.service": (KUBELET_UNIT, 0o644),
         })  # fmt: skip
-        self._deb("kubeadm", release, KUBEADM_DEPENDS, {
+        self._deb(minor, "kubeadm", release, KUBEADM_DEPENDS, {
             "/usr/bin/kubeadm": (binaries / "kubeadm", 0o755),
             "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf": (KUBEADM_DROP_IN, 0o644),
         })  # fmt: skip
-        self._deb("kubectl", release, "", {"/usr/bin/kubectl": (binaries / "kubectl", 0o755)})
-        if not list(self.deb_dir.glob(f"cri-tools_{cri_tools}-1.1_*.deb")):
-            self._deb("cri-tools", f"{cri_tools}-1.1", "", {"/usr/bin/crictl": (binaries / "crictl", 0o755)})
-        if not list(self.deb_dir.glob(f"kubernetes-cni_{cni}-1.1_*.deb")):
+        self._deb(minor, "kubectl", release, "", {"/usr/bin/kubectl": (binaries / "kubectl", 0o755)})
+        if not list(deb_dir.glob(f"cri-tools_{cri_tools}-1.1_*.deb")):
+            self._deb(minor, "cri-tools", f"{cri_tools}-1.1", "", {"/usr/bin/crictl": (binaries / "crictl", 0o755)})
+        if not list(deb_dir.glob(f"kubernetes-cni_{cni}-1.1_*.deb")):
             plugins = {f"/opt/cni/bin/{p.name}": (p, 0o755) for p in sorted((binaries / "cni").iterdir())}
-            self._deb("kubernetes-cni", f"{cni}-1.1", "", plugins)
+            self._deb(minor, "kubernetes-cni", f"{cni}-1.1", "", plugins)
 
     def publish(self) -> None:
-        """Write Packages, Release and its signatures, and Release.key (the current key), as
-        pkgs.k8s.io's flat repositories have them."""
+        """Write each minor's Packages, Release and its signatures, and Release.key (the current key),
+        as pkgs.k8s.io's flat repositories have them."""
         if not self.key_fingerprint:
             self.rotate_key()
-        deb = self.deb_dir
+        for deb in sorted(self.root.glob("core:/stable:/v*/deb")):
+            self._publish(deb)
+
+    def _publish(self, deb: Path) -> None:
         # Filename: fields relative to the repository, as in a flat repository: run it there.
         packages = subprocess.run(
             ["dpkg-scanpackages", "--multiversion", "."], capture_output=True, text=True, cwd=deb, check=True

@@ -170,3 +170,17 @@ def test_the_refusal_keeps_the_accept_command_within_what_up_shows_of_a_task_mes
     error = "worker12: " + repo_key_plan(new_key, old_key, "", url)["error"]
     assert f"provision.py up --accept-repo-key {new} " in error[:400]
     assert f"Trusted {old}, served now {new} at {url}" in error
+
+
+def test_an_upgrade_reads_the_target_minor_only_with_a_key_the_node_trusts_already(keys: Keys) -> None:
+    from provisioner.kube.upgrade import repo_key_error
+
+    url, keyring = "http://192.0.2.1/v1.37/deb/Release.key", "/etc/apt/keyrings/k.asc"
+    fpr, armored = keys.make("up1 <up1@provisioner.invalid>")
+    other, other_armored = keys.make("up2 <up2@provisioner.invalid>")
+    assert repo_key_error(armored, armored, url, keyring) == ""
+    # the node trusts more than the repository serves (a rotation's two keys): still fine
+    assert repo_key_error(armored, armored + "\n" + other_armored, url, keyring) == ""
+    said = repo_key_error(other_armored, armored, url, keyring)
+    assert other in said and fpr in said and keyring in said and "nothing was changed" in said
+    assert "no key" in repo_key_error(armored, "", url, keyring)

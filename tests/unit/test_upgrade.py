@@ -125,6 +125,19 @@ def _workspace(tmp_path: Path, spec: dict[str, Any], joined: bool = True) -> Wor
         ({"versions": {"kubernetes": "1.36.3"}}, False, "1.37", "this cluster has not formed yet"),
         ({"versions": {"kubernetes": "1.37.2"}}, True, "1.36", "kubeadm does not downgrade"),
         ({"versions": {"kubernetes": "1.37.2"}}, True, "1.35", "the bundle knows Kubernetes 1.36.3, 1.37.2, not 1.35"),
+        # From pkgs.k8s.io the release is named in full, and the skew rules hold the same.
+        (
+            {"versions": {"kubernetes": "1.36.3"}, "kube_source": "upstream"},
+            True,
+            "1.37",
+            r"upgrades from pkgs\.k8s\.io, so name the release in full",
+        ),
+        (
+            {"versions": {"kubernetes": "1.36.3"}, "kube_source": "upstream"},
+            True,
+            "1.38.0",
+            r"the next step is 1\.37",
+        ),
     ],
 )
 def test_the_command_refuses_before_anything_changes(
@@ -150,3 +163,52 @@ def test_up_refuses_a_cluster_whose_upgrade_stopped_part_way(tmp_path: Path) -> 
     state.mark("upgrade", "failed", 3.0, message="to 1.37.2: stage upgrade failed on w1")
     with pytest.raises(ProvisionError, match=r"`provision.py upgrade --kube-version 1\.37\.2` \(it resumes"):
         up.unfinished_upgrade(state)
+
+
+PACKAGES_INDEX = """\
+Package: kubeadm
+Version: 1.37.2-1.1
+Architecture: amd64
+
+Package: kubelet
+Version: 1.37.2-1.1
+
+Package: kubelet
+Version: 1.37.3-1.1
+
+Package: kubectl
+Version: 1.37.20-1.1
+"""
+
+
+def test_the_repository_index_must_carry_each_package_at_the_target_release() -> None:
+    assert rules.repo_release_missing(PACKAGES_INDEX, "1.37.2") == ["kubectl"]  # 1.37.20 is another release
+    assert rules.repo_release_missing(PACKAGES_INDEX, "1.37.3") == ["kubeadm", "kubectl"]
+    assert rules.repo_release_missing("", "1.37.2") == ["kubelet", "kubeadm", "kubectl"]
+    assert rules.repo_release_missing(PACKAGES_INDEX, "1.37.2", ["kubeadm", "kubelet"]) == []
+
+
+def test_the_newest_build_of_the_target_release_is_taken_from_apt_cache_madison() -> None:
+    madison = """\
+   kubeadm | 1.37.20-1.1 | http://192.168.156.1:4000/core:/stable:/v1.37/deb  Packages
+   kubeadm | 1.37.2-1.10 | http://192.168.156.1:4000/core:/stable:/v1.37/deb  Packages
+   kubeadm | 1.37.2-1.9 | http://192.168.156.1:4000/core:/stable:/v1.37/deb  Packages
+   kubeadm | 1.36.3-1.1 | http://192.168.156.1:4000/core:/stable:/v1.36/deb  Packages
+"""
+    assert rules.newest_build(madison, "1.37.2") == "1.37.2-1.10"
+    assert rules.newest_build(madison, "1.36.3") == "1.36.3-1.1"
+    assert rules.newest_build(madison, "1.37.5") == ""
+
+
+def test_workers_pull_only_what_is_not_a_control_plane_static_pod() -> None:
+    listed = [
+        "registry.k8s.io/kube-apiserver:v1.37.2",
+        "registry.k8s.io/kube-controller-manager:v1.37.2",
+        "registry.k8s.io/kube-scheduler:v1.37.2",
+        "registry.k8s.io/kube-proxy:v1.37.2",
+        "registry.k8s.io/coredns/coredns:v1.13.1",
+        "registry.k8s.io/pause:3.10.2",
+        "registry.k8s.io/etcd:3.6.5-0",
+    ]
+    assert rules.worker_images(listed) == listed[3:6]
+    assert rules.worker_images([]) == []
