@@ -48,9 +48,12 @@ def test_no_apt_refresh_is_skipped_by_cache_valid_time() -> None:
     assert offenders == []
 
 
-# Installs whose lists are refreshed by a handler flushed just before them (the repository was added).
+# Installs whose lists are refreshed by a handler flushed just before them (the repository was added),
+# or, in an upgrade, by the images play before any node's turn (kube_upgrade images.yml, which runs on
+# every node with something left, resumed runs included).
 REFRESHED_BY_HANDLER = {
-    "roles/kube_packages/tasks/0020-upstream-Debian.yml: Upstream | Install the pinned Kubernetes packages"
+    "roles/kube_packages/tasks/0020-upstream-Debian.yml: Upstream | Install the pinned Kubernetes packages",
+    "roles/kube_upgrade/tasks/packages.yml: Packages | Install the named packages at the target's version",
 }
 
 
