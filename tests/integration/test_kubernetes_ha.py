@@ -4,7 +4,7 @@ keepalived moves and HAProxy serves on every control plane, with a workload behi
 replicas of the smoke web server on any node, a PodDisruptionBudget of one unavailable). Then
 `upgrade` to 1.37.2, node by node, with the endpoint's /readyz read twice a second and the NodePort
 requested through every node's address twice a second throughout: every node at the target, verify
-green, no failed request through a node that was not being drained at that moment, the etcd snapshot
+green, no failed reading of the endpoint, no failed request through a node that was not being drained at that moment, the etcd snapshot
 restorable with etcdutl, a second upgrade that changes nothing, `up` afterwards keeping the new
 release with nothing to change. Then the failure test: the node that holds the virtual IP is stopped;
 the endpoint answers from another control plane within a bounded time, kubectl works through it and a
@@ -46,9 +46,6 @@ NODES = (*CONTROL_PLANES, "worker1")
 FAILOVER_SECONDS = 60
 FROM, TO = "1.36.3", "1.37.2"
 NODE_PORT = 30663
-# During the upgrade: at most this many failed readings of the endpoint in a row (2 s at two a second,
-# HAProxy's window: a check every 1 s, a server down after 2 failed checks).
-ENDPOINT_BLIP_READINGS = 4
 # What verify must show as passed (an ok cell in its table, never a skip): every API server, the
 # endpoint and etcd; the data plane through the smoke-test workload on every node.
 WANTED = {
@@ -226,18 +223,13 @@ def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(
     assert f"Kubernetes {FROM} -> {TO} (a minor step)" in proc.stdout, proc.stdout[-4000:]
     assert_verified(proc.stdout, WANTED)
     assert len(readings) > 100, len(readings)
-    # Each API server restarts twice and each etcd member once; through HAProxy's TCP pass-through a
-    # reading that lands on one in the second before the health check (every 1 s, down after 2 failed)
-    # takes it out fails: a 500 while its local etcd restarts, a 403 before its RBAC is loaded, a cut
-    # connection. Measured: 8 of 1552 readings, each alone. The endpoint itself must never go away:
-    # no more than HAProxy's window of failed readings in a row, and a small share in all.
-    longest = run = 0
-    for _, why in readings:
-        run = run + 1 if why else 0
-        longest = max(longest, run)
+    # Each API server restarts twice and each etcd member once, each while its control plane's turn
+    # keeps it out of every HAProxy's rotation (kube_upgrade drains it through the runtime API and puts it
+    # back after three ready answers): the endpoint answers every reading. Without that drain, readings
+    # that landed on a restarting API server in the second before HAProxy's health check took it out
+    # failed (8 of 1552 on 2026-12-07).
     print("failed readings: " + "; ".join(f"{t} {why[:80]}" for t, why in failed))
-    assert longest <= ENDPOINT_BLIP_READINGS, (longest, failed)
-    assert len(failed) <= 0.02 * len(readings), failed
+    assert not failed, failed
     # The workload: no failed request through a node that was not drained at that moment (print why).
     for node, (total, n_failed, n_excused) in counts.items():
         assert total > 100, counts
