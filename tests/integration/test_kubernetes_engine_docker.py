@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -386,6 +387,13 @@ def _node_lines(cluster: Cluster, script: str) -> dict[str, list[str]]:
     return lines
 
 
+# Holds /var/lib/dpkg/lock-frontend the way apt takes it (an fcntl lock) until killed; its command
+# line carries the name pkill finds it by.
+DPKG_LOCK_HOLDER = (
+    "import fcntl, time; name = 'provisioner-test-dpkg-lock';"
+    " f = open('/var/lib/dpkg/lock-frontend', 'w'); fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(1800)"
+)
+
 DPKG_QUERY = 'dpkg-query -W -f="\\${db:Status-Abbrev}\\${Package}=\\${Version}\\n" ' + " ".join(
     ("kubelet", "kubeadm", "kubectl", "cri-tools", "kubernetes-cni")
 )
@@ -560,8 +568,52 @@ def test_upgrade_moves_the_held_packages_to_the_next_minor_from_its_repository(
     standin.add_release(default_bundle().path, "1.37.3")
     standin.publish()
     before = len(registry.requests().splitlines())
+    # First an interrupted run: from the etcd snapshot on (after every node's images), another process
+    # holds worker1's dpkg lock, so worker1's turn fails on its first package (after apt's 60 s wait),
+    # with cp1 already at the target.
+    events = cluster.root / "logs" / "upgrade.events.jsonl"
+    locked = threading.Event()
+
+    def hold_worker_dpkg_lock() -> None:
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline and not locked.is_set():
+            text = events.read_text() if events.exists() else ""
+            if '"name": "Upgrade | etcd snapshot on the first control plane"' in text:
+                subprocess.run(
+                    ["docker", "exec", "-d", f"{NAME}-worker1", "python3", "-c", DPKG_LOCK_HOLDER], check=True
+                )
+                locked.set()
+                return
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold_worker_dpkg_lock, daemon=True)
+    holder.start()
+    interrupted = cluster.run("upgrade", "--kube-version", TO, timeout=2400, check=False)
+    locked.set()
+    holder.join(timeout=10)
+    released = subprocess.run(["docker", "exec", f"{NAME}-worker1", "pkill", "-f", "provisioner-test-dpkg-lock"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+    said = interrupted.stdout + interrupted.stderr
+    assert interrupted.returncode != 0, said[-3000:]
+    assert released.returncode == 0, (released.stdout, released.stderr, said[-3000:])
+    assert "worker1" in said and f"provision.py upgrade --kube-version {TO}` resumes" in said, said[-3000:]
+    assert _node_lines(cluster, "kubelet --version") == {
+        "cp1": [f"Kubernetes v{TO}"],
+        "worker1": [f"Kubernetes v{FROM}"],
+    }
+    # `up` refuses the cluster half-way, naming the command that resumes it.
+    refused = cluster.run("up", "--converge", "--config", str(upstream_config), check=False)
+    assert refused.returncode == 2 and f"upgrade --kube-version {TO}" in refused.stderr, refused.stderr[-2000:]
+    # The same command again resumes at worker1: cp1's turn has nothing left to do.
     proc = cluster.run("upgrade", "--kube-version", TO, timeout=2400)
     out = proc.stdout
+    turns = [json.loads(line) for line in events.read_text().splitlines()]
+    play, cp1_changed = "", []
+    for event in turns:
+        play = event.get("name", play) if event.get("event") == "play" else play
+        if event.get("event") == "result" and event.get("host") == "cp1" and play.startswith("Upgrade | the first"):
+            cp1_changed += [event["task"]] if event.get("changed") else []
+    assert cp1_changed == [], cp1_changed
     assert f"upgrade: Kubernetes {FROM} -> {TO} (a minor step)" in out, out[-3000:]
     assert "packages from pkgs.k8s.io" in out, out[-3000:]
     assert_verified(out)
