@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,13 @@ def provision(root: Path, *args: str, env: dict[str, str] | None = None) -> Run:
     nodes = nodes1 - nodes0 if nodes0 is not None and nodes1 is not None else None
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
-        raise SystemExit(f"bench: provision.py {' '.join(args)} failed (exit {proc.returncode})")
+        # The run's logs outlive the destroy that follows a failure.
+        kept = ""
+        if (root / "logs").is_dir():
+            kept_dir = Path(tempfile.mkdtemp(prefix="provision-bench-failed-logs-"))
+            shutil.copytree(root / "logs", kept_dir / "logs")
+            kept = f"; its logs: {kept_dir / 'logs'}"
+        raise SystemExit(f"bench: provision.py {' '.join(args)} failed (exit {proc.returncode}){kept}")
     timings_file = root / "timings.json"
     timings: dict[str, object] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     return Run(elapsed, timings, cpu, controller, nodes)
