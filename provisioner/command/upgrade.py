@@ -9,8 +9,10 @@ and the state name the new release; verify then checks the cluster as `up` does.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from provisioner import REPO_ROOT, bundle, inventory
@@ -43,6 +45,27 @@ def check_cluster(ws: Workspace, spec: ClusterSpec, state: State) -> None:
             "then upgrade",
             exit_code=2,
         )
+
+
+CHECK_PLAY = "Upgrade | checks"
+
+
+def only_checks_ran(events: Path) -> bool:
+    """Whether a failed run of playbooks/upgrade.yml stopped in its first play, the checks, which change
+    nothing (from the run's events, callback_plugins/provision_events)."""
+    try:
+        lines = events.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    plays = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "play":
+            plays.append(str(event.get("name", "")))
+    return bool(plays) and all(name.startswith(CHECK_PLAY) for name in plays)
 
 
 def target_versions(spec: ClusterSpec, wanted: str, source: str) -> tuple[str, str]:
@@ -127,13 +150,17 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
         exc.message = exc.message.replace("run `up` again to resume here", resume)
         exc.args = (exc.message,)
         err = lost_machines_error(exc, Vagrant(ws.root, spec.provider), STAGE)
-        # `up` refuses to converge a cluster half-way between two releases (see up.unfinished_upgrade).
-        state.mark(STAGE, "failed", time.monotonic() - t0, message=f"to {target}: {err.message}")
-        state.save()
-        out.write(
-            f"    the upgrade stopped; `provision.py upgrade --kube-version {target}` resumes at the "
-            "node it stopped on\n"
-        )
+        if only_checks_ran(ws.logs / "upgrade.events.jsonl"):
+            # Refused by the checks: the cluster is as it was, and `up` may go on converging it.
+            out.write("    the upgrade's checks refused it and nothing was changed\n")
+        else:
+            # `up` refuses to converge a cluster half-way between two releases (see up.unfinished_upgrade).
+            state.mark(STAGE, "failed", time.monotonic() - t0, message=f"to {target}: {err.message}")
+            state.save()
+            out.write(
+                f"    the upgrade stopped; `provision.py upgrade --kube-version {target}` resumes at the "
+                "node it stopped on\n"
+            )
         if err is exc:
             raise
         raise err from exc

@@ -5,6 +5,7 @@ tests/integration/test_kubernetes_ha.py, runs a real one)."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,17 @@ def test_workers_pull_only_what_is_not_a_control_plane_static_pod() -> None:
     ]
     assert rules.worker_images(listed) == listed[3:6]
     assert rules.worker_images([]) == []
+
+
+def test_a_run_refused_by_its_checks_is_told_apart_from_one_that_stopped_part_way(tmp_path: Path) -> None:
+    events = tmp_path / "upgrade.events.jsonl"
+    check = json.dumps({"event": "play", "name": "Upgrade | checks, before anything changes"})
+    images = json.dumps({"event": "play", "name": "Upgrade | the target release's images on every node"})
+    result = json.dumps({"event": "result", "host": "cp1", "status": "failed"})
+    events.write_text("\n".join([check, result]) + "\n")
+    assert upgrade.only_checks_ran(events)
+    events.write_text("\n".join([check, images, result, "not json"]) + "\n")
+    assert not upgrade.only_checks_ran(events)
+    events.write_text("")
+    assert not upgrade.only_checks_ran(events)  # nothing known: taken as part-way
+    assert not upgrade.only_checks_ran(tmp_path / "missing.jsonl")
