@@ -87,6 +87,13 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
         help="Kubernetes: the metrics add-on, metrics-server for kubectl top and autoscaling (default on)",
     )
     g.add_argument(
+        "--ingress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Kubernetes: the ingress add-on, Traefik serving Ingress and the Gateway API on NodePort 30080 of "
+        "every node (default off)",
+    )
+    g.add_argument(
         "--time-scale",
         dest="time_scale",
         type=_number,
@@ -248,6 +255,7 @@ SPEC_KEYS = (
     "package_proxy",
     "storage",
     "metrics",
+    "ingress",
     "time_scale",
 )
 

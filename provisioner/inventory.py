@@ -92,6 +92,7 @@ def cluster_vars(spec: ClusterSpec, provision_dir: Path, bundle: Path | None = N
         extra |= smoke_vars(spec.versions["kubernetes"], bundle)
         extra["local_path_storage_enabled"] = spec.storage
         extra["metrics_server_enabled"] = spec.metrics
+        extra["traefik_ingress_enabled"] = spec.ingress
         extra |= mirror_vars(spec.mirrors)
     if spec.engine == "swarm" and spec.swarm_address_pool != DEFAULT_SWARM_POOL:
         # [] (the role's default) leaves Docker's own pool, so an unchanged spec adds nothing here.

@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "kube_source": "auto",
     "storage": True,
     "metrics": True,
+    "ingress": False,
     "mirrors": {},
     "time_scale": 1,
 }
@@ -140,6 +141,9 @@ class ClusterSpec:
     storage: bool = True
     # metrics is metrics-server behind the resource metrics API (roles/metrics_server).
     metrics: bool = True
+    # ingress is Traefik serving Ingress and the Gateway API on a NodePort of every node
+    # (roles/traefik_ingress); off by default.
+    ingress: bool = False
     # Where the nodes fetch from instead of the public sites (a company's mirrors): MIRROR_KEYS below.
     mirrors: dict[str, Any] = field(default_factory=dict)
     # How many times slower than an ordinary machine the nodes are (VMs under software emulation, a
@@ -359,7 +363,10 @@ def _calico_version(text: str) -> str:
 def check_engine_fields(engine: str, given: set[str]) -> None:
     """Refuse fields that this run gave (its config file and flags) but the engine ignores."""
     ignored = (
-        sorted(given & {"pod_cidr", "service_cidr", "control_planes", "api_vip", "storage", "metrics", "mirrors"})
+        sorted(
+            given
+            & {"pod_cidr", "service_cidr", "control_planes", "api_vip", "storage", "metrics", "ingress", "mirrors"}
+        )
         if engine == "swarm"
         else []
     )
@@ -376,6 +383,11 @@ def check_engine_fields(engine: str, given: set[str]) -> None:
         raise SpecError(
             "metrics is a Kubernetes add-on (metrics-server) and does nothing with engine swarm; drop metrics "
             "from the spec file and --metrics/--no-metrics, or use --engine kubernetes"
+        )
+    if "ingress" in ignored:
+        raise SpecError(
+            "ingress is a Kubernetes add-on (Traefik) and does nothing with engine swarm; drop ingress from the "
+            "spec file and --ingress, or use --engine kubernetes"
         )
     if "mirrors" in ignored:
         raise SpecError(
@@ -651,6 +663,7 @@ def _validate(raw: dict[str, Any], given: set[str]) -> ClusterSpec:
         swarm_address_pool=str(pool),
         storage=_bool(raw, "storage"),
         metrics=_bool(raw, "metrics"),
+        ingress=_bool(raw, "ingress"),
         mirrors=_mirrors(raw.get("mirrors")),
         time_scale=_time_scale(raw["time_scale"]),
     )

@@ -34,7 +34,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("control_plane", "control_plane.yml", ("kubernetes",), "kubeadm init", True, on_growth="none"),
     Stage("cni", "cni.yml", ("kubernetes",), "Calico", True, on_growth="none"),
     Stage("join", "join.yml", ("kubernetes",), "kubeadm join", True, on_growth="new+leads"),
-    Stage("addons", "addons.yml", ("kubernetes",), "add-ons (metrics, storage)", True, on_growth="none"),
+    Stage("addons", "addons.yml", ("kubernetes",), "add-ons (metrics, storage, ingress)", True, on_growth="none"),
     Stage("swarm", "swarm.yml", ("swarm",), "Docker Swarm"),
 )
 

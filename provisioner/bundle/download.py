@@ -76,6 +76,7 @@ class Mirrors:
     cni_base: str = "https://github.com/containernetworking/plugins/releases/download"
     calico_base: str = "https://raw.githubusercontent.com/projectcalico/calico"
     helm_base: str = "https://get.helm.sh"
+    gateway_api_base: str = "https://github.com/kubernetes-sigs/gateway-api/releases/download"
     crictl_version: str = "1.37.0"
     # The helm client `provision.py helm` fetches where no source bundle carries one: the release the
     # source bundle builds (bundle/helm/go.mod; a unit test holds the two equal).
@@ -169,6 +170,9 @@ class Mirrors:
 
     def calico_url(self, versions: Versions) -> str:
         return f"{self.calico_base}/v{versions.calico}/manifests/calico-vxlan.yaml"
+
+    def gateway_api_url(self, version: str) -> str:
+        return f"{self.gateway_api_base}/{version}/standard-install.yaml"
 
     def image_source(self, image: ImageRef) -> str:
         """The `docker://` reference skopeo pulls `image` from (its registry's mirror, if any)."""
@@ -575,6 +579,15 @@ def fetch_binaries(versions: Versions, stage: Bundle, on_progress: ProgressFn, m
     rel = f"manifests/calico-{versions.calico}.yaml"
     download_file(url, stage.path / rel, None, mirrors, on_progress)
     add_file(stage, rel, "calico", versions.calico, url)
+
+    # The Gateway API's standard CRDs for the ingress add-on, at the version the source bundle takes.
+    from provisioner.bundle import source
+
+    gateway_version = str(source.load_components()["gateway_api"]["version"])
+    url = mirrors.gateway_api_url(gateway_version)
+    rel = source.gateway_api_rel()
+    download_file(url, stage.path / rel, None, mirrors, on_progress)
+    add_file(stage, rel, "gateway-api-crds", gateway_version, url)
 
 
 def build(

@@ -10,6 +10,8 @@ assembled from those binaries (provisioner.bundle.images) under exactly the name
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,7 +20,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,19 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class Trim:
+    """A module copied from Go's module cache into a build's work directory, where its build's
+    go.mod replaces it (`into`): without the paths `drop`, with the files under bundle/<dir>/<overlay>
+    over it (components.yaml, builds.<name>.trim)."""
+
+    module: str
+    version: str
+    into: str
+    drop: tuple[str, ...]
+    overlay: str
+
+
+@dataclass(frozen=True)
 class GoBuild:
     name: str
     dir: Path
@@ -48,6 +63,7 @@ class GoBuild:
     ldflags: tuple[str, ...]
     packages: dict[str, str]  # output name -> package path
     cgo: bool = False
+    trim: tuple[Trim, ...] = ()
 
 
 def load_components(path: Path = COMPONENTS) -> dict[str, Any]:
@@ -72,6 +88,16 @@ def go_builds(data: dict[str, Any], kubernetes: str = "") -> list[GoBuild]:
             tags=tuple(b.get("tags") or ()),
             ldflags=tuple(b.get("ldflags") or ()),
             packages=dict(b["packages"]),
+            trim=tuple(
+                Trim(
+                    module=str(t["module"]),
+                    version=str(t["version"]),
+                    into=str(t["into"]),
+                    drop=tuple(str(d) for d in t.get("drop") or ()),
+                    overlay=str(t.get("overlay") or ""),
+                )
+                for t in b.get("trim") or ()
+            ),
         )
         for name, b in data["builds"].items()
     ]
@@ -116,14 +142,14 @@ def check_go() -> str:
     return out
 
 
-def module_info(build: GoBuild) -> tuple[str, str]:
+def module_info(build: GoBuild, workdir: Path | None = None) -> tuple[str, str]:
     """(version, commit time) of the build's pinned upstream module, as the module proxy reports it."""
     if not build.version_module:
         return "", "1970-01-01T00:00:00Z"
     res = proc.run(
         ["go", "list", "-m", "-json", build.version_module],
         env=go_env(),
-        cwd=build.dir,
+        cwd=workdir or build.dir,
         timeout=600,
         what=f"go list -m {build.version_module} (module proxy)",
     )
@@ -145,15 +171,57 @@ def render(template: str, versions: Versions, module_version: str, module_time: 
 
 
 def build_inputs_digest(build: GoBuild, ldflags: str) -> str:
-    """Everything that goes into a build's binaries: its module files, own sources, flags, Go version."""
+    """Everything that goes into a build's binaries: its module files, own sources, flags, trimmed
+    modules, Go version."""
     digest = hashlib.sha256()
     for path in sorted(p for p in build.dir.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(build.dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(json.dumps([build.tags, ldflags, sorted(build.packages.items())]).encode())
+    digest.update(json.dumps([[t.module, t.version, t.into, t.drop, t.overlay] for t in build.trim]).encode())
     digest.update(
         subprocess.run(["go", "version"], capture_output=True, text=True, check=False, env=go_env()).stdout.encode()
     )
     return digest.hexdigest()[:16]
+
+
+def _dropping(dropped: set[Path]) -> Callable[[str, list[str]], list[str]]:
+    """copytree's ignore: the entries whose paths are in `dropped`."""
+    return lambda d, names: [n for n in names if Path(d) / n in dropped]
+
+
+def prepare_workdir(build: GoBuild) -> Path:
+    """The directory a build runs in: its module directory under bundle/, or, for a build with
+    trimmed modules, a copy of it in the cache with each trimmed module beside it (made again every
+    time, so a changed recipe never meets an old copy)."""
+    if not build.trim:
+        return build.dir
+    work = cache_root() / "src" / build.name
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(build.dir, work)
+    for t in build.trim:
+        res = proc.run(
+            ["go", "mod", "download", "-json", f"{t.module}@{t.version}"],
+            env=go_env(),
+            cwd=work,
+            timeout=600,
+            check=False,
+            what=f"go mod download {t.module}@{t.version} (module proxy)",
+        )
+        info = json.loads(res.stdout or "{}")
+        if res.returncode != 0 or not info.get("Dir"):
+            raise ProvisionError(
+                f"module {t.module}@{t.version}, which the {build.name} build trims, could not be had from the "
+                f"module proxy ({info.get('Error') or res.stderr.strip()}); check GOPROXY and rerun"
+            )
+        src = Path(info["Dir"])
+        dest = work / t.into
+        shutil.copytree(src, dest, ignore=_dropping({src / d for d in t.drop}))
+        for path in [dest, *dest.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)  # the module cache is read-only
+        if t.overlay:
+            shutil.copytree(build.dir / t.overlay, dest, dirs_exist_ok=True)
+        shutil.rmtree(work / t.overlay, ignore_errors=True)
+    return work
 
 
 def build_binaries(
@@ -161,7 +229,26 @@ def build_binaries(
 ) -> tuple[Path, str]:
     """Build (or take from the binary cache) every package of one Go build. Returns the output
     directory and the upstream module version."""
-    module_version, module_time = module_info(build)
+    with _workdir_lock(build):
+        return _build_binaries(build, prepare_workdir(build), versions, log_file, on_progress, label)
+
+
+@contextlib.contextmanager
+def _workdir_lock(build: GoBuild) -> Iterator[None]:
+    """One build at a time in a build's work directory in the cache (two bundles built at once share it)."""
+    if not build.trim:
+        yield
+        return
+    (cache_root() / "src").mkdir(parents=True, exist_ok=True)
+    with (cache_root() / "src" / f".{build.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _build_binaries(
+    build: GoBuild, workdir: Path, versions: Versions, log_file: Path, on_progress: Progress, label: str
+) -> tuple[Path, str]:
+    module_version, module_time = module_info(build, workdir)
     ldflags = " ".join(
         ["-buildid=", "-s", "-w", *(render(f, versions, module_version, module_time) for f in build.ldflags)]
     )
@@ -186,7 +273,7 @@ def build_binaries(
             count += 1
             on_progress(f"{label}: compiling {line} ({count} packages, {time.monotonic() - started:.0f}s)")
 
-    rc = proc.stream(cmd, env=go_env(), cwd=build.dir, log_file=log_file, on_line=seen)
+    rc = proc.stream(cmd, env=go_env(), cwd=workdir, log_file=log_file, on_line=seen)
     if rc != 0:
         raise ProvisionError(
             f"go build of {build.name} failed (exit {rc}); the bundle was not changed and a rerun resumes from Go's build cache",
@@ -276,12 +363,49 @@ def missing_addon_images(bundle: Bundle) -> list[str]:
     before they were added)."""
     have = {f.image for f in bundle.images}
     missing = [name for name in addon_images(kind=bundle.source) if name not in have]
+    if gateway_api_rel() not in {f.path for f in bundle.files}:
+        missing.append(gateway_api_rel())
     if bundle.source == "source":
         files = {f.path for f in bundle.files}
         data = load_components()
         wanted = [f"tools/{name}" for name in data.get("tools") or {}] + [f"bin/{name}" for name in data["bin"]]
         missing += [path for path in wanted if path not in files]
     return missing
+
+
+def gateway_api_rel(data: dict[str, Any] | None = None) -> str:
+    """Where a bundle keeps the Gateway API's standard CRDs (components.yaml gateway_api)."""
+    gw = (load_components() if data is None else data)["gateway_api"]
+    return f"manifests/gateway-api-{gw['version']}.yaml"
+
+
+def gateway_api_crds(data: dict[str, Any], builds: list[GoBuild]) -> tuple[str, str]:
+    """(the standard channel's CRDs as one YAML stream, where they came from), from the pinned
+    gateway-api module, whose version must be the one the ingress build's go.mod requires."""
+    gw = data["gateway_api"]
+    build = next(b for b in builds if b.name == gw["build"])
+    m = re.search(rf"^\s*{re.escape(gw['module'])} (v\S+)", (build.dir / "go.mod").read_text(encoding="utf-8"), re.M)
+    if not m or m.group(1) != gw["version"]:
+        raise ProvisionError(
+            f"bundle/components.yaml pins {gw['module']} {gw['version']} for the Gateway API's CRDs, but "
+            f"bundle/{build.dir.name}/go.mod requires {m.group(1) if m else 'no version of it'}; make them agree"
+        )
+    res = proc.run(
+        ["go", "mod", "download", "-json", f"{gw['module']}@{gw['version']}"],
+        env=go_env(),
+        cwd=build.dir,
+        timeout=600,
+        what=f"go mod download {gw['module']}@{gw['version']} (module proxy)",
+    )
+    crd_dir = Path(json.loads(res.stdout)["Dir"]) / str(gw["path"])
+    files = sorted(p for p in crd_dir.glob("*.yaml") if p.name != "kustomization.yaml")
+    if not files:
+        raise ProvisionError(f"module {gw['module']}@{gw['version']} has no CRDs under {gw['path']}")
+    text = "".join(
+        ("---\n" if not body.lstrip().startswith("---") else "") + body.rstrip("\n") + "\n"
+        for body in (p.read_text(encoding="utf-8") for p in files)
+    )
+    return text, f"{gw['module']}@{gw['version']}/{gw['path']}"
 
 
 def calico_manifest_source(outputs_versions: dict[str, str], data: dict[str, Any]) -> Path:
@@ -357,6 +481,12 @@ def build(
         f"v{versions.calico}",
         f"{data['calico_manifest']['module']}/{data['calico_manifest']['path']}",
     )
+
+    # manifests/: the Gateway API's CRDs for the ingress add-on.
+    crds, origin = gateway_api_crds(data, builds)
+    rel_crds = gateway_api_rel(data)
+    (stage.path / rel_crds).write_text(crds, encoding="utf-8")
+    add_file(stage, rel_crds, "gateway-api-crds", str(data["gateway_api"]["version"]), origin)
 
     # images/: the names kubeadm and the manifest ask for, plus the smoke-test image (made the same
     # way for every bundle source: provisioner.bundle.smoke).

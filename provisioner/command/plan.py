@@ -97,4 +97,11 @@ def addons_line(spec: ClusterSpec, installed: bool) -> str:
     else:
         left = "; an add-on installed earlier stays, with its volumes" if installed else ""
         storage = f"storage: off (--storage turns it on){left}"
-    return f"{metrics}\n             {storage}"
+    if spec.ingress:
+        ingress = (
+            "ingress: Traefik (Ingress class and GatewayClass traefik, Gateway traefik/traefik) on NodePort 30080 "
+            "of every node"
+        )
+    else:
+        ingress = "ingress: off (--ingress turns it on)" + ("; an add-on installed earlier stays" if installed else "")
+    return f"{metrics}\n             {storage}\n             {ingress}"

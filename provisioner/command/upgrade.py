@@ -119,7 +119,7 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
             force=False,
             out=out,
             verbose=verbose,
-            addons=spec.storage or spec.metrics,
+            addons=spec.storage or spec.metrics or spec.ingress,
         )
         out.write(f"    bundle: {found.path}\n")
         extra["kube_upgrade_bundle_dir"] = str(found.path)

@@ -7,6 +7,9 @@ from the same claim. Its namespace is deleted at the end (the volume's directory
 Helm: `provision.py helm`'s client, run on this host with the cluster's kubeconfig, installs (or
 upgrades) the project's own chart (charts/provisioner-smoke) from its directory, waits for its
 Deployment, and the release reads back as deployed.
+Ingress (when the spec turns it on): in a namespace of the run's own, one smoke web server behind a
+Service, an Ingress and an HTTPRoute with host names of their own; from this host, a request to each
+node's address at the add-on's NodePort, once with each host name, reaches the smoke server.
 Metrics: the resource metrics API (what `kubectl top` reads) has CPU and memory figures for every
 node of the cluster, and for the pods of kube-system.
 """
@@ -18,6 +21,8 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ import pytest
 import yaml
 from testinfra.utils.ansible_runner import AnsibleRunner
 
+from provisioner.kube import clusterstate
 from tests.infra.test_kubernetes import (  # noqa: F401  (fixtures)
     ATTEMPTS,
     DELAY,
@@ -92,7 +98,7 @@ def storage_manifest(ns: str, image: str, token: str) -> str:
 NO_SERVICE_ACCOUNT = 'serviceaccount "default" not found'
 
 
-def apply(cp: Any, manifest: str) -> None:
+def apply(cp: Any, manifest: str, what: str = "the storage check") -> None:
     def once() -> Any:
         with cp.sudo():
             result = cp.run(f"{KUBECTL} apply -f - <<'EOF'\n{manifest}\nEOF")
@@ -100,7 +106,7 @@ def apply(cp: Any, manifest: str) -> None:
         return result
 
     result = retry(once, "the check namespace's default ServiceAccount", attempts=FAST_ATTEMPTS, delay=FAST_DELAY)
-    assert result.rc == 0, f"applying the storage check failed: {result.stderr.strip()[-400:]}"
+    assert result.rc == 0, f"applying {what} failed: {result.stderr.strip()[-400:]}"
 
 
 def wait_succeeded(cp: Any, ns: str, pod: str) -> dict[str, Any]:
@@ -243,3 +249,160 @@ def test_helm_installs_the_projects_chart_from_its_directory(inventory: str) -> 
     # helm 4's status names no chart; the listing does (name-version).
     listed = json.loads(run("list", "--namespace", HELM_NAMESPACE, "-o", "json"))
     assert [r["chart"] for r in listed if r["name"] == RELEASE] == ["provisioner-smoke-0.1.0"], listed
+
+
+INGRESS_NAMESPACE = "provisioner-verify-ingress"
+INGRESS_LABEL = "provisioner.local/verify=ingress"
+
+
+def ingress_manifest(ns: str, image: str, hosts: dict[str, str], gateway: tuple[str, str], ingress_class: str) -> str:
+    """The namespace, the smoke web server (one replica) and its Service, an Ingress for
+    hosts["ingress"] and an HTTPRoute on `gateway` (namespace, name) for hosts["gateway"]."""
+    labels = {"app": "smoke"}
+    backend = {"name": "smoke", "port": {"number": 80}}
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": ns, "labels": dict([INGRESS_LABEL.split("=")])},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "smoke", "namespace": ns},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "tolerations": [{"operator": "Exists"}],
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [
+                            {
+                                "name": "web",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "ports": [{"containerPort": 8080}],
+                                "env": [
+                                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                                ],
+                                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "smoke", "namespace": ns},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "smoke", "namespace": ns},
+            "spec": {
+                "ingressClassName": ingress_class,
+                "rules": [
+                    {
+                        "host": hosts["ingress"],
+                        "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": backend}}]},
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "smoke", "namespace": ns},
+            "spec": {
+                "parentRefs": [{"name": gateway[1], "namespace": gateway[0]}],
+                "hostnames": [hosts["gateway"]],
+                "rules": [{"backendRefs": [{"name": "smoke", "port": 80}]}],
+            },
+        },
+    ]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def http_get(url: str, host: str) -> tuple[int, str]:
+    """GET url with the Host header `host`, straight to the address (no proxy from the environment)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with opener.open(request, timeout=5) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, str(exc)
+
+
+@pytest.fixture(scope="module")
+def ingress(inventory: str, control_plane: Any) -> Iterator[dict[str, Any]]:  # noqa: F811
+    runner = AnsibleRunner.get_runner(inventory)
+    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    if not variables.get("traefik_ingress_enabled", False):
+        pytest.skip("not configured: the spec's ingress add-on is off (ingress: false; --ingress turns it on)")
+    image = str(variables.get("kube_smoke_image") or "")
+    if not image:
+        pytest.fail("kube_smoke_image is not set in the inventory: the ingress check runs the smoke image")
+    kubectl(control_plane, f"delete namespace -l {INGRESS_LABEL} --wait=false")
+    token = secrets.token_hex(3)
+    ns = f"{INGRESS_NAMESPACE}-{token}"
+    gateway = (
+        str(variables.get("traefik_ingress_namespace") or "traefik"),
+        str(variables.get("traefik_ingress_gateway") or "traefik"),
+    )
+    hosts = {"ingress": f"ingress-{token}.verify.test", "gateway": f"gateway-{token}.verify.test"}
+    ingress_class = str(variables.get("traefik_ingress_class") or "traefik")
+    try:
+        apply(control_plane, ingress_manifest(ns, image, hosts, gateway, ingress_class), "the ingress check")
+        kubectl(control_plane, f"-n {ns} rollout status deployment/smoke --timeout={int(ATTEMPTS * DELAY)}s")
+        yield {
+            "ns": ns,
+            "hosts": hosts,
+            "node_port": int(variables.get("traefik_ingress_http_node_port") or 30080),
+        }
+    finally:
+        with control_plane.sudo():
+            control_plane.run(f"{KUBECTL} delete namespace {ns} --ignore-not-found --wait=false")
+
+
+def test_ingress_and_httproute_reach_the_smoke_server_from_the_host(
+    control_plane: Any,  # noqa: F811
+    ingress: dict[str, Any],
+) -> None:
+    """Through the add-on's NodePort on every node's address, from the machine that runs verify: the
+    Ingress's host name and the HTTPRoute's each reach the smoke web server, and a host name that
+    neither names gets Traefik's 404."""
+    addresses = clusterstate.node_addresses(json.loads(kubectl(control_plane, "get nodes -o json")))
+    assert addresses and all(addresses.values()), f"nodes without an InternalIP: {addresses}"
+    port = ingress["node_port"]
+
+    def answers() -> None:
+        wrong = []
+        for node, ip in sorted(addresses.items()):
+            url = f"http://{ip}:{port}/"
+            for kind, host in sorted(ingress["hosts"].items()):
+                status, body = http_get(url, host)
+                if status != 200 or not body.startswith("smoke-web "):
+                    wrong.append(f"{kind} {host} via {node} ({url}): {status} {body[:80]!r}")
+            status, body = http_get(url, f"nobody-{ingress['ns']}.verify.test")
+            if status != 404:
+                wrong.append(f"an unrouted host name via {node} ({url}): {status} {body[:80]!r}, not 404")
+        assert not wrong, "; ".join(wrong)
+
+    retry(answers, "the ingress add-on's routes", attempts=FAST_ATTEMPTS, delay=FAST_DELAY)
+    routes = kubectl_json(control_plane, f"-n {ingress['ns']} get httproute smoke")
+    parents = routes.get("status", {}).get("parents") or []
+    accepted = [
+        c
+        for p in parents
+        for c in p.get("conditions") or []
+        if c.get("type") == "Accepted" and c.get("status") == "True"
+    ]
+    assert accepted, f"the HTTPRoute's status names no Gateway that accepted it: {parents}"

@@ -229,6 +229,7 @@ def release(server: tuple[str, Served]) -> Release:
         crictl_base=f"{base}/cri-tools",
         cni_base=f"{base}/plugins",
         calico_base=f"{base}/calico",
+        gateway_api_base=f"{base}/gateway-api",
         arch="amd64",
         timeout=2.0,
         retries=3,
@@ -251,8 +252,13 @@ def release(server: tuple[str, Served]) -> Release:
         # The kube release files hold the bare digest; the tarballs' hold "digest  name".
         files[f"{url}.sha256"] = (_sha(data) if "/release/" in url else f"{_sha(data)}  {name}\n").encode()
     files[mirrors.calico_url(VERSIONS)] = CALICO_YAML.encode()
+    files[mirrors.gateway_api_url(GATEWAY_API)] = GATEWAY_CRDS.encode()
     served.files = {url[len(base) :]: data for url, data in files.items()}
     return Release(base, served, mirrors, kubelet)
+
+
+GATEWAY_API = str(source.load_components()["gateway_api"]["version"])
+GATEWAY_CRDS = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gateways.gateway.networking.k8s.io}\n"
 
 
 def _stage(tmp_path: Path) -> Bundle:
@@ -352,7 +358,8 @@ def test_binaries_and_manifest_land_in_the_bundle_layout_with_their_sha256(tmp_p
 
     by_path = {f.path: f for f in stage.files}
     plugins = [f"bin/cni/{p}" for p in CNI_PLUGINS]
-    want = ["bin/kubeadm", "bin/kubelet", "bin/kubectl", "bin/crictl", *plugins, "manifests/calico-3.31.0.yaml"]
+    crds = f"manifests/gateway-api-{GATEWAY_API}.yaml"
+    want = ["bin/kubeadm", "bin/kubelet", "bin/kubectl", "bin/crictl", *plugins, "manifests/calico-3.31.0.yaml", crds]
     assert sorted(by_path) == sorted(want)
     assert not (stage.path / "bin/cni/LICENSE").exists() and not (stage.path / "bin/cni/README.md").exists()
     for rel, entry in by_path.items():
@@ -369,6 +376,8 @@ def test_binaries_and_manifest_land_in_the_bundle_layout_with_their_sha256(tmp_p
     assert by_path["bin/cni/portmap"].source == release.mirrors.cni_url() + "#portmap"
     assert (by_path["manifests/calico-3.31.0.yaml"].component, by_path["bin/kubectl"].image) == ("calico", "")
     assert (stage.path / "manifests/calico-3.31.0.yaml").read_text() == CALICO_YAML
+    assert (by_path[crds].component, by_path[crds].version) == ("gateway-api-crds", GATEWAY_API)
+    assert (stage.path / crds).read_text() == GATEWAY_CRDS
     assert any("kubelet" in n and "sha256 verified" in n for n in notes), notes
     # Nothing but the layout is left in the stage (tarballs stay in the download cache).
     assert sorted(p.name for p in stage.path.iterdir()) == ["bin", "images", "manifests"]
@@ -377,7 +386,7 @@ def test_binaries_and_manifest_land_in_the_bundle_layout_with_their_sha256(tmp_p
     before = len(release.served.requests)
     download.fetch_binaries(VERSIONS, _stage(tmp_path), notes.append, release.mirrors)
     fetched = [p for _, p, _ in release.served.requests[before:]]
-    assert all(p.endswith(".sha256") or p.endswith("calico-vxlan.yaml") for p in fetched), fetched
+    assert all(p.endswith((".sha256", "calico-vxlan.yaml", "standard-install.yaml")) for p in fetched), fetched
 
 
 def test_a_corrupt_download_is_refused_and_not_kept(tmp_path: Path, release: Release) -> None:

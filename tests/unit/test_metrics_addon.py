@@ -100,7 +100,7 @@ def test_the_stages_carry_the_serving_certificates_and_the_add_on() -> None:
     assert join[serving]["hosts"] == "k8s_cluster"
     assert [r["role"] for r in join[serving]["roles"]] == ["kubelet_serving_cert"]
     addons = yaml.safe_load((REPO / "playbooks" / "addons.yml").read_text())
-    assert [r["role"] for r in addons[0]["roles"]] == ["metrics_server", "local_path_storage"]
+    assert [r["role"] for r in addons[0]["roles"]] == ["metrics_server", "local_path_storage", "traefik_ingress"]
 
 
 def test_plan_says_whether_the_cluster_gets_metrics() -> None:

@@ -103,6 +103,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "kube_source": st.sampled_from(spec_module.KUBE_SOURCES),
     "storage": st.sampled_from([True, False, "yes", 1, None]),
     "metrics": st.sampled_from([True, False, "no", 0, None]),
+    "ingress": st.sampled_from([True, False, "yes", 1, None]),
     "mirrors": st.one_of(
         st.just({}),
         st.fixed_dictionaries(

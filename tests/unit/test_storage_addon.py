@@ -86,16 +86,22 @@ def test_a_source_bundle_made_before_the_add_ons_is_found_lacking(tmp_path: Path
     # A source bundle also carries the host's tools (helm); tests/unit/test_helm_command.py covers those.
     # And the node binaries (bin/), such as etcdctl, added after the first bundles.
     bins = [f"bin/{name}" for name in source.load_components()["bin"]]
+    # And the Gateway API's CRDs, which came with the ingress add-on.
+    crds = source.gateway_api_rel()
+    assert crds == f"manifests/gateway-api-{source.load_components()['gateway_api']['version']}.yaml"
     assert source.missing_addon_images(_bundle(tmp_path, ["registry.k8s.io/pause:3.10"])) == [
         *wanted,
+        crds,
         "tools/helm",
         *bins,
     ]
-    assert source.missing_addon_images(_bundle(tmp_path, wanted)) == ["tools/helm", *bins]
+    assert source.missing_addon_images(_bundle(tmp_path, wanted)) == [crds, "tools/helm", *bins]
     # A download bundle saves upstream's provisioner and busybox from their registries.
     downloaded = source.addon_images(kind="download")
-    assert source.missing_addon_images(_bundle(tmp_path, [], src="download")) == downloaded
-    assert source.missing_addon_images(_bundle(tmp_path, downloaded, src="download")) == []
+    assert source.missing_addon_images(_bundle(tmp_path, [], src="download")) == [*downloaded, crds]
+    complete = _bundle(tmp_path, downloaded, src="download")
+    complete.files.append(FileEntry(crds, "gateway-api-crds", "v1", "0" * 64, "s", 1))
+    assert source.missing_addon_images(complete) == []
     # What the role falls back to without a helper of the toolkit's own is what a download bundle saves.
     assert DEFAULTS["local_path_storage_image"] in downloaded
     assert "'docker.io/library/busybox:1.37.0'" in DEFAULTS["local_path_storage_helper_image"]
@@ -166,7 +172,7 @@ def test_plan_says_what_storage_the_cluster_gets() -> None:
     on = build_spec()
     off = build_spec({"storage": False})
     assert "default StorageClass local-path" in addons_line(on, False)
-    assert addons_line(off, False).splitlines()[-1].strip() == "storage: off (--storage turns it on)"
+    assert addons_line(off, False).splitlines()[1].strip() == "storage: off (--storage turns it on)"
     assert "stays, with its volumes" in addons_line(off, True)
 
 
