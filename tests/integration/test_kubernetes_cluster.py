@@ -1,4 +1,4 @@
-"""The README's main job for real: `up --nodes 3` forms a kubeadm + Calico cluster on docker-provider
+"""The README's main job for real: `up --nodes 3` (with the ingress add-on, `--ingress`) forms a kubeadm + Calico cluster on docker-provider
 container nodes here, from the offline bundle (built first when it is missing), and the life cycle
 around it: verify, a rerun that changes nothing, a node added, reset and re-formed, destroy.
 
@@ -39,11 +39,13 @@ NODE_CHECKS = (
     "nodeport_answers_from_the_host",
 )
 # The storage add-on, used: a claim without a class bound by the default one, written by a pod and
-# read back by a new one.
+# read back by a new one. The ingress add-on (turned on with --ingress), used: an Ingress and an
+# HTTPRoute, each by its host name, through every node's address from this host.
 CLUSTER_CHECKS = (
     "system_pods_running_and_ready",
     "user_kubeconfig_on_control_plane",
     "storage_default_class_keeps_data_for_a_new_pod",
+    "ingress_and_httproute_reach_the_smoke_server_from_the_host",
 )
 
 
@@ -81,7 +83,9 @@ def node_table(cluster: Cluster) -> dict[str, tuple[str, str]]:
 
 
 def test_up_forms_a_verified_kubernetes_cluster(cluster: Cluster) -> None:
-    proc = cluster.run("up", "--nodes", "3", "--provider", "docker", "--name", NAME, "--network", NETWORK, timeout=3000)
+    proc = cluster.run(
+        "up", "--nodes", "3", "--provider", "docker", "--name", NAME, "--network", NETWORK, "--ingress", timeout=3000
+    )
     out = proc.stdout
     for stage in KUBE_STAGES:
         assert re.search(rf"==> stage {stage} \(.*\): ok", out), out[-6000:]
