@@ -12,7 +12,7 @@
                                                      # beside it in the same run
 
     .venv/bin/python bench/bench.py --engine kubernetes --addons
-                                                     # what the add-ons (storage, metrics) add: cold
+                                                     # what the add-ons (storage, metrics; ingress) add: cold
                                                      # N=3 with them and without, alternating, twice
 
     .venv/bin/python bench/bench.py --engine kubernetes --strategy
@@ -206,13 +206,17 @@ def run_kubernetes(quick: bool, compare: bool) -> None:
         print(f"CPU per added node (preloaded): {(new['cold N=5'].cpu - new['cold N=1'].cpu) / 4:6.1f} CPU-s")
 
 
-# What the add-ons cost a cold `up`: the defaults (storage and metrics on) against both off, alternated
-# so that the machine's drift falls on both alike.
-ADDON_WAYS = {"with add-ons": (), "without": ("--no-storage", "--no-metrics")}
+# What the add-ons cost a cold `up`: the defaults (storage and metrics on), the defaults with ingress,
+# and all off, alternated so that the machine's drift falls on each alike.
+ADDON_WAYS = {
+    "with add-ons": (),
+    "with ingress too": ("--ingress",),
+    "without": ("--no-storage", "--no-metrics"),
+}
 
 
 def run_addons(rounds: int = 2) -> None:
-    print("-- engine: kubernetes, cold up N=3 with the add-ons (storage, metrics) and without")
+    print("-- engine: kubernetes, cold up N=3 with the add-ons (storage, metrics), with ingress too, and without")
     runs: dict[str, list[Run]] = {way: [] for way in ADDON_WAYS}
     for i in range(rounds):
         for way, extra in ADDON_WAYS.items():
@@ -230,15 +234,19 @@ def run_addons(rounds: int = 2) -> None:
 
         return seconds
 
-    on, off = "with add-ons", "without"
-    added = mean(on, lambda r: r.seconds) - mean(off, lambda r: r.seconds)
-    print(
-        f"the add-ons add {added:+.1f} s to a cold up N=3 (mean of {rounds}: {mean(on, lambda r: r.seconds):.1f} s "
-        f"against {mean(off, lambda r: r.seconds):.1f} s), {mean(on, lambda r: r.cpu) - mean(off, lambda r: r.cpu):+.0f} "
-        f"CPU-s; stage addons {mean(on, stage('addons')):.1f} s against {mean(off, stage('addons')):.1f} s, "
-        f"join {mean(on, stage('join')):.1f} s against {mean(off, stage('join')):.1f} s, "
-        f"verify {mean(on, stage('verify')):.1f} s against {mean(off, stage('verify')):.1f} s"
-    )
+    for on, off, what in (
+        ("with add-ons", "without", "the default add-ons (storage, metrics)"),
+        ("with ingress too", "with add-ons", "ingress, beside them,"),
+    ):
+        added = mean(on, lambda r: r.seconds) - mean(off, lambda r: r.seconds)
+        print(
+            f"{what} add {added:+.1f} s to a cold up N=3 (mean of {rounds}: {mean(on, lambda r: r.seconds):.1f} s "
+            f"against {mean(off, lambda r: r.seconds):.1f} s), "
+            f"{mean(on, lambda r: r.cpu) - mean(off, lambda r: r.cpu):+.0f} CPU-s; stage addons "
+            f"{mean(on, stage('addons')):.1f} s against {mean(off, stage('addons')):.1f} s, "
+            f"join {mean(on, stage('join')):.1f} s against {mean(off, stage('join')):.1f} s, "
+            f"verify {mean(on, stage('verify')):.1f} s against {mean(off, stage('verify')):.1f} s"
+        )
 
 
 # The Ansible strategy the stages run with (provisioner/ansible.py): Mitogen's linear (the default)
