@@ -64,6 +64,8 @@ def mirror_vars(mirrors: dict[str, Any]) -> dict[str, Any]:
         extra["kube_packages_repo_base_url"] = mirrors["kubernetes_packages"]
     if mirrors.get("calico_manifests"):
         extra["calico_manifest_base_url"] = mirrors["calico_manifests"]
+    if mirrors.get("gateway_api_manifests"):
+        extra["traefik_ingress_gateway_api_base_url"] = mirrors["gateway_api_manifests"]
     if mirrors.get("registries"):
         extra["container_runtime_registry_mirrors"] = dict(mirrors["registries"])
     if mirrors.get("registry_ca"):

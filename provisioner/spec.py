@@ -673,6 +673,7 @@ def _validate(raw: dict[str, Any], given: set[str]) -> ClusterSpec:
 MIRROR_KEYS = {
     "kubernetes_packages": "pkgs.k8s.io's https://pkgs.k8s.io/core:/stable: (same layout: v1.MINOR/deb/ below it)",
     "calico_manifests": "Calico's release manifests (same layout: vVERSION/manifests/calico-vxlan.yaml below it)",
+    "gateway_api_manifests": "the Gateway API's release downloads (same layout: vVERSION/standard-install.yaml below it)",
     "registries": "image registries: a registry name (registry.k8s.io, quay.io, docker.io) to a mirror URL or a list",
     "registry_ca": "the path of a PEM file on this machine: the CA that signed the mirrors' certificates",
 }
@@ -700,7 +701,7 @@ def _mirrors(value: Any) -> dict[str, Any]:
         known = "; ".join(f"{k}: {v}" for k, v in MIRROR_KEYS.items())
         raise SpecError(f"mirrors has no key {', '.join(map(str, unknown))}; the keys are {known}")
     out: dict[str, Any] = {}
-    for key in ("kubernetes_packages", "calico_manifests"):
+    for key in ("kubernetes_packages", "calico_manifests", "gateway_api_manifests"):
         if value.get(key):
             out[key] = _mirror_url(value[key], f"mirrors.{key}")
     registries = value.get("registries") or {}

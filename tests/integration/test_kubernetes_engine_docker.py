@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from provisioner import bundle
+from provisioner.bundle import source
 from tests.integration.conftest import REPO, Cluster, assert_verified, default_bundle, make_cluster
 from tests.standins.aptrepo import AptRepo
 from tests.standins.registry import Registry
@@ -47,7 +48,7 @@ NETWORK = "192.168.156.0/24"
 
 # Check mode of the Kubernetes stages: every URL the roles would fetch points at a tiny HTTP
 # server on each node's own loopback, started (and stopped) by the test.
-KUBE_ROLES = ("kube_packages", "kube_control_plane", "calico", "kube_join", "local_path_storage")
+KUBE_ROLES = ("kube_packages", "kube_control_plane", "calico", "kube_join", "local_path_storage", "traefik_ingress")
 KUBE_PLAYBOOKS = ("kube_packages", "control_plane", "cni", "join", "addons")
 CHECK_PORT = 18680
 CHECK_UNIT = "it-kube-check-http"
@@ -58,6 +59,7 @@ CHECK_VARS = {
     "kube_packages_allow_cgroup_v1": True,
     "kube_packages_repo_base_url": CHECK_BASE,
     "calico_manifest_base_url": f"{CHECK_BASE}/calico",
+    "traefik_ingress_gateway_api_base_url": f"{CHECK_BASE}/gateway-api",
     # the upstream path: no bundle
     "kube_bundle_dir": "",
     "kube_bundle_node_dir": "",
@@ -88,6 +90,7 @@ def held(release: str) -> set[str]:
 
 
 HELD = held(FROM)
+GATEWAY_API = str(source.load_components()["gateway_api"]["version"])
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +98,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from make_cluster(tmp_path_factory, NAME, NETWORK)
 
 
+# The stand-in file server's request lines ("GET /path HTTP/1.1" 200 -), in order.
+SERVED: list[str] = []
+
+
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
-        """The requests are not the test's output."""
+        """The requests are not the test's output: they are kept in SERVED."""
+        SERVED.append(format % args)
+
+
+def served_log() -> str:
+    return "\n".join(SERVED)
 
 
 def previous_bundle() -> bundle.Bundle:
@@ -126,10 +138,14 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepo]:
 def served(standin: AptRepo) -> Iterator[str]:
     """The stand-in's files over HTTP from this host's address on the nodes' network (which exists once
     the first `up` made the nodes): the apt repository at BASE/core:/stable:, Calico's release manifest
-    at BASE/calico/v3.31.0/manifests/calico-vxlan.yaml. Yields BASE."""
+    at BASE/calico/v3.31.0/manifests/calico-vxlan.yaml, the Gateway API's CRDs at
+    BASE/gateway-api/VERSION/standard-install.yaml. Yields BASE."""
     calico = standin.root / "calico" / "v3.31.0" / "manifests"
     calico.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(default_bundle().path / "manifests" / "calico-3.31.0.yaml", calico / "calico-vxlan.yaml")
+    gateway = standin.root / "gateway-api" / GATEWAY_API
+    gateway.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(default_bundle().path / source.gateway_api_rel(), gateway / "standard-install.yaml")
     server = ThreadingHTTPServer((HOST_ON_NODE_NETWORK, 0), functools.partial(_Quiet, directory=str(standin.root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://{HOST_ON_NODE_NETWORK}:{server.server_address[1]}"
@@ -477,19 +493,22 @@ def upstream_config(
     tmp_path_factory: pytest.TempPathFactory, standin: AptRepo, served: str, registry: Registry
 ) -> Path:
     """A cluster configuration with kube_source upstream and the spec's mirrors pointing at the
-    stand-ins: packages from the apt repository, Calico's manifest from the file server, every image
-    through the registry."""
+    stand-ins: packages from the apt repository, Calico's manifest and the Gateway API's CRDs from the
+    file server, every image through the registry; the ingress add-on on, the storage add-on off."""
     root = tmp_path_factory.mktemp("upstream-config")
     ca = root / "stand-in-ca.pem"
     ca.write_text(registry.ca_pem)
     mirrors = {
         "kubernetes_packages": f"{served}/{standin.base_path}",
         "calico_manifests": f"{served}/calico",
+        "gateway_api_manifests": f"{served}/gateway-api",
         "registries": {name: f"{registry.url}/v2/{name}" for name in ("registry.k8s.io", "quay.io", "docker.io")},
         "registry_ca": str(ca),
     }
     config = root / "upstream.yml"
-    config.write_text(yaml.safe_dump({"kube_source": "upstream", "storage": False, "mirrors": mirrors}))
+    config.write_text(
+        yaml.safe_dump({"kube_source": "upstream", "storage": False, "ingress": True, "mirrors": mirrors})
+    )
     return config
 
 
@@ -502,8 +521,11 @@ def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
     proc = cluster.run("up", "--config", str(config), timeout=2400)
     out = proc.stdout
     assert "kubernetes: packages from pkgs.k8s.io (the cluster's kube_source)" in out, out[-3000:]
-    assert_verified(out)
+    # The ingress add-on, fetched as a connected cluster fetches it, answers through both nodes.
+    assert_verified(out, {"ingress_and_httproute_reach_the_smoke_server_from_the_host": ["(cluster)"]})
     settings = yaml.safe_load(cluster.inventory.read_text())["all"]["vars"]
+    assert settings["traefik_ingress_gateway_api_base_url"] == f"{served}/gateway-api"
+    assert "GET /gateway-api/" + GATEWAY_API + "/standard-install.yaml" in served_log(), served_log()[-2000:]
     assert "kube_bundle_dir" not in settings and "kube_images_offline_dir" not in settings, sorted(settings)
     assert settings["kube_packages_repo_base_url"] == f"{served}/{standin.base_path}"
     assert settings["container_runtime_registry_mirrors"]["quay.io"] == [f"{registry.url}/v2/quay.io"]
@@ -528,7 +550,7 @@ def test_a_cluster_forms_through_the_stand_ins_with_kube_source_upstream(
             request = rf'^{re.escape(ip)} .*"(?:HEAD|GET) /v2/{re.escape(repository)}/manifests/\S+ HTTP'
             assert re.search(request, log, re.M), f"{ip} never asked the registry for {repository}"
     for repository in ("registry.k8s.io/coredns/coredns", "registry.k8s.io/metrics-server/metrics-server",
-                       "quay.io/calico/kube-controllers"):  # fmt: skip
+                       "quay.io/calico/kube-controllers", "docker.io/library/traefik"):  # fmt: skip
         assert re.search(rf'"(?:HEAD|GET) /v2/{re.escape(repository)}/manifests/', log), repository
 
     # A second converge with nothing to do changes nothing, in any stage; 1.36.4, in the repository since

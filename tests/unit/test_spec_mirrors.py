@@ -25,6 +25,7 @@ def test_mirrors_become_the_roles_variables_and_survive_the_state_file(tmp_path:
             "mirrors": {
                 "kubernetes_packages": "https://mirror.example.internal/core:/stable:/",
                 "calico_manifests": "https://mirror.example.internal/calico",
+                "gateway_api_manifests": "https://mirror.example.internal/gateway-api/",
                 "registries": {
                     "registry.k8s.io": "https://mirror.example.internal:5000",
                     "docker.io": ["https://a.example.internal/v2/docker.io", "https://b.example.internal"],
@@ -37,6 +38,7 @@ def test_mirrors_become_the_roles_variables_and_survive_the_state_file(tmp_path:
     assert mirror_vars(spec.mirrors) == {
         "kube_packages_repo_base_url": "https://mirror.example.internal/core:/stable:",
         "calico_manifest_base_url": "https://mirror.example.internal/calico",
+        "traefik_ingress_gateway_api_base_url": "https://mirror.example.internal/gateway-api",
         "container_runtime_registry_mirrors": {
             "registry.k8s.io": ["https://mirror.example.internal:5000"],
             "docker.io": ["https://a.example.internal/v2/docker.io", "https://b.example.internal"],

@@ -111,6 +111,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
             optional={
                 "kubernetes_packages": st.sampled_from(["https://m.invalid/core:/stable:", "m.invalid", ""]),
                 "calico_manifests": st.sampled_from(["http://m.invalid:8080/calico/", 7]),
+                "gateway_api_manifests": st.sampled_from(["http://m.invalid/gateway-api", "ftp://m.invalid"]),
                 "registries": st.dictionaries(
                     st.sampled_from(["registry.k8s.io", "quay.io", "bad/name", ""]),
                     st.one_of(st.just("https://m.invalid:5000"), st.lists(st.sampled_from(["https://a.invalid", "x"]))),
