@@ -408,7 +408,7 @@ def main() -> int:
         action="store_true",
         help=f"kubernetes: up N=3 at {UPGRADE_FROM}, then `upgrade` to {UPGRADE_TO}: in all and per node",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="--strategy: rounds of both ways (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="--strategy, --addons: rounds of every way (default 2)")
     parser.add_argument(
         "--bundle",
         choices=["warm", "cold"],
@@ -436,7 +436,7 @@ def main() -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, {osname}, python {platform.python_version()}"
     )
     if args.engine == "kubernetes" and args.addons:
-        run_addons()
+        run_addons(args.rounds)
         return 0
     if args.engine == "kubernetes" and args.upgrade:
         run_upgrade()
