@@ -40,12 +40,15 @@ NODE_CHECKS = (
 )
 # The storage add-on, used: a claim without a class bound by the default one, written by a pod and
 # read back by a new one. The ingress add-on (turned on with --ingress), used: an Ingress and an
-# HTTPRoute, each by its host name, through every node's address from this host.
+# HTTPRoute, each by its host name, through every node's address from this host. The metrics add-on's
+# figures for every node, and helm installing the project's chart.
 CLUSTER_CHECKS = (
     "system_pods_running_and_ready",
     "user_kubeconfig_on_control_plane",
     "storage_default_class_keeps_data_for_a_new_pod",
     "ingress_and_httproute_reach_the_smoke_server_from_the_host",
+    "metrics_every_node_has_figures",
+    "helm_installs_the_projects_chart_from_its_directory",
 )
 
 
@@ -132,6 +135,11 @@ def test_kubeconfig_on_the_host_shows_three_ready_nodes_on_the_node_network(clus
     # `provision.py kubectl`: the cluster's kubectl with its kubeconfig, kubectl's options passed through.
     names = cluster.run("kubectl", "get", "nodes", "-o", "name").stdout.split()
     assert sorted(names) == [f"node/{n}" for n in sorted(IPS)], names
+    # The metrics add-on as a user meets it: `kubectl top nodes` prints a row of figures for every node
+    # (verify's metrics check waited for the first figures).
+    rows = [line.split() for line in cluster.run("kubectl", "top", "nodes", "--no-headers").stdout.splitlines()]
+    assert sorted(row[0] for row in rows) == sorted(IPS), rows
+    assert all(len(row) >= 5 and row[1].endswith("m") and row[3].endswith("Mi") for row in rows), rows
 
 
 def test_a_claim_gets_a_directory_on_its_pods_node_and_loses_it_with_the_claim(
