@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     bub.add_argument("--kubernetes", help="Kubernetes release, 1.37 or 1.37.2 (default: the toolkit's)")
     bub.add_argument("--calico", help="Calico release (default: the toolkit's)")
     bub.add_argument(
+        "--ingress",
+        action="store_true",
+        help="with the ingress add-on (Traefik's image, the Gateway API's CRDs; built from source: about 7 more "
+        "minutes cold); a cluster with ingress on asks for it itself, and a bundle that has it keeps it",
+    )
+    bub.add_argument(
         "--from",
         dest="source",
         default="auto",
@@ -394,7 +400,7 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
         if args.bundle_command == "list":
             return make.list_cmd()
         versions = bundle.resolve_versions(args.kubernetes, args.calico)
-        return make.build_cmd(versions, args.source, args.force, verbose=args.verbose)
+        return make.build_cmd(versions, args.source, args.force, verbose=args.verbose, ingress=args.ingress)
     if cmd == "box":
         return build.box_build(args.provider, args.with_runtime, args.force)
     raise ProvisionError(f"unknown command {cmd}", exit_code=2)

@@ -69,7 +69,13 @@ def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[C
         return spec, None
     versions = bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
     found = make.ensure(
-        versions, "auto", force=False, out=out, verbose=verbose, addons=spec.storage or spec.metrics or spec.ingress
+        versions,
+        "auto",
+        force=False,
+        out=out,
+        verbose=verbose,
+        addons=spec.storage or spec.metrics or spec.ingress,
+        ingress=spec.ingress,
     )
     out.write(f"kubernetes: bundle {found.path} ({why})\n")
     if not bundle.smoke_image(found):

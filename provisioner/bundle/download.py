@@ -319,8 +319,11 @@ def save_image(name: str, stage: Bundle, mirrors: Mirrors, component: str, versi
     add_file(stage, rel, component, version, source, image=ref.name)
 
 
-def save_images(stage: Bundle, versions: Versions, mirrors: Mirrors, on_progress: ProgressFn) -> None:
-    """Every image kubeadm and the staged Calico manifest name, saved into the staged bundle."""
+def save_images(
+    stage: Bundle, versions: Versions, mirrors: Mirrors, on_progress: ProgressFn, ingress: bool = False
+) -> None:
+    """Every image kubeadm and the staged Calico manifest name, and the add-ons' (the ingress add-on's
+    with `ingress`), saved into the staged bundle."""
     wanted: list[tuple[str, str, str]] = []
     for name in kubeadm_images(stage.path / "bin" / "kubeadm", versions):
         wanted.append((name, "kubernetes", versions.kubernetes))
@@ -329,7 +332,7 @@ def save_images(stage: Bundle, versions: Versions, mirrors: Mirrors, on_progress
         wanted.append((name, "calico", versions.calico))
     from provisioner.bundle import source
 
-    for name in source.addon_images(kind="download"):
+    for name in source.addon_images(kind="download", ingress=ingress):
         wanted.append((name, "addons", ImageRef.parse(name).tag or "latest"))
     unique: dict[str, tuple[str, str, str]] = {}
     for item in wanted:
@@ -580,7 +583,9 @@ def fetch_binaries(versions: Versions, stage: Bundle, on_progress: ProgressFn, m
     download_file(url, stage.path / rel, None, mirrors, on_progress)
     add_file(stage, rel, "calico", versions.calico, url)
 
-    # The Gateway API's standard CRDs for the ingress add-on, at the version the source bundle takes.
+
+def fetch_gateway_api(stage: Bundle, on_progress: ProgressFn, mirrors: Mirrors) -> None:
+    """The Gateway API's standard CRDs for the ingress add-on, at the version the source bundle takes."""
     from provisioner.bundle import source
 
     gateway_version = str(source.load_components()["gateway_api"]["version"])
@@ -596,8 +601,10 @@ def build(
     on_progress: ProgressFn,
     mirrors: Mirrors | None = None,
     log_file: Path | None = None,
+    ingress: bool = False,
 ) -> Bundle:
-    """Fill the staged bundle `stage` (from `staging_dir`) with everything downloaded for `versions`,
+    """Fill the staged bundle `stage` (from `staging_dir`) with everything downloaded for `versions`
+    (the ingress add-on's CRDs and image with `ingress`),
     and verify's smoke-test image, which no release site has: it is built here from the project's own
     Go module, as the source build makes it (provisioner.bundle.smoke; `log_file` takes its go build
     output). The caller writes the manifest and moves it into place with `finish`."""
@@ -612,9 +619,11 @@ def build(
     source.check_go()  # or the smoke-test image cannot be built
     started = time.monotonic()
     fetch_binaries(versions, stage, on_progress, mirrors)
+    if ingress:
+        fetch_gateway_api(stage, on_progress, mirrors)
     stage.timings["download"] = time.monotonic() - started
     started = time.monotonic()
-    save_images(stage, versions, mirrors, on_progress)
+    save_images(stage, versions, mirrors, on_progress, ingress=ingress)
     on_progress(f"image: {smoke.image_name(versions.kubernetes)} (built from bundle/images)")
     smoke.add_to_bundle(stage, log_file, on_progress)
     stage.timings["images"] = time.monotonic() - started

@@ -85,6 +85,7 @@ def ensure(
     out: TextIO = sys.stdout,
     verbose: bool = False,
     addons: bool = False,
+    ingress: bool = False,
 ) -> Bundle:
     """The finished bundle for `versions`, built first when missing (or with `force`). With `addons`
     (the cluster wants its add-ons), a bundle made before it carried the add-on images is made again
@@ -105,7 +106,7 @@ def ensure(
             else:
                 from provisioner.bundle import source
 
-                lacking = source.missing_addon_images(existing) if addons else []
+                lacking = source.missing_addon_images(existing, ingress) if addons or ingress else []
                 if not lacking:
                     return existing
                 out.write(
@@ -113,17 +114,24 @@ def ensure(
                     f"making it again from {existing.source} (what it already has comes from the caches)\n"
                 )
                 try:
-                    return _build(versions, existing.source, out, verbose)
+                    return _build(versions, existing.source, out, verbose, ingress or source.has_ingress(existing))
                 except ProvisionError as exc:
                     out.write(
                         f"note: bundle {versions.name} could not be made again ({exc.message}); it is kept as it was, "
                         "and the nodes pull the add-ons' images from their registries\n"
                     )
                     return existing
-        return _build(versions, wanted, out, verbose)
+        return _build(versions, wanted, out, verbose, ingress or _had_ingress(existing))
 
 
-def _build(versions: Versions, wanted: str, out: TextIO, verbose: bool) -> Bundle:
+def _had_ingress(existing: Bundle | None) -> bool:
+    """A bundle made again keeps the ingress add-on's parts it had."""
+    from provisioner.bundle import source
+
+    return existing is not None and source.has_ingress(existing)
+
+
+def _build(versions: Versions, wanted: str, out: TextIO, verbose: bool, ingress: bool = False) -> Bundle:
     src, why = choose_source(wanted)
     progress = Progress(out, verbose=verbose)
     logs = cache_root() / "logs"
@@ -137,7 +145,8 @@ def _build(versions: Versions, wanted: str, out: TextIO, verbose: bool) -> Bundl
             f"cannot write the bundle's cache or build directory ({exc}); set PROVISION_CACHE_DIR and "
             f"PROVISION_BUNDLE_DIR to writable directories"
         ) from exc
-    out.write(f"bundle {versions.name}: building from {src} ({why}); log: {log_file}\n")
+    with_ingress = ", with the ingress add-on" if ingress else ""
+    out.write(f"bundle {versions.name}: building from {src} ({why}){with_ingress}; log: {log_file}\n")
     detail = {"text": ""}
 
     def on_progress(text: str) -> None:
@@ -151,11 +160,11 @@ def _build(versions: Versions, wanted: str, out: TextIO, verbose: bool) -> Bundl
         if src == "download":
             from provisioner.bundle import download
 
-            download.build(versions, stage, on_progress, log_file=log_file)
+            download.build(versions, stage, on_progress, log_file=log_file, ingress=ingress)
         else:
             from provisioner.bundle import image_mirror, source
 
-            source.build(versions, stage, on_progress, log_file, mirror=image_mirror())
+            source.build(versions, stage, on_progress, log_file, mirror=image_mirror(), ingress=ingress)
     except BaseException:
         progress.stop("FAILED (nothing was kept as a bundle; a rerun resumes from the caches)")
         raise
@@ -179,20 +188,27 @@ def component_sizes(bundle: Bundle) -> list[tuple[str, int]]:
     return sorted(sizes.items())
 
 
-def build_cmd(versions: Versions, wanted: str, force: bool, out: TextIO = sys.stdout, verbose: bool = False) -> int:
+def build_cmd(
+    versions: Versions,
+    wanted: str,
+    force: bool,
+    out: TextIO = sys.stdout,
+    verbose: bool = False,
+    ingress: bool = False,
+) -> int:
     existing = _find_usable(versions, force)
     if existing is not None and not force:
         from provisioner.bundle import source
 
-        if source.missing_addon_images(existing):
+        if source.missing_addon_images(existing, ingress):
             # Made before the add-ons it now carries: completed from its own source (ensure says so).
-            existing = ensure(versions, wanted, force=False, out=out, verbose=verbose, addons=True)
+            existing = ensure(versions, wanted, force=False, out=out, verbose=verbose, addons=True, ingress=ingress)
         else:
             out.write(
                 f"bundle {versions.name} is present ({existing.source}, {existing.created}); --force rebuilds it\n"
             )
     else:
-        existing = ensure(versions, wanted, force=True, out=out, verbose=verbose)
+        existing = ensure(versions, wanted, force=True, out=out, verbose=verbose, ingress=ingress)
     out.write(f"{existing.path}\n")
     return 0
 

@@ -64,6 +64,7 @@ class GoBuild:
     packages: dict[str, str]  # output name -> package path
     cgo: bool = False
     trim: tuple[Trim, ...] = ()
+    optional: bool = False  # the ingress add-on's: built only into a bundle with ingress
 
 
 def load_components(path: Path = COMPONENTS) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def go_builds(data: dict[str, Any], kubernetes: str = "") -> list[GoBuild]:
             tags=tuple(b.get("tags") or ()),
             ldflags=tuple(b.get("ldflags") or ()),
             packages=dict(b["packages"]),
+            optional=bool(b.get("optional")),
             trim=tuple(
                 Trim(
                     module=str(t["module"]),
@@ -350,20 +352,45 @@ def image_specs(
     return specs
 
 
-def addon_images(data: dict[str, Any] | None = None, kind: str = "source") -> list[str]:
+def optional_images(data: dict[str, Any]) -> set[str]:
+    """The add-on images whose recipe takes a file from an optional build (the ingress add-on's)."""
+    optional = {name for name, b in data["builds"].items() if b.get("optional")}
+    recipes: dict[str, Any] = data["images"]
+    return {
+        str(name)
+        for key in ("addon_images", "download_addon_images")
+        for name in data.get(key) or []
+        if any(
+            str(ref).split("/", 1)[0] in optional
+            for ref in (recipes.get(_image_key(str(name))) or {}).get("files", {}).values()
+        )
+    }
+
+
+def addon_images(data: dict[str, Any] | None = None, kind: str = "source", ingress: bool = True) -> list[str]:
     """The add-ons' images a bundle carries: built (components.yaml `addon_images`) in a source
-    bundle, saved from their registries (`download_addon_images`) in a download bundle."""
+    bundle, saved from their registries (`download_addon_images`) in a download bundle; the ingress
+    add-on's only with `ingress`."""
+    data = load_components() if data is None else data
     key = "addon_images" if kind == "source" else "download_addon_images"
-    return [str(name) for name in (load_components() if data is None else data).get(key) or []]
+    skipped = set() if ingress else optional_images(data)
+    return [str(name) for name in data.get(key) or [] if str(name) not in skipped]
 
 
-def missing_addon_images(bundle: Bundle) -> list[str]:
+def has_ingress(bundle: Bundle) -> bool:
+    """Whether the bundle carries the ingress add-on (the Gateway API's CRDs and Traefik's image)."""
+    return gateway_api_rel() in {f.path for f in bundle.files}
+
+
+def missing_addon_images(bundle: Bundle, ingress: bool = False) -> list[str]:
     """The add-on images (and, in a source bundle, the host tools such as helm and the binaries such
     as etcdctl) this toolkit's recipe puts in a bundle of `bundle`'s source that it lacks (it was made
-    before they were added)."""
+    before they were added); the ingress add-on's parts where `ingress` asks for them or the bundle
+    has some of them already."""
+    ingress = ingress or has_ingress(bundle)
     have = {f.image for f in bundle.images}
-    missing = [name for name in addon_images(kind=bundle.source) if name not in have]
-    if gateway_api_rel() not in {f.path for f in bundle.files}:
+    missing = [name for name in addon_images(kind=bundle.source, ingress=ingress) if name not in have]
+    if ingress and not has_ingress(bundle):
         missing.append(gateway_api_rel())
     if bundle.source == "source":
         files = {f.path for f in bundle.files}
@@ -424,9 +451,10 @@ def build(
     on_progress: Progress,
     log_file: Path,
     mirror: str = "",
+    ingress: bool = False,
 ) -> Bundle:
-    """Fill the staged bundle from Go modules. The caller made `stage` with staging_dir() and moves it
-    into place with finish()."""
+    """Fill the staged bundle from Go modules (the ingress add-on's parts with `ingress`). The caller
+    made `stage` with staging_dir() and moves it into place with finish()."""
     check_go()
     data = load_components()
     releases = kubernetes_releases(data)
@@ -435,7 +463,8 @@ def build(
             f"bundle/ pins Kubernetes {', '.join(releases)} and Calico {data.get('calico_version')}; a source build "
             f"of {versions.kubernetes}/{versions.calico} needs a module directory with its go.mod under bundle/"
         )
-    builds = go_builds(data, versions.kubernetes)
+    all_builds = go_builds(data, versions.kubernetes)
+    builds = [b for b in all_builds if ingress or not b.optional]
     outputs: dict[str, Path] = {}
     module_versions: dict[str, str] = {}
     steps = len(builds) + 2
@@ -483,10 +512,11 @@ def build(
     )
 
     # manifests/: the Gateway API's CRDs for the ingress add-on.
-    crds, origin = gateway_api_crds(data, builds)
-    rel_crds = gateway_api_rel(data)
-    (stage.path / rel_crds).write_text(crds, encoding="utf-8")
-    add_file(stage, rel_crds, "gateway-api-crds", str(data["gateway_api"]["version"]), origin)
+    if ingress:
+        crds, origin = gateway_api_crds(data, all_builds)
+        rel_crds = gateway_api_rel(data)
+        (stage.path / rel_crds).write_text(crds, encoding="utf-8")
+        add_file(stage, rel_crds, "gateway-api-crds", str(data["gateway_api"]["version"]), origin)
 
     # images/: the names kubeadm and the manifest ask for, plus the smoke-test image (made the same
     # way for every bundle source: provisioner.bundle.smoke).
@@ -494,7 +524,7 @@ def build(
     label = f"[{steps - 1}/{steps}] images"
     manifest_text = (stage.path / rel_manifest).read_text(encoding="utf-8")
     names = download.kubeadm_images(kube / "kubeadm", versions) + download.manifest_images(manifest_text, rel_manifest)
-    names += addon_images(data)
+    names += addon_images(data, ingress=ingress)
     specs = image_specs(data, names, outputs, versions)
     userland = None
     if any(s.userland for s in specs):

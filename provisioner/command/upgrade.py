@@ -120,6 +120,7 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
             out=out,
             verbose=verbose,
             addons=spec.storage or spec.metrics or spec.ingress,
+            ingress=spec.ingress,
         )
         out.write(f"    bundle: {found.path}\n")
         extra["kube_upgrade_bundle_dir"] = str(found.path)

@@ -355,6 +355,7 @@ def test_binaries_and_manifest_land_in_the_bundle_layout_with_their_sha256(tmp_p
     stage = _stage(tmp_path)
     notes: list[str] = []
     download.fetch_binaries(VERSIONS, stage, notes.append, release.mirrors)
+    download.fetch_gateway_api(stage, notes.append, release.mirrors)
 
     by_path = {f.path: f for f in stage.files}
     plugins = [f"bin/cni/{p}" for p in CNI_PLUGINS]
@@ -677,8 +678,10 @@ def test_a_full_download_fills_the_staged_bundle(
     )
     stage = _stage(tmp_path)
     notes: list[str] = []
-    assert download.build(VERSIONS, stage, notes.append, mirrors) is stage
+    # With the ingress add-on: Traefik's image and the Gateway API's CRDs as well.
+    assert download.build(VERSIONS, stage, notes.append, mirrors, ingress=True) is stage
     bundle = finish(stage, created="2026-01-01T00:00:00Z")
+    assert source.has_ingress(bundle) and (bundle.path / source.gateway_api_rel()).read_text() == GATEWAY_CRDS
 
     assert bundle.path == tmp_path / "bundles" / VERSIONS.name
     loaded = load(bundle.path)

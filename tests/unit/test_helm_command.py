@@ -114,7 +114,6 @@ def test_a_source_bundle_without_helm_is_found_lacking(tmp_path: Path) -> None:
         for i, name in enumerate(source.addon_images())
     ]
     bins = [bundle.FileEntry(f"bin/{n}", n, "v", "0" * 64, "s", 1) for n in source.load_components()["bin"]]
-    bins.append(bundle.FileEntry(source.gateway_api_rel(), "gateway-api-crds", "v", "0" * 64, "s", 1))
     old = bundle.Bundle(tmp_path, bundle.Versions("1.37.2", "3.31.0"), "source", files=[*images, *bins])
     assert source.missing_addon_images(old) == ["tools/helm"]
     tools = bundle.FileEntry("tools/helm", "helm", "v4", "0" * 64, "s", 1)

@@ -81,6 +81,16 @@ def test_the_traefik_build_replaces_what_the_module_proxy_cannot_give_with_the_p
     assert not (REPO / "bundle" / "ingress" / trim.into).exists()
 
 
+def test_traefik_is_built_only_into_a_bundle_that_asks_for_the_ingress_add_on() -> None:
+    recipe = source.load_components()
+    (build,) = [b for b in source.go_builds(recipe) if b.name == "ingress"]
+    assert build.optional and [b.name for b in source.go_builds(recipe) if b.optional] == ["ingress"]
+    assert source.optional_images(recipe) == {DEFAULTS["traefik_ingress_image"]}
+    for kind in ("source", "download"):
+        assert DEFAULTS["traefik_ingress_image"] in source.addon_images(recipe, kind)
+        assert DEFAULTS["traefik_ingress_image"] not in source.addon_images(recipe, kind, ingress=False)
+
+
 def test_the_build_inputs_digest_changes_with_the_trim() -> None:
     from dataclasses import replace
 

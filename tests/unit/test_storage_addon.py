@@ -82,26 +82,38 @@ def _bundle(tmp_path: Path, images: list[str], src: str = "source") -> Bundle:
 
 
 def test_a_source_bundle_made_before_the_add_ons_is_found_lacking(tmp_path: Path) -> None:
-    wanted = source.addon_images()
+    wanted = source.addon_images(ingress=False)
     # A source bundle also carries the host's tools (helm); tests/unit/test_helm_command.py covers those.
     # And the node binaries (bin/), such as etcdctl, added after the first bundles.
     bins = [f"bin/{name}" for name in source.load_components()["bin"]]
-    # And the Gateway API's CRDs, which came with the ingress add-on.
-    crds = source.gateway_api_rel()
-    assert crds == f"manifests/gateway-api-{source.load_components()['gateway_api']['version']}.yaml"
     assert source.missing_addon_images(_bundle(tmp_path, ["registry.k8s.io/pause:3.10"])) == [
         *wanted,
+        "tools/helm",
+        *bins,
+    ]
+    assert source.missing_addon_images(_bundle(tmp_path, wanted)) == ["tools/helm", *bins]
+    # The ingress add-on's parts (Traefik's image, the Gateway API's CRDs) only when asked for.
+    crds = source.gateway_api_rel()
+    assert crds == f"manifests/gateway-api-{source.load_components()['gateway_api']['version']}.yaml"
+    traefik = [name for name in source.addon_images() if name not in wanted]
+    assert traefik == ["docker.io/library/traefik:v3.7.13"]
+    assert source.missing_addon_images(_bundle(tmp_path, wanted), ingress=True) == [
+        *traefik,
         crds,
         "tools/helm",
         *bins,
     ]
-    assert source.missing_addon_images(_bundle(tmp_path, wanted)) == [crds, "tools/helm", *bins]
     # A download bundle saves upstream's provisioner and busybox from their registries.
-    downloaded = source.addon_images(kind="download")
-    assert source.missing_addon_images(_bundle(tmp_path, [], src="download")) == [*downloaded, crds]
-    complete = _bundle(tmp_path, downloaded, src="download")
-    complete.files.append(FileEntry(crds, "gateway-api-crds", "v1", "0" * 64, "s", 1))
-    assert source.missing_addon_images(complete) == []
+    downloaded = source.addon_images(kind="download", ingress=False)
+    assert source.missing_addon_images(_bundle(tmp_path, [], src="download")) == downloaded
+    assert source.missing_addon_images(_bundle(tmp_path, downloaded, src="download")) == []
+    # A bundle that has the ingress add-on's CRDs is held to its image too (it is never made without them again).
+    with_crds = _bundle(tmp_path, downloaded, src="download")
+    with_crds.files.append(FileEntry(crds, "gateway-api-crds", "v1", "0" * 64, "s", 1))
+    assert source.has_ingress(with_crds) and source.missing_addon_images(with_crds) == traefik
+    assert source.missing_addon_images(_bundle(tmp_path, [*downloaded, *traefik], src="download"), ingress=True) == [
+        crds
+    ]
     # What the role falls back to without a helper of the toolkit's own is what a download bundle saves.
     assert DEFAULTS["local_path_storage_image"] in downloaded
     assert "'docker.io/library/busybox:1.37.0'" in DEFAULTS["local_path_storage_helper_image"]
@@ -201,8 +213,8 @@ def test_a_bundle_lacking_the_add_ons_is_made_again_from_its_own_source_or_kept(
     monkeypatch.setattr(make, "_build_lock", lambda versions: __import__("contextlib").nullcontext())
     asked: list[str] = []
 
-    def build(versions: Any, wanted: str, out: Any, verbose: bool) -> Bundle:
-        asked.append(wanted)
+    def build(versions: Any, wanted: str, out: Any, verbose: bool, ingress: bool = False) -> Bundle:
+        asked.append(wanted + (" with ingress" if ingress else ""))
         raise ToolMissing("Go 1.26 or newer", "run scripts/setup.sh")
 
     monkeypatch.setattr(make, "_build", build)
@@ -214,3 +226,6 @@ def test_a_bundle_lacking_the_add_ons_is_made_again_from_its_own_source_or_kept(
     assert make.ensure(old.versions, "auto", force=False, out=out, addons=True) is old
     assert asked == ["source"]
     assert "could not be made again" in out.getvalue() and "pull the add-ons' images" in out.getvalue()
+    # With ingress: the ingress add-on's parts are asked for too.
+    assert make.ensure(old.versions, "auto", force=False, out=out, addons=True, ingress=True) is old
+    assert asked == ["source", "source with ingress"]
