@@ -1,14 +1,16 @@
 // Builds Traefik for the bundle's ingress add-on image (roles/traefik_ingress).
 //
-// Three replaces, each because the Go module proxy cannot give what Traefik's own go.mod names:
+// Three replaces of the project's own, each because the Go module proxy cannot give what Traefik's
+// own go.mod names (the fourth, gorilla/mux, is Traefik's own, copied because replaces do not carry
+// over from a dependency):
 //   - github.com/traefik/traefik/dynamic/ext: Traefik replaces this nested module by a directory that
 //     its module zip leaves out; ./ext is the project's own stand-in (empty extension types);
 //   - github.com/abbot/go-http-auth: Traefik pins a containous fork at a pseudo-version the proxy
 //     refuses; the fork's newest version it serves has the same API;
 //   - github.com/go-acme/lego/v5: ./lego is made by the bundle build from the module cache, without
 //     the ~190 DNS-01 providers (some of their cloud SDKs are refused by the proxy), with the
-//     providers/dns package taken from ./_lego (bundle/components.yaml, builds.ingress.trim). It is
-//     never part of this directory in git; run `provision.py bundle build` to have it made.
+//     providers/dns package taken from ./_lego (bundle/components.yaml, builds.ingress.trim), in a
+//     copy of this directory in the cache (/var/cache/provisioner/src/ingress), never here.
 module provisioner.local/bundle/ingress
 
 go 1.26.0

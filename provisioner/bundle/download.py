@@ -643,7 +643,7 @@ def _probe(url: str, timeout: float) -> str:
 
 def probe_urls(mirrors: Mirrors) -> list[str]:
     """One URL per site the download source uses: the release sites and the image registries."""
-    urls = [mirrors.kube_base, mirrors.crictl_base, mirrors.cni_base, mirrors.calico_base]
+    urls = [mirrors.kube_base, mirrors.crictl_base, mirrors.cni_base, mirrors.calico_base, mirrors.gateway_api_base]
     scheme = "https" if mirrors.registry_tls_verify else "http"
     for registry, api_host in PROBE_REGISTRIES.items():
         host = mirrors.registries.get(registry, api_host)

@@ -109,13 +109,28 @@ def ensure(
                 lacking = source.missing_addon_images(existing, ingress) if addons or ingress else []
                 if not lacking:
                     return existing
-                out.write(
-                    f"bundle {versions.name} predates {lacking[0]}, which this toolkit now puts in a bundle ({len(lacking)} in all): "
-                    f"making it again from {existing.source} (what it already has comes from the caches)\n"
-                )
+                adding_ingress = ingress and not source.has_ingress(existing)
+                if adding_ingress:
+                    out.write(
+                        f"bundle {versions.name} has no ingress add-on, which this cluster turns on: adding Traefik's "
+                        f"image and the Gateway API's CRDs from {existing.source} (the rest comes from the caches; "
+                        "Traefik's first compile takes about 7 minutes)\n"
+                    )
+                else:
+                    out.write(
+                        f"bundle {versions.name} predates {lacking[0]}, which this toolkit now puts in a bundle "
+                        f"({len(lacking)} in all): making it again from {existing.source} (what it already has comes "
+                        "from the caches)\n"
+                    )
                 try:
                     return _build(versions, existing.source, out, verbose, ingress or source.has_ingress(existing))
                 except ProvisionError as exc:
+                    if adding_ingress:
+                        raise ProvisionError(
+                            f"the ingress add-on could not be added to bundle {versions.name} ({exc.message}); nothing "
+                            "was changed: fix that and rerun, or turn ingress off (--no-ingress)",
+                            log_path=exc.log_path,
+                        ) from exc
                     out.write(
                         f"note: bundle {versions.name} could not be made again ({exc.message}); it is kept as it was, "
                         "and the nodes pull the add-ons' images from their registries\n"

@@ -191,6 +191,16 @@ def _dropping(dropped: set[Path]) -> Callable[[str, list[str]], list[str]]:
     return lambda d, names: [n for n in names if Path(d) / n in dropped]
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove a work directory, the read-only directories copied from Go's module cache included."""
+    if not path.exists():
+        return
+    for root, dirs, _ in os.walk(path):
+        for name in dirs:
+            (Path(root) / name).chmod(0o755)
+    shutil.rmtree(path)
+
+
 def prepare_workdir(build: GoBuild) -> Path:
     """The directory a build runs in: its module directory under bundle/, or, for a build with
     trimmed modules, a copy of it in the cache with each trimmed module beside it (made again every
@@ -198,7 +208,7 @@ def prepare_workdir(build: GoBuild) -> Path:
     if not build.trim:
         return build.dir
     work = cache_root() / "src" / build.name
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_tree(work)
     shutil.copytree(build.dir, work)
     for t in build.trim:
         res = proc.run(
@@ -378,8 +388,9 @@ def addon_images(data: dict[str, Any] | None = None, kind: str = "source", ingre
 
 
 def has_ingress(bundle: Bundle) -> bool:
-    """Whether the bundle carries the ingress add-on (the Gateway API's CRDs and Traefik's image)."""
-    return gateway_api_rel() in {f.path for f in bundle.files}
+    """Whether the bundle carries the ingress add-on (the Gateway API's CRDs, of any version, and
+    Traefik's image)."""
+    return any(f.component == "gateway-api-crds" for f in bundle.files)
 
 
 def missing_addon_images(bundle: Bundle, ingress: bool = False) -> list[str]:
@@ -390,7 +401,7 @@ def missing_addon_images(bundle: Bundle, ingress: bool = False) -> list[str]:
     ingress = ingress or has_ingress(bundle)
     have = {f.image for f in bundle.images}
     missing = [name for name in addon_images(kind=bundle.source, ingress=ingress) if name not in have]
-    if ingress and not has_ingress(bundle):
+    if ingress and gateway_api_rel() not in {f.path for f in bundle.files}:
         missing.append(gateway_api_rel())
     if bundle.source == "source":
         files = {f.path for f in bundle.files}

@@ -148,6 +148,14 @@ def test_traefik_serves_ingress_and_the_gateway_on_the_node_port(rendered: list[
     assert port["nodePort"] == DEFAULTS["traefik_ingress_http_node_port"] and port["targetPort"] == "web"
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
+    # The restricted Pod Security Standard, enforced on its namespace; no priority over user workloads.
+    namespace = _kind(rendered, "Namespace")
+    assert namespace["metadata"]["name"] == DEFAULTS["traefik_ingress_namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pod = _kind(rendered, "Deployment")["spec"]["template"]["spec"]
+    assert "priorityClassName" not in pod and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    # The bundle's image carries the CA certificates upstream's has (the userland layer).
+    assert source.load_components()["images"]["traefik"]["userland"] is True
 
 
 def test_traefik_may_read_what_its_two_providers_watch(rendered: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from provisioner import stages
 from provisioner.bundle import Bundle, FileEntry, Versions, source
 from provisioner.cli import _overrides, build_parser
 from provisioner.command.plan import addons_line
-from provisioner.errors import SpecError
+from provisioner.errors import ProvisionError, SpecError
 from provisioner.spec import ClusterSpec, build_spec, check_engine_fields, load_file
 from tests.infra.test_addons import CLAIM, storage_manifest
 from tests.unit.test_playbooks_syntax import render_role_template
@@ -226,6 +226,9 @@ def test_a_bundle_lacking_the_add_ons_is_made_again_from_its_own_source_or_kept(
     assert make.ensure(old.versions, "auto", force=False, out=out, addons=True) is old
     assert asked == ["source"]
     assert "could not be made again" in out.getvalue() and "pull the add-ons' images" in out.getvalue()
-    # With ingress: the ingress add-on's parts are asked for too.
-    assert make.ensure(old.versions, "auto", force=False, out=out, addons=True, ingress=True) is old
+    # With ingress, which the bundle lacks: its parts are asked for too, and a bundle that cannot get
+    # them is refused rather than kept (the add-on would have nothing to install from).
+    with pytest.raises(ProvisionError, match=r"the ingress add-on could not be added to bundle .*\(--no-ingress\)"):
+        make.ensure(old.versions, "auto", force=False, out=out, addons=True, ingress=True)
     assert asked == ["source", "source with ingress"]
+    assert "has no ingress add-on, which this cluster turns on" in out.getvalue()
