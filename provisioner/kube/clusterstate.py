@@ -155,6 +155,28 @@ def pod_problems(pods: object) -> list[str]:
     return problems
 
 
+def smoke_pod_template(image: str, labels: Mapping[str, str], probe_period: int) -> dict[str, Any]:
+    """A pod of the smoke web server (port 8080, answering with its pod's name), on any node (control
+    planes too), never pulled, ready once /healthz answers (asked every `probe_period` seconds)."""
+    return {
+        "metadata": {"labels": dict(labels)},
+        "spec": {
+            "tolerations": [{"operator": "Exists"}],
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "web",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "ports": [{"containerPort": 8080}],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": probe_period},
+                }
+            ],
+        },
+    }
+
+
 def smoke_manifest(namespace: str, image: str, namespace_labels: Mapping[str, str] | None = None) -> str:
     """verify's workload: the smoke web server on every node (control planes too), never pulled, and a
     NodePort service in front of it, in `namespace` (with `namespace_labels`)."""
@@ -172,25 +194,7 @@ def smoke_manifest(namespace: str, image: str, namespace_labels: Mapping[str, st
             "metadata": {"name": "smoke", "namespace": namespace},
             "spec": {
                 "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "tolerations": [{"operator": "Exists"}],
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [
-                            {
-                                "name": "web",
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "ports": [{"containerPort": 8080}],
-                                "env": [
-                                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-                                ],
-                                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 2},
-                            }
-                        ],
-                    },
-                },
+                "template": smoke_pod_template(image, labels, probe_period=2),
             },
         },
         {

@@ -273,25 +273,7 @@ def ingress_manifest(ns: str, image: str, hosts: dict[str, str], gateway: tuple[
             "spec": {
                 "replicas": 1,
                 "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "tolerations": [{"operator": "Exists"}],
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [
-                            {
-                                "name": "web",
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "ports": [{"containerPort": 8080}],
-                                "env": [
-                                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-                                ],
-                                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
-                            }
-                        ],
-                    },
-                },
+                "template": clusterstate.smoke_pod_template(image, labels, probe_period=1),
             },
         },
         {
