@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from provisioner import providers
 from provisioner.errors import ProvisionError
 from provisioner.spec import ClusterSpec
+
+if TYPE_CHECKING:
+    from provisioner.bundle import Bundle, Versions
 
 
 def host_cgroup_version() -> int:
@@ -58,7 +61,6 @@ def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[C
     bundle made before bundles carried it) its archive is made here, in the cache, and the inventory
     names it (provisioner.inventory.smoke_vars)."""
     from provisioner import bundle
-    from provisioner.bundle import make
 
     if spec.engine != "kubernetes" or kubernetes_blocker(spec):
         return spec, None
@@ -68,7 +70,21 @@ def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[C
         ensure_smoke_archive(spec.versions["kubernetes"], out)
         return spec, None
     versions = bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"])
-    found = make.ensure(
+    found = ensure_bundle(spec, versions, out, verbose)
+    out.write(f"kubernetes: bundle {found.path} ({why})\n")
+    if not bundle.smoke_image(found):
+        ensure_smoke_archive(versions.kubernetes, out)
+    data = spec.to_dict()
+    data["versions"] = dict(spec.versions, kubernetes=versions.kubernetes, calico=versions.calico)
+    return ClusterSpec.from_dict(data), found.path
+
+
+def ensure_bundle(spec: ClusterSpec, versions: Versions, out: TextIO, verbose: bool) -> Bundle:
+    """The finished bundle of `versions` for this cluster: built when missing, and completed with the
+    add-ons' parts the spec turns on (the ingress add-on's only where ingress is on)."""
+    from provisioner.bundle import make
+
+    return make.ensure(
         versions,
         "auto",
         force=False,
@@ -77,12 +93,6 @@ def ensure_kube_bundle(spec: ClusterSpec, out: TextIO, verbose: bool) -> tuple[C
         addons=spec.storage or spec.metrics or spec.ingress,
         ingress=spec.ingress,
     )
-    out.write(f"kubernetes: bundle {found.path} ({why})\n")
-    if not bundle.smoke_image(found):
-        ensure_smoke_archive(versions.kubernetes, out)
-    data = spec.to_dict()
-    data["versions"] = dict(spec.versions, kubernetes=versions.kubernetes, calico=versions.calico)
-    return ClusterSpec.from_dict(data), found.path
 
 
 def ensure_smoke_archive(kube_version: str, out: TextIO) -> Path:

@@ -21,7 +21,7 @@ from provisioner.command.up import lost_machines_error
 from provisioner.command.verify import run_verify
 from provisioner.errors import ProvisionError
 from provisioner.kube import upgrade as rules
-from provisioner.kubesource import ensure_smoke_archive, kube_source_choice, kubernetes_blocker
+from provisioner.kubesource import ensure_bundle, ensure_smoke_archive, kube_source_choice, kubernetes_blocker
 from provisioner.progress import Progress
 from provisioner.spec import ClusterSpec
 from provisioner.state import State
@@ -91,7 +91,6 @@ def target_versions(spec: ClusterSpec, wanted: str, source: str) -> tuple[str, s
 
 
 def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys.stdout) -> int:
-    from provisioner.bundle import make
 
     started = time.monotonic()
     spec = ws.saved_spec()
@@ -113,15 +112,7 @@ def upgrade(ws: Workspace, wanted: str, verbose: bool = False, out: TextIO = sys
     }
     found: bundle.Bundle | None = None
     if source == "bundle":
-        found = make.ensure(
-            bundle.resolve_versions(target, spec.versions["calico"]),
-            "auto",
-            force=False,
-            out=out,
-            verbose=verbose,
-            addons=spec.storage or spec.metrics or spec.ingress,
-            ingress=spec.ingress,
-        )
+        found = ensure_bundle(spec, bundle.resolve_versions(target, spec.versions["calico"]), out, verbose)
         out.write(f"    bundle: {found.path}\n")
         extra["kube_upgrade_bundle_dir"] = str(found.path)
         if spec.provider in inventory.BUNDLE_SHARED:
