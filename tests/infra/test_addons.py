@@ -52,6 +52,13 @@ CLAIM = "proof"
 FAST_ATTEMPTS, FAST_DELAY = ATTEMPTS * 4, DELAY / 4
 
 
+def control_plane_vars(path: str) -> dict[str, Any]:
+    """The first control plane's variables in the inventory at `path` (the add-on roles' settings)."""
+    runner = AnsibleRunner.get_runner(path)
+    variables: dict[str, Any] = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    return variables
+
+
 def storage_pod(ns: str, name: str, image: str, args: list[str]) -> dict[str, Any]:
     """A pod of the smoke image that runs once with the claim at /data (the image has no shell: the
     smoke program writes and reads the file itself)."""
@@ -124,8 +131,7 @@ def wait_succeeded(cp: Any, ns: str, pod: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def storage(inventory: str, control_plane: Any) -> Iterator[dict[str, Any]]:  # noqa: F811
-    runner = AnsibleRunner.get_runner(inventory)
-    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    variables = control_plane_vars(inventory)
     if not variables.get("local_path_storage_enabled", True):
         pytest.skip("not configured: the spec's storage add-on is off (storage: false)")
     image = str(variables.get("kube_smoke_image") or "")
@@ -190,8 +196,7 @@ def metrics_problems(node_metrics: dict[str, Any], nodes: list[str]) -> list[str
 
 
 def test_metrics_every_node_has_figures(inventory: str, control_plane: Any) -> None:  # noqa: F811
-    runner = AnsibleRunner.get_runner(inventory)
-    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    variables = control_plane_vars(inventory)
     if not variables.get("metrics_server_enabled", True):
         pytest.skip("not configured: the spec's metrics add-on is off (metrics: false)")
     nodes = [n["metadata"]["name"] for n in kubectl_json(control_plane, "get nodes")["items"]]
@@ -216,8 +221,7 @@ RELEASE = "provisioner-smoke"
 def test_helm_installs_the_projects_chart_from_its_directory(inventory: str) -> None:  # noqa: F811
     from provisioner.command.helm import helm_binary
 
-    runner = AnsibleRunner.get_runner(inventory)
-    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    variables = control_plane_vars(inventory)
     kubeconfig = str(variables.get("kube_kubeconfig_dest") or "")
     if not Path(kubeconfig).is_file():
         pytest.fail(f"the cluster's kubeconfig {kubeconfig!r} is not on this host: the control_plane stage writes it")
@@ -325,8 +329,7 @@ def http_get(url: str, host: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def ingress(inventory: str, control_plane: Any) -> Iterator[dict[str, Any]]:  # noqa: F811
-    runner = AnsibleRunner.get_runner(inventory)
-    variables = runner.get_variables(runner.get_hosts("kube_control_plane")[0])
+    variables = control_plane_vars(inventory)
     if not variables.get("traefik_ingress_enabled", False):
         pytest.skip("not configured: the spec's ingress add-on is off (ingress: false; --ingress turns it on)")
     image = str(variables.get("kube_smoke_image") or "")
