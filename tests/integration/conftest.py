@@ -154,3 +154,19 @@ def assert_verified(out: str, wanted: Mapping[str, Iterable[str]] | None = None)
     assert tables, f"no verify table in the output:\n{out[-4000:]}"
     problems = table_problems(tables[-1], wanted or {})
     assert not problems, "; ".join(problems) + f"\n{out[-6000:]}"
+
+
+def task_sections(out: str) -> dict[str, str]:
+    """The output of each task of one ansible-playbook run, by task name (without the role prefix)."""
+    sections: dict[str, str] = {}
+    for chunk in out.split("\nTASK [")[1:]:
+        title, _, body = chunk.partition("]")
+        sections[title.split(" : ", 1)[-1]] = sections.get(title.split(" : ", 1)[-1], "") + body
+    return sections
+
+
+def task_output(sections: dict[str, str], prefix: str) -> str:
+    """The output of the tasks whose names start with prefix."""
+    bodies = [body for name, body in sections.items() if name.startswith(prefix)]
+    assert bodies, f"no task named {prefix!r}: {sorted(sections)}"
+    return "".join(bodies)

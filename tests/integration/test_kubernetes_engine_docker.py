@@ -37,7 +37,15 @@ import yaml
 
 from provisioner import bundle
 from provisioner.bundle import source
-from tests.integration.conftest import REPO, Cluster, assert_verified, default_bundle, make_cluster
+from tests.integration.conftest import (
+    REPO,
+    Cluster,
+    assert_verified,
+    default_bundle,
+    make_cluster,
+    task_output,
+    task_sections,
+)
 from tests.standins.aptrepo import AptRepo
 from tests.standins.registry import Registry
 
@@ -221,25 +229,9 @@ def _url_defaults() -> set[str]:
     return names
 
 
-def _task_sections(out: str) -> dict[str, str]:
-    """The output of each task of one ansible-playbook run, by task name (without the role prefix)."""
-    sections: dict[str, str] = {}
-    for chunk in out.split("\nTASK [")[1:]:
-        title, _, body = chunk.partition("]")
-        sections[title.split(" : ", 1)[-1]] = sections.get(title.split(" : ", 1)[-1], "") + body
-    return sections
-
-
-def _section(sections: dict[str, str], prefix: str) -> str:
-    """The output of the tasks whose names start with prefix."""
-    bodies = [body for name, body in sections.items() if name.startswith(prefix)]
-    assert bodies, f"no task named {prefix!r}: {sorted(sections)}"
-    return "".join(bodies)
-
-
 def _changed_hosts(sections: dict[str, str], prefix: str) -> set[str]:
     """The hosts that the tasks whose names start with prefix reported as changed."""
-    return set(re.findall(r"^changed: \[(\w+)\]", _section(sections, prefix), re.MULTILINE))
+    return set(re.findall(r"^changed: \[(\w+)\]", task_output(sections, prefix), re.MULTILINE))
 
 
 def _on_nodes(cluster: Cluster, script: str) -> subprocess.CompletedProcess[str]:
@@ -335,27 +327,27 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     # kube_packages: the key would be fetched (from loopback) and the repository added on every node.
     assert set(recaps["kube_packages"]) == nodes
     assert all(c["changed"] > 0 for c in recaps["kube_packages"].values()), recaps["kube_packages"]
-    packages = _task_sections(outputs["kube_packages"])
-    assert f'"url": "{CHECK_BASE}/v1.34/deb/Release.key"' in _section(
+    packages = task_sections(outputs["kube_packages"])
+    assert f'"url": "{CHECK_BASE}/v1.34/deb/Release.key"' in task_output(
         packages, "Upstream | Fetch the repository signing key"
     )
     assert _changed_hosts(packages, "Upstream | Install the repository signing key") == nodes
     assert _changed_hosts(packages, "Upstream | Write the Kubernetes deb822 source") == nodes
-    assert f"URIs: {CHECK_BASE}/v1.34/deb/" in _section(packages, "Upstream | Write the Kubernetes deb822 source")
-    assert "skipping: [cp1]" in _section(packages, "Upstream | Install the pinned Kubernetes packages")
+    assert f"URIs: {CHECK_BASE}/v1.34/deb/" in task_output(packages, "Upstream | Write the Kubernetes deb822 source")
+    assert "skipping: [cp1]" in task_output(packages, "Upstream | Install the pinned Kubernetes packages")
     # control_plane: the kubeadm configuration would be written and kubeadm init run on cp1.
     assert set(recaps["control_plane"]) == {"cp1"} and recaps["control_plane"]["cp1"]["changed"] > 0
-    plane = _task_sections(outputs["control_plane"])
+    plane = task_sections(outputs["control_plane"])
     assert "check mode: kubeadm is not installed on cp1 yet" in outputs["control_plane"]
-    config = _section(plane, "Init | Write the kubeadm configuration")
+    config = task_output(plane, "Init | Write the kubeadm configuration")
     assert _changed_hosts(plane, "Init | Write the kubeadm configuration") == {"cp1"}
     assert "kubernetesVersion: v1.34.0" in config and "advertiseAddress: 192.168.156.10" in config
-    assert "Command would have run if not in check mode" in _section(plane, "Init | Run kubeadm init")
+    assert "Command would have run if not in check mode" in task_output(plane, "Init | Run kubeadm init")
     assert _changed_hosts(plane, "Init | Run kubeadm init") == {"cp1"}
     # cni: the release's manifest would be downloaded (checked on loopback); nothing to compare yet.
     assert set(recaps["cni"]) == {"cp1"} and recaps["cni"]["cp1"]["changed"] > 0
-    cni = _task_sections(outputs["cni"])
-    heads = _section(cni, "Manifests | Check that the release's manifest can be downloaded")
+    cni = task_sections(outputs["cni"])
+    heads = task_output(cni, "Manifests | Check that the release's manifest can be downloaded")
     assert heads.count('"status": 200') == 1
     assert f"{CHECK_BASE}/calico/v3.31.0/manifests/calico-vxlan.yaml" in heads
     assert "check mode: the control plane is not initialized yet" in outputs["cni"]
@@ -364,11 +356,12 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     assert "worker1 would join the cluster" in outputs["join"]
     # addons: the metrics and storage manifests would be written on cp1; nothing to compare or wait for yet.
     assert set(recaps["addons"]) == {"cp1"} and recaps["addons"]["cp1"]["changed"] > 0
-    addons = _task_sections(outputs["addons"])
+    addons = task_sections(outputs["addons"])
     assert _changed_hosts(addons, "Metrics | Render the add-on's manifest") == {"cp1"}
     assert _changed_hosts(addons, "Storage | Render the add-on's manifest") == {"cp1"}
     assert (
-        _section(addons, "Manifest | Compare the manifest with the cluster (server-side)").count("skipping: [cp1]") == 2
+        task_output(addons, "Manifest | Compare the manifest with the cluster (server-side)").count("skipping: [cp1]")
+        == 2
     )
     # Nothing left the machine: every URL in the task output is on loopback.
     for name, out in outputs.items():
