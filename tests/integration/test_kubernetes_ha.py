@@ -262,7 +262,8 @@ def test_upgrade_moves_every_node_with_the_endpoint_and_the_workload_answering(
     sections = task_sections((cluster.root / "logs" / "upgrade.log").read_text(encoding="utf-8"))
     asked = task_output(sections, "Leader | Read this etcd member")
     assert set(re.findall(r"^ok: \[(\w+)\]", asked, re.MULTILINE)) == set(CONTROL_PLANES), asked
-    assert not re.search(r"^ok: ", task_output(sections, "Leader | Say why"), re.MULTILINE), sections
+    said = task_output(sections, "Leader | Say why")
+    assert not re.search(r"^ok: ", said, re.MULTILINE), said
     moved = sorted(set(re.findall(r"^changed: \[(\w+)\]", task_output(sections, "Leader | Hand"), re.MULTILINE)))
     record_property("figure", f"etcd leadership handed on before the turn of: {', '.join(moved) or 'none'}")
     # The workload: no failed request through a node that was not drained at that moment (print why).
