@@ -82,7 +82,7 @@ def test_no_leader_at_the_moment_moves_nothing() -> None:
 
 
 def test_learners_and_members_not_started_are_never_chosen() -> None:
-    members = [
+    members: list[dict[str, Any]] = [
         {"ID": IDS["cp1"], "name": "cp1"},
         {"ID": IDS["cp2"], "name": "cp2", "isLearner": True},
         {"ID": IDS["cp3"]},  # added, not started yet: no name
