@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -170,3 +171,8 @@ def task_output(sections: dict[str, str], prefix: str) -> str:
     bodies = [body for name, body in sections.items() if name.startswith(prefix)]
     assert bodies, f"no task named {prefix!r}: {sorted(sections)}"
     return "".join(bodies)
+
+
+def task_hosts(sections: dict[str, str], prefix: str, status: str = "changed") -> set[str]:
+    """The hosts that the tasks whose names start with prefix reported with `status` (ok, changed, ...)."""
+    return set(re.findall(rf"^{re.escape(status)}: \[(\w+)\]", task_output(sections, prefix), re.MULTILINE))

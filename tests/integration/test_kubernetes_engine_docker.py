@@ -43,6 +43,7 @@ from tests.integration.conftest import (
     assert_verified,
     default_bundle,
     make_cluster,
+    task_hosts,
     task_output,
     task_sections,
 )
@@ -229,11 +230,6 @@ def _url_defaults() -> set[str]:
     return names
 
 
-def _changed_hosts(sections: dict[str, str], prefix: str) -> set[str]:
-    """The hosts that the tasks whose names start with prefix reported as changed."""
-    return set(re.findall(r"^changed: \[(\w+)\]", task_output(sections, prefix), re.MULTILINE))
-
-
 def _on_nodes(cluster: Cluster, script: str) -> subprocess.CompletedProcess[str]:
     """Run a shell script as root on every node (provision.py exec)."""
     assert "'" not in script
@@ -331,8 +327,8 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     assert f'"url": "{CHECK_BASE}/v1.34/deb/Release.key"' in task_output(
         packages, "Upstream | Fetch the repository signing key"
     )
-    assert _changed_hosts(packages, "Upstream | Install the repository signing key") == nodes
-    assert _changed_hosts(packages, "Upstream | Write the Kubernetes deb822 source") == nodes
+    assert task_hosts(packages, "Upstream | Install the repository signing key") == nodes
+    assert task_hosts(packages, "Upstream | Write the Kubernetes deb822 source") == nodes
     assert f"URIs: {CHECK_BASE}/v1.34/deb/" in task_output(packages, "Upstream | Write the Kubernetes deb822 source")
     assert "skipping: [cp1]" in task_output(packages, "Upstream | Install the pinned Kubernetes packages")
     # control_plane: the kubeadm configuration would be written and kubeadm init run on cp1.
@@ -340,10 +336,10 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     plane = task_sections(outputs["control_plane"])
     assert "check mode: kubeadm is not installed on cp1 yet" in outputs["control_plane"]
     config = task_output(plane, "Init | Write the kubeadm configuration")
-    assert _changed_hosts(plane, "Init | Write the kubeadm configuration") == {"cp1"}
+    assert task_hosts(plane, "Init | Write the kubeadm configuration") == {"cp1"}
     assert "kubernetesVersion: v1.34.0" in config and "advertiseAddress: 192.168.156.10" in config
     assert "Command would have run if not in check mode" in task_output(plane, "Init | Run kubeadm init")
-    assert _changed_hosts(plane, "Init | Run kubeadm init") == {"cp1"}
+    assert task_hosts(plane, "Init | Run kubeadm init") == {"cp1"}
     # cni: the release's manifest would be downloaded (checked on loopback); nothing to compare yet.
     assert set(recaps["cni"]) == {"cp1"} and recaps["cni"]["cp1"]["changed"] > 0
     cni = task_sections(outputs["cni"])
@@ -357,8 +353,8 @@ def test_kubernetes_stages_pass_check_mode_without_changing_the_nodes(cluster: C
     # addons: the metrics and storage manifests would be written on cp1; nothing to compare or wait for yet.
     assert set(recaps["addons"]) == {"cp1"} and recaps["addons"]["cp1"]["changed"] > 0
     addons = task_sections(outputs["addons"])
-    assert _changed_hosts(addons, "Metrics | Render the add-on's manifest") == {"cp1"}
-    assert _changed_hosts(addons, "Storage | Render the add-on's manifest") == {"cp1"}
+    assert task_hosts(addons, "Metrics | Render the add-on's manifest") == {"cp1"}
+    assert task_hosts(addons, "Storage | Render the add-on's manifest") == {"cp1"}
     assert (
         task_output(addons, "Manifest | Compare the manifest with the cluster (server-side)").count("skipping: [cp1]")
         == 2
