@@ -77,6 +77,45 @@ SWAP_ON = (
 )
 
 
+# The lane's VMs get this CPU weight against the rest of the host (cgroup v1 cpu.shares, where 1024 is
+# everyone's default; cgroup v2 cpu.weight gets the same fraction of 100). Under qemu software emulation
+# the two VMs can keep both cores busy, and libvirt's one "machine" group then weighs as much as every
+# container of the lane beside it together (Docker's one group): the HA lane's control planes, starved,
+# missed etcd heartbeats and their /readyz failed for seconds during its upgrade (2026-12-07, full run).
+# A lower weight only matters while the cores are contended: alone, the VMs take what is idle.
+VM_CPU_SHARES = int(os.environ.get("PROVISION_VM_LANE_CPU_SHARES", "256"))
+
+
+def machine_cpu_group() -> tuple[Path, str, int] | None:
+    """libvirt's cgroup for its VMs, the file that weighs it, and the value that file means by `VM_CPU_SHARES`
+    (None where there is none to set: no cgroup cpu controller mounted, or systemd's machine.slice not made
+    yet, which only systemd-machined may create)."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    if v2.exists():
+        group = Path("/sys/fs/cgroup/machine.slice")
+        return (group, "cpu.weight", max(1, VM_CPU_SHARES * 100 // 1024)) if group.is_dir() else None
+    for base in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct")):
+        if (base / "cpu.shares").exists():
+            # libvirtd without a service manager puts its VMs under /machine, made on first use.
+            group = base / ("machine.slice" if libvirt.service_manager() else "machine")
+            if not group.is_dir() and not libvirt.service_manager():
+                group.mkdir()
+            return (group, "cpu.shares", VM_CPU_SHARES) if group.is_dir() else None
+    return None
+
+
+def weigh_vms() -> tuple[Path, str] | None:
+    """Give libvirt's VMs the lane's CPU weight; returns the file and the value to put back."""
+    found = machine_cpu_group()
+    if found is None:
+        return None
+    group, name, value = found
+    path = group / name
+    before = path.read_text().strip()
+    path.write_text(f"{value}\n")
+    return path, before
+
+
 def lane_blocker() -> str:
     """Why the VM lane cannot run here ("" when it can): installs libvirt/qemu and starts libvirtd."""
     if os.environ.get("PROVISION_VM_LANE", "1") == "0":
@@ -189,10 +228,14 @@ def lane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     )
     lane.timings["libvirt host ready"] = round(time.monotonic() - started, 1)
     libvirt.cleanup_cluster(DOMAINS, [f"{NAME}-mgmt"])  # leftovers of an interrupted run
+    weighed = weigh_vms()
+    weight = f"VMs weighed {weighed[0]} = {VM_CPU_SHARES} (was {weighed[1]})" if weighed else "VMs not weighed"
     failed_before = request.session.testsfailed
     try:
         yield lane
     finally:
+        if weighed:
+            weighed[0].write_text(weighed[1] + "\n")
         keep = os.environ.get("PROVISION_VM_LANE_KEEP") == "1" and request.session.testsfailed > failed_before
         if keep:
             sys.stderr.write(f"\nVM lane kept for a look: provision.py --dir {lane.cluster.root} destroy -f\n")
@@ -207,7 +250,7 @@ def lane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
         out = Path(os.environ.get("PROVISION_VM_LANE_TIMINGS") or root / "vm-lane-timings.json")
         lane.timings["total"] = round(time.monotonic() - started, 1)
         out.write_text(json.dumps(lane.timings, indent=2))
-        sys.stderr.write(f"\nVM lane timings ({out}): {json.dumps(lane.timings)}\n")
+        sys.stderr.write(f"\nVM lane timings ({out}): {json.dumps(lane.timings)}; {weight}\n")
 
 
 def _up_without_wiring(lane: Lane) -> None:
