@@ -352,10 +352,10 @@ def test_the_node_comes_back_and_verify_is_green(cluster: Cluster) -> None:
 def test_up_after_the_upgrade_and_the_failover_keeps_the_new_release_with_nothing_to_change(
     cluster: Cluster,
 ) -> None:
-    # The upgrade cleared the fingerprint, so this `up` converges every stage against the new release:
-    # the upgrade brought the control plane stage's own files there too, and a control plane's loss and
-    # return (the two tests before) left nothing to repair either, so nothing changes. (One converge for
-    # both: each costs minutes on the two cores.)
+    # `up` without verify converges every stage against the new release: the upgrade brought the control
+    # plane stage's own files there too, and a control plane's loss and return (the two tests before) left
+    # nothing to repair either, so nothing changes. One converge for both (each costs minutes on the two
+    # cores): a change here may come from either, the stage logs under the cluster's logs/ say which task.
     proc = cluster.run("up", "--no-verify", timeout=1800)
     changed = cluster.timings()["changed"]
     assert isinstance(changed, dict) and {"control_plane", "join", "cni"} <= set(changed), changed

@@ -16,7 +16,8 @@ the plain box, where the role installs them), raises Ansible's connection and be
 one SSH connection per VM between Ansible and testinfra, and re-runs only the swap part of node
 preparation for the swap-drift check.
 
-PROVISION_VM_LANE_KEEP=1 leaves the VMs running after a failure, for a look inside (the fixture
+PROVISION_VM_LANE_CPU_SHARES (default 256 of cgroup v1's 1024) is the CPU weight of libvirt's VMs
+while the lane runs (see VM_CPU_SHARES). PROVISION_VM_LANE_KEEP=1 leaves the VMs running after a failure, for a look inside (the fixture
 prints the `provision.py --dir DIR destroy -f` that removes them). Durations: pytest's --durations
 lists each test; the lane writes its steps' times to $PROVISION_VM_LANE_TIMINGS (default:
 vm-lane-timings.json in the test's temporary directory) and prints them at the end.
@@ -79,42 +80,87 @@ SWAP_ON = (
 
 
 # The lane's VMs get this CPU weight against the rest of the host (cgroup v1 cpu.shares, where 1024 is
-# everyone's default; cgroup v2 cpu.weight gets the same fraction of 100). Under qemu software emulation
-# the two VMs can keep both cores busy, and libvirt's one "machine" group then weighs as much as every
-# container of the lane beside it together (Docker's one group): the HA lane's control planes, starved,
-# missed etcd heartbeats and their /readyz failed for seconds during its upgrade (2026-12-07, full run).
-# A lower weight only matters while the cores are contended: alone, the VMs take what is idle.
+# everyone's default; cgroup v2 cpu.weight gets the same fraction of its default 100). Under qemu software
+# emulation the two VMs can keep both cores busy, and libvirt's one group for VMs then weighs as much as
+# every container of the lane beside it together (Docker's one group): the HA lane's control planes,
+# starved, missed etcd heartbeats and their /readyz failed for seconds during its upgrade (24 of 1826
+# readings, 2026-12-07, full run; 1 of 1673 with this weight). The weight only matters while the cores
+# are contended: alone, the VMs take what is idle. It applies to every libvirt VM on the host while the
+# lane runs, and is put back at the end (to the default if a killed run left the lane's own value).
 VM_CPU_SHARES = int(os.environ.get("PROVISION_VM_LANE_CPU_SHARES", "256"))
 
 
-def machine_cpu_group() -> tuple[Path, str, int] | None:
-    """libvirt's cgroup for its VMs, the file that weighs it, and the value that file means by `VM_CPU_SHARES`
-    (None where there is none to set: no cgroup cpu controller mounted, or systemd's machine.slice not made
-    yet, which only systemd-machined may create)."""
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
-    if v2.exists():
-        group = Path("/sys/fs/cgroup/machine.slice")
-        return (group, "cpu.weight", max(1, VM_CPU_SHARES * 100 // 1024)) if group.is_dir() else None
+@dataclass
+class VmWeight:
+    """How the lane weighs libvirt's VMs: a cgroup file written directly (no service manager, as when
+    the toolkit starts libvirtd itself), or systemd's machine.slice through `systemctl set-property`."""
+
+    path: Path | None  # the cgroup file, or None for systemd
+    prop: str  # the systemd property (CPUShares, CPUWeight) or the file's name
+    value: int  # what the lane writes
+    default: int  # the kernel's or systemd's default
+    before: str = ""
+
+    def describe(self) -> str:
+        where = str(self.path) if self.path else f"machine.slice {self.prop}"
+        return f"VMs weighed: {where} = {self.value} (was {self.before or 'unset'})"
+
+
+def vm_weight() -> VmWeight | None:
+    """The weight to set for libvirt's VMs on this host (None where no cpu controller can weigh them)."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    value = max(1, VM_CPU_SHARES * 100 // 1024) if v2 else VM_CPU_SHARES
+    if libvirt.service_manager():
+        return VmWeight(None, "CPUWeight" if v2 else "CPUShares", value, 100 if v2 else 1024)
+    if v2:
+        return VmWeight(Path("/sys/fs/cgroup/machine/cpu.weight"), "cpu.weight", value, 100)
     for base in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct")):
-        if (base / "cpu.shares").exists():
-            # libvirtd without a service manager puts its VMs under /machine, made on first use.
-            group = base / ("machine.slice" if libvirt.service_manager() else "machine")
-            if not group.is_dir() and not libvirt.service_manager():
-                group.mkdir()
-            return (group, "cpu.shares", VM_CPU_SHARES) if group.is_dir() else None
+        if (base / "cpu.shares").exists():  # libvirtd without a service manager: its VMs go under /machine
+            return VmWeight(base / "machine" / "cpu.shares", "cpu.shares", value, 1024)
     return None
 
 
-def weigh_vms() -> tuple[Path, str] | None:
-    """Give libvirt's VMs the lane's CPU weight; returns the file and the value to put back."""
-    found = machine_cpu_group()
-    if found is None:
-        return None
-    group, name, value = found
-    path = group / name
-    before = path.read_text().strip()
-    path.write_text(f"{value}\n")
-    return path, before
+def _systemctl_weight(prop: str, value: str) -> None:
+    subprocess.run(
+        ["systemctl", "set-property", "--runtime", "machine.slice", f"{prop}={value}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+
+
+def weigh_vms() -> tuple[VmWeight | None, str]:
+    """Give libvirt's VMs the lane's CPU weight. Returns what to put back (None if nothing was set) and
+    a line saying what happened; a host where it cannot be set runs the lane unweighed."""
+    weight = vm_weight()
+    if weight is None:
+        return None, "VMs not weighed: no cgroup cpu controller found"
+    try:
+        if weight.path is None:
+            _systemctl_weight(weight.prop, str(weight.value))
+            return weight, weight.describe()
+        group = weight.path.parent
+        if not group.is_dir():
+            group.mkdir(exist_ok=True)  # libvirt uses it as it finds it
+            if weight.prop == "cpu.weight":  # cgroup v2: the cpu controller must be on for the children
+                Path("/sys/fs/cgroup/cgroup.subtree_control").write_text("+cpu\n")
+        weight.before = weight.path.read_text().strip()
+        if weight.before == str(weight.value):  # left by a run that was killed: put the default back later
+            weight.before = str(weight.default)
+        weight.path.write_text(f"{weight.value}\n")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"VMs not weighed: {exc}"
+    return weight, weight.describe()
+
+
+def unweigh_vms(weight: VmWeight | None) -> None:
+    if weight is None:
+        return
+    try:
+        if weight.path is None:
+            _systemctl_weight(weight.prop, "")  # an empty value resets systemd's property
+        else:
+            weight.path.write_text(f"{weight.before}\n")
+    except (OSError, subprocess.SubprocessError) as exc:
+        sys.stderr.write(f"\nthe VMs' CPU weight could not be put back ({weight.describe()}): {exc}\n")
 
 
 def lane_blocker() -> str:
@@ -229,14 +275,12 @@ def lane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     )
     lane.timings["libvirt host ready"] = round(time.monotonic() - started, 1)
     libvirt.cleanup_cluster(DOMAINS, [f"{NAME}-mgmt"])  # leftovers of an interrupted run
-    weighed = weigh_vms()
-    weight = f"VMs weighed {weighed[0]} = {VM_CPU_SHARES} (was {weighed[1]})" if weighed else "VMs not weighed"
+    weighed, weight = weigh_vms()
     failed_before = request.session.testsfailed
     try:
         yield lane
     finally:
-        if weighed:
-            weighed[0].write_text(weighed[1] + "\n")
+        unweigh_vms(weighed)
         keep = os.environ.get("PROVISION_VM_LANE_KEEP") == "1" and request.session.testsfailed > failed_before
         if keep:
             sys.stderr.write(f"\nVM lane kept for a look: provision.py --dir {lane.cluster.root} destroy -f\n")
