@@ -8,8 +8,8 @@ green, no failed reading of the endpoint, no failed request through a node that 
 restorable with etcdutl, a second upgrade that changes nothing. Then the failure test: the node that
 holds the virtual IP is stopped; the endpoint answers from another control plane within a bounded time,
 kubectl works through it and a new pod runs; the node comes back, etcd has three healthy members again
-and verify is green. Then `up` converges every stage (the upgrade cleared the fingerprint) and changes
-nothing, keeping the new release; destroy.
+and verify is green. Then `up` without verify converges every stage and changes nothing, keeping the
+new release; destroy.
 
 The tests run in file order against one cluster. Traffic goes only to the nodes this test creates
 (their loopback-forwarded SSH ports, their node-network addresses and the virtual IP among them).

@@ -17,10 +17,11 @@ one SSH connection per VM between Ansible and testinfra, and re-runs only the sw
 preparation for the swap-drift check.
 
 PROVISION_VM_LANE_CPU_SHARES (default 256 of cgroup v1's 1024) is the CPU weight of libvirt's VMs
-while the lane runs (see VM_CPU_SHARES). PROVISION_VM_LANE_KEEP=1 leaves the VMs running after a failure, for a look inside (the fixture
-prints the `provision.py --dir DIR destroy -f` that removes them). Durations: pytest's --durations
-lists each test; the lane writes its steps' times to $PROVISION_VM_LANE_TIMINGS (default:
-vm-lane-timings.json in the test's temporary directory) and prints them at the end.
+while the lane runs (see VM_CPU_SHARES). PROVISION_VM_LANE_KEEP=1 leaves the VMs running after a
+failure, for a look inside (the fixture prints the `provision.py --dir DIR destroy -f` that removes
+them). Durations: pytest's --durations lists each test; the lane writes its steps' times to
+$PROVISION_VM_LANE_TIMINGS (default: vm-lane-timings.json in the test's temporary directory) and
+prints them at the end.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import pytest
 
 from provisioner import libvirt
 from provisioner.errors import ProvisionError
+from provisioner.kubesource import host_cgroup_version
 from tests.integration.conftest import REPO, Cluster, assert_verified
 
 pytestmark = pytest.mark.integration
@@ -108,7 +110,7 @@ class VmWeight:
 
 def vm_weight() -> VmWeight | None:
     """The weight to set for libvirt's VMs on this host (None where no cpu controller can weigh them)."""
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    v2 = host_cgroup_version() == 2
     value = max(1, VM_CPU_SHARES * 100 // 1024) if v2 else VM_CPU_SHARES
     if libvirt.service_manager():
         return VmWeight(None, "CPUWeight" if v2 else "CPUShares", value, 100 if v2 else 1024)
