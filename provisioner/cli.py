@@ -8,7 +8,20 @@ import logging
 import sys
 from pathlib import Path
 
-from provisioner.command import access, build, destroy, helm, kubectl, plan, provision, status, up, upgrade, verify
+from provisioner.command import (
+    access,
+    build,
+    conformance,
+    destroy,
+    helm,
+    kubectl,
+    plan,
+    provision,
+    status,
+    up,
+    upgrade,
+    verify,
+)
 from provisioner.errors import ProvisionError
 from provisioner.spec import ENGINES, PROVIDERS, RUNTIME_SOURCES, RUNTIMES
 from provisioner.workspace import Workspace, default_provision_dir
@@ -194,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="the target release: the next minor (1.37) or a newer patch of the cluster's minor",
     )
+    cf = sub.add_parser(
+        "conformance",
+        help="run Kubernetes' conformance suite against the cluster, offline (built and cached the first time)",
+    )
+    cf.add_argument("--focus", default="", help=r"regex of the tests to run (default: \[Conformance\])")
+    cf.add_argument("--skip", default="", help="regex of the tests to leave out")
+    cf.add_argument(
+        "--parallel",
+        type=int,
+        default=4,
+        help="test processes for the tests that may share the cluster; the [Serial] ones run alone after (default 4)",
+    )
     img = sub.add_parser("image", help="node image of the docker provider")
     img_sub = img.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     ib = img_sub.add_parser("build", help="build the node image from Debian packages")
@@ -290,6 +315,7 @@ CLUSTER_COMMANDS = (
     "upgrade",
     "helm",
     "reset",
+    "conformance",
 )
 
 
@@ -336,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         ws = workspace_of(args.dir) if args.command in CLUSTER_COMMANDS else Workspace(default_provision_dir())
-        if args.command in ("up", "destroy", "provision", "reset", "upgrade"):
+        if args.command in ("up", "destroy", "provision", "reset", "upgrade", "conformance"):
             with ws.lock(args.command):
                 return dispatch(args, ws)
         return dispatch(args, ws)
@@ -389,6 +415,8 @@ def dispatch(args: argparse.Namespace, ws: Workspace) -> int:
         return provision.reset(ws, args.verbose)
     if cmd == "upgrade":
         return upgrade.upgrade(ws, args.kube_version, args.verbose)
+    if cmd == "conformance":
+        return conformance.conformance(ws, args.focus, args.skip, args.parallel, args.verbose)
     if cmd == "image":
         if args.kubernetes:
             return build.kube_image_build(args.force)

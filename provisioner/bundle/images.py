@@ -60,39 +60,57 @@ class ImageSpec:
     env: Sequence[str] = ()
     user: str = ""  # the image's default user, e.g. "999" (empty: root)
     dirs: Mapping[str, int] = field(default_factory=dict)  # absolute path -> owner uid (and gid), mode 0755
+    links: Mapping[str, str] = field(default_factory=dict)  # absolute path -> symlink target
+    modes: Mapping[str, int] = field(default_factory=dict)  # absolute path of a file -> its mode (else 0755)
 
 
-def userland_recipe_digest(mirror: str, suite: str = "bookworm") -> str:
-    blob = json.dumps({"suite": suite, "packages": USERLAND_PACKAGES, "v": 2}, sort_keys=True)
+def userland_recipe_digest(
+    mirror: str, suite: str = "bookworm", packages: Sequence[str] = USERLAND_PACKAGES, hook: str = ""
+) -> str:
+    recipe: dict[str, object] = {"suite": suite, "packages": tuple(packages), "v": 2}
+    if hook:
+        recipe["hook"] = hook
+    blob = json.dumps(recipe, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def ensure_userland(cache: Path, mirror: str, suite: str = "bookworm") -> Path:
-    """The userland layer tarball (built with mmdebstrap when missing; about 30 s)."""
-    target = cache / f"userland-{suite}-{userland_recipe_digest(mirror, suite)}.tar"
+def ensure_userland(
+    cache: Path,
+    mirror: str,
+    suite: str = "bookworm",
+    packages: Sequence[str] = USERLAND_PACKAGES,
+    name: str = "userland",
+    hook: str = "",
+) -> Path:
+    """A userland layer tarball of Debian `packages` (built with mmdebstrap when missing; about 30 s for
+    the components' userland). `hook`: shell run with the root as $root after the packages (users the
+    images need, for example); it is run inside single quotes, so it holds none."""
+    if "'" in hook:
+        raise ProvisionError(f"the {name} layer's hook holds a single quote, which its shell quoting cannot carry")
+    target = cache / f"{name}-{suite}-{userland_recipe_digest(mirror, suite, packages, hook)}.tar"
     if target.is_file():
         return target
     proc.require_tool("mmdebstrap")
     cache.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.tar")
-    hook = (
+    customize = (
         'set -e; root="$1"; '
         # felix and kube-proxy pick their iptables backend themselves; keep Debian's default (nft).
         'rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* '
-        '"$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/var/log/*'
+        '"$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/var/log/*' + (f"; {hook}" if hook else "")
     )
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
-        "--include=" + ",".join(USERLAND_PACKAGES),
-        "--customize-hook=" + f"sh -c '{hook}' sh \"$1\"",
+        "--include=" + ",".join(packages),
+        "--customize-hook=" + f"sh -c '{customize}' sh \"$1\"",
         suite,
         str(partial),
     ]
     if mirror:
         cmd.append(mirror)
     env = dict(os.environ, SOURCE_DATE_EPOCH="0")
-    proc.run(cmd, env=env, timeout=900, what="mmdebstrap (image userland)")
+    proc.run(cmd, env=env, timeout=900, what=f"mmdebstrap (image {name})")
     partial.rename(target)
     return target
 
@@ -141,7 +159,7 @@ def files_layer(spec: ImageSpec, out: Path, links: Mapping[str, str] | None = No
             entries[d] = (None, 0o1777 if d == "tmp" else 0o755)
         entries.update(BASE_FILES)
     for dest, src in spec.files.items():
-        entries[resolve_path(dest.lstrip("/"), links)] = (src.read_bytes(), 0o755)
+        entries[resolve_path(dest.lstrip("/"), links)] = (src.read_bytes(), spec.modes.get(dest, 0o755))
     for dest, text in spec.scripts.items():
         entries[resolve_path(dest.lstrip("/"), links)] = (text.encode(), 0o755)
     dirs: set[str] = set()
@@ -149,12 +167,21 @@ def files_layer(spec: ImageSpec, out: Path, links: Mapping[str, str] | None = No
         parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             dirs.add("/".join(parts[:i]))
+    symlinks = {resolve_path(p.lstrip("/"), links): target for p, target in spec.links.items()}
+    for name in symlinks:
+        parts = name.split("/")[:-1]
+        dirs |= {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
     owners = {resolve_path(d.lstrip("/"), links): uid for d, uid in spec.dirs.items()}
     dirs |= set(owners)
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(dirs | set(entries)):
+        for name in sorted(dirs | set(entries) | set(symlinks)):
             data, mode = entries.get(name, (None, 0o755))
-            if name in entries and data is not None:
+            if name in symlinks:
+                info = tarfile.TarInfo(name)
+                info.mtime, info.uname, info.gname = EPOCH, "root", "root"
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, symlinks[name], 0o777
+                tar.addfile(info)
+            elif name in entries and data is not None:
                 _add_member(tar, name, data, mode)
             else:
                 kind_mode = mode if name in entries else 0o755
@@ -171,36 +198,53 @@ def _sha256(path: Path) -> str:
 
 def write_archive(spec: ImageSpec, out: Path, userland: Path | None) -> None:
     """One docker-archive tarball holding `spec` under its full name."""
-    if spec.userland and userland is None:
-        raise ProvisionError(f"image {spec.name} needs the userland layer, which was not built")
+    write_archives([spec], out, userland)
+
+
+def write_archives(specs: Sequence[ImageSpec], out: Path, userland: Path | None) -> None:
+    """One docker-archive tarball holding every image of `specs` under its full name; a layer they share
+    (the userland) is stored once."""
+    for spec in specs:
+        if spec.userland and userland is None:
+            raise ProvisionError(f"image {spec.name} needs the userland layer, which was not built")
+    links = base_links(userland) if userland is not None and any(s.userland for s in specs) else None
     with tempfile.TemporaryDirectory(prefix="provision-image-", dir=out.parent) as tmp:
-        own = Path(tmp) / "layer.tar"
-        files_layer(spec, own, base_links(userland) if spec.userland and userland is not None else None)
-        layers = ([userland] if spec.userland and userland is not None else []) + [own]
-        diff_ids = [_sha256(p) for p in layers]
-        env = [f"PATH={BASE_PATH}", *spec.env]
-        config = {
-            "architecture": GO_ARCH.get(platform.machine(), platform.machine()),
-            "os": "linux",
-            "created": "1970-01-01T00:00:00Z",
-            "config": {
-                "Env": env,
-                "Entrypoint": list(spec.entrypoint) or None,
-                "Cmd": list(spec.cmd) or None,
-                "WorkingDir": "/",
-                **({"User": spec.user} if spec.user else {}),
-            },
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
-            "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "provisioner bundle"} for _ in layers],
-        }
-        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        config_id = hashlib.sha256(config_bytes).hexdigest()
-        manifest = [
-            {"Config": f"{config_id}.json", "RepoTags": [spec.name], "Layers": [f"{d}/layer.tar" for d in diff_ids]}
-        ]
+        layer_files: dict[str, Path] = {}
+        configs: dict[str, bytes] = {}
+        manifest = []
+        userland_id = _sha256(userland) if links is not None and userland is not None else ""
+        if userland is not None and userland_id:
+            layer_files[userland_id] = userland
+        for n, spec in enumerate(specs):
+            own = Path(tmp) / f"layer-{n}.tar"
+            files_layer(spec, own, links if spec.userland else None)
+            own_id = _sha256(own)
+            layer_files.setdefault(own_id, own)
+            diff_ids = ([userland_id] if spec.userland else []) + [own_id]
+            env = [f"PATH={BASE_PATH}", *spec.env]
+            config = {
+                "architecture": GO_ARCH.get(platform.machine(), platform.machine()),
+                "os": "linux",
+                "created": "1970-01-01T00:00:00Z",
+                "config": {
+                    "Env": env,
+                    "Entrypoint": list(spec.entrypoint) or None,
+                    "Cmd": list(spec.cmd) or None,
+                    "WorkingDir": "/",
+                    **({"User": spec.user} if spec.user else {}),
+                },
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
+                "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "provisioner bundle"} for _ in diff_ids],
+            }
+            config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+            config_id = hashlib.sha256(config_bytes).hexdigest()
+            configs[config_id] = config_bytes
+            manifest.append(
+                {"Config": f"{config_id}.json", "RepoTags": [spec.name], "Layers": [f"{d}/layer.tar" for d in diff_ids]}
+            )
         partial = out.with_suffix(".partial")
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            for d, layer in sorted(zip(diff_ids, layers, strict=True)):
+            for d, layer in sorted(layer_files.items()):
                 _add_member(tar, d, None, 0o755, tarfile.DIRTYPE)
                 info = tarfile.TarInfo(f"{d}/layer.tar")
                 info.size = layer.stat().st_size
@@ -209,7 +253,8 @@ def write_archive(spec: ImageSpec, out: Path, userland: Path | None) -> None:
                 info.uname = info.gname = "root"
                 with layer.open("rb") as fh:
                     tar.addfile(info, fh)
-            _add_member(tar, f"{config_id}.json", config_bytes, 0o644)
+            for config_id, config_bytes in sorted(configs.items()):
+                _add_member(tar, f"{config_id}.json", config_bytes, 0o644)
             _add_member(tar, "manifest.json", json.dumps(manifest, separators=(",", ":")).encode(), 0o644)
         partial.rename(out)
 
