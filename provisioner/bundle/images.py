@@ -62,6 +62,9 @@ class ImageSpec:
     dirs: Mapping[str, int] = field(default_factory=dict)  # absolute path -> owner uid (and gid), mode 0755
     links: Mapping[str, str] = field(default_factory=dict)  # absolute path -> symlink target
     modes: Mapping[str, int] = field(default_factory=dict)  # absolute path of a file -> its mode (else 0755)
+    # An image whose layers this one's own layer goes on top of (its userland included); its config
+    # (entrypoint, environment, user) is not inherited. Only write_archives knows it.
+    over: ImageSpec | None = None
 
 
 def userland_recipe_digest(
@@ -215,12 +218,24 @@ def write_archives(specs: Sequence[ImageSpec], out: Path, userland: Path | None)
         userland_id = _sha256(userland) if links is not None and userland is not None else ""
         if userland is not None and userland_id:
             layer_files[userland_id] = userland
-        for n, spec in enumerate(specs):
-            own = Path(tmp) / f"layer-{n}.tar"
-            files_layer(spec, own, links if spec.userland else None)
-            own_id = _sha256(own)
-            layer_files.setdefault(own_id, own)
-            diff_ids = ([userland_id] if spec.userland else []) + [own_id]
+        own_layers: dict[int, str] = {}
+
+        def own_layer(spec: ImageSpec) -> str:
+            """The diff id of the spec's own layer, written once per spec."""
+            if id(spec) not in own_layers:
+                path = Path(tmp) / f"layer-{len(own_layers)}.tar"
+                files_layer(spec, path, links if spec.userland else None)
+                own_layers[id(spec)] = digest = _sha256(path)
+                layer_files.setdefault(digest, path)
+            return own_layers[id(spec)]
+
+        for spec in specs:
+            chain = [spec]
+            while chain[-1].over is not None:
+                chain.append(chain[-1].over)
+            if any(s.userland != spec.userland for s in chain):
+                raise ProvisionError(f"image {spec.name} and the image it is made over differ in their userland")
+            diff_ids = ([userland_id] if spec.userland else []) + [own_layer(s) for s in reversed(chain)]
             env = [f"PATH={BASE_PATH}", *spec.env]
             config = {
                 "architecture": GO_ARCH.get(platform.machine(), platform.machine()),

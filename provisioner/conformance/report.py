@@ -48,18 +48,23 @@ def sig_of(name: str) -> str:
 
 
 def read_junit(paths: list[Path]) -> Summary:
-    """Passed, failed and skipped by SIG over the junit files (ginkgo's own entries, the suite's
-    BeforeSuite and AfterSuite nodes, count under "(no sig)" only when they failed)."""
+    """Passed, failed and skipped by SIG over the junit files. Counted: the specs ([It] entries) the run
+    selected, and a suite node (BeforeSuite, AfterSuite, a report node) that failed, under "(suite)".
+    Not counted: the specs the focus left out, which ginkgo writes as skipped with no reason."""
     summary = Summary()
     for path in paths:
         root = ET.parse(path).getroot()
         for case in root.iter("testcase"):
             name = case.get("name") or ""
             failed = case.find("failure") is not None or case.find("error") is not None
-            skipped = case.find("skipped") is not None
-            if not SIG.search(name) and not failed:
+            skip = case.find("skipped")
+            skipped = skip is not None
+            if skip is not None and (skip.get("message") or "").strip() == "skipped":
+                continue  # not selected
+            spec = name.startswith("[It]")
+            if not spec and not failed:
                 continue
-            counts = summary.by_sig.setdefault(sig_of(name), SigCounts())
+            counts = summary.by_sig.setdefault(sig_of(name) if spec else "(suite)", SigCounts())
             if failed:
                 counts.failed += 1
                 summary.failures.append(name.removeprefix("[It] ").strip())

@@ -63,16 +63,34 @@ TESTLAND_HOOK = (
     'chown 1000:1000 "$root/home/user-defined-in-image"'
 )
 # Bumped when the way the images are made changes, so cached archives are made again.
-RECIPE = 1
+RECIPE = 2
 # The bundle's images, already imported on every node (kube_packages).
 FROM_BUNDLE = ("pause", "etcd")
+# The repositories the [Conformance] tests run images of (test/e2e at 1.37.2: the image ids those tests
+# and the framework they call name). The suite lists many more, for tests outside conformance; the
+# agnhost of gcr.io/k8s-authenticated-test and invalid.registry.k8s.io are meant to fail to pull.
+CONFORMANCE_REPOSITORIES = frozenset(
+    {
+        "e2e-test-images/agnhost",
+        "e2e-test-images/busybox",
+        "e2e-test-images/glibc-dns-testing",
+        "e2e-test-images/kitten",
+        "e2e-test-images/nautilus",
+        "e2e-test-images/nginx",
+        "e2e-test-images/nonewprivs",
+        "e2e-test-images/nonroot",
+        "e2e-test-images/sample-apiserver",
+        "etcd",
+        "pause",
+    }
+)
 
 
 @dataclass(frozen=True)
 class TestImages:
     dir: Path  # the archive's directory (test-images.tar)
     made: list[str]  # the image names the archive holds
-    not_made: list[str]  # names the suite lists that no archive here holds (nor the bundle)
+    not_made: list[str]  # names of CONFORMANCE_REPOSITORIES that neither the archive nor the bundle holds
 
 
 def repository(name: str) -> str:
@@ -160,9 +178,10 @@ def specs(listed: list[str], suite: Suite, module: Path, nnp: Path, busybox: Pat
         elif repo == "e2e-test-images/glibc-dns-testing":
             made.append(img.ImageSpec(name=name, files={}, userland=True, cmd=("bash",)))
         elif repo in ("e2e-test-images/nautilus", "e2e-test-images/kitten"):
+            # agnhost's layers with the html files in a layer of their own on top.
             html = module / "test" / "images" / repo.rsplit("/", 1)[1] / "html"
-            files = dict(agnhost.files) | {f"/{p.name}": p for p in sorted(html.iterdir()) if p.is_file()}
-            made.append(replace(agnhost, name=name, files=files, cmd=("test-webserver",)))
+            files = {f"/{p.name}": p for p in sorted(html.iterdir()) if p.is_file()}
+            made.append(replace(agnhost, name=name, files=files, links={}, cmd=("test-webserver",), over=agnhost))
         elif repo == "e2e-test-images/nonroot":
             made.append(img.ImageSpec(name=name, files={}, userland=True, user="1234", cmd=("bash",)))
         elif repo == "e2e-test-images/nonewprivs":
@@ -199,7 +218,7 @@ def ensure_images(suite: Suite, on_progress: Progress) -> TestImages:
     out = cache / f"images-{key}"
     archive = out / "test-images.tar"
     with tempfile.TemporaryDirectory(prefix="provision-testimages-", dir=cache) as tmp:
-        busybox = extract_member(testland, "bin/busybox", Path(tmp) / "busybox")
+        busybox = extract_member(testland, "usr/bin/busybox", Path(tmp) / "busybox")
         wanted = specs(listed, suite, module, suite.dir / "nnp", busybox)
         if not (out / ".complete").is_file() or not archive.is_file():
             partial = out.with_name(out.name + ".partial")
@@ -210,7 +229,10 @@ def ensure_images(suite: Suite, on_progress: Progress) -> TestImages:
             (partial / ".complete").write_text("\n".join(s.name for s in wanted) + "\n", encoding="utf-8")
             shutil.rmtree(out, ignore_errors=True)
             partial.rename(out)
+            for stale in cache.glob("images-*"):  # made by an older recipe or suite: never read again
+                if stale.is_dir() and stale != out and not stale.name.endswith(".partial"):
+                    shutil.rmtree(stale, ignore_errors=True)
     made = sorted(s.name for s in wanted)
     bundled = {n for n in listed if repository(n).rsplit("/", 1)[-1] in FROM_BUNDLE}
-    not_made = [n for n in listed if n not in made and n not in bundled]
+    not_made = [n for n in listed if repository(n) in CONFORMANCE_REPOSITORIES and n not in made and n not in bundled]
     return TestImages(out, made, not_made)
