@@ -156,6 +156,22 @@ def test_binaries_match_kube_version(host: Any, package: str) -> None:
         )
 
 
+def test_service_range_routed_on_the_node_network(host: Any) -> None:
+    # Role kube_service_range: traffic for ClusterIP ports no Service has must not follow the default
+    # route out of the cluster. The route for the range names the interface of the node's address.
+    variables = host.ansible.get_variables()
+    cidr = str(variables.get("kube_service_addresses", "10.96.0.0/12"))
+    ip = node_ip_of(host)
+    found = host.run(f"ip -o -4 addr show to {ip}/32")
+    assert found.rc == 0 and found.stdout.split(), f"{host.backend.get_pytest_id()}: no interface holds {ip}"
+    interface = found.stdout.split()[1]
+    route = host.run(f"ip route show exact {cidr}")
+    assert f"dev {interface}" in route.stdout, (
+        f"{host.backend.get_pytest_id()}: the route for the Service range {cidr} is {route.stdout.strip()!r}, "
+        f"not on {interface} (the node network): `systemctl status kube-service-range` says why"
+    )
+
+
 def test_node_ready(host: Any, control_plane: Any) -> None:
     ip = node_ip_of(host)
 

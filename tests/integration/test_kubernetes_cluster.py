@@ -37,6 +37,7 @@ NODE_CHECKS = (
     "dns_resolves_from_a_pod_on_the_node",
     "pod_reaches_pods_on_every_other_node",
     "nodeport_answers_from_the_host",
+    "service_range_routed_on_the_node_network",
 )
 # The storage add-on, used: a claim without a class bound by the default one, written by a pod and
 # read back by a new one. The ingress add-on (turned on with --ingress), used: an Ingress and an
