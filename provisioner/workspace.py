@@ -28,7 +28,7 @@ MARKER_TEXT = (
 )
 # Everything the toolkit writes in a state directory; `destroy` removes these and nothing else.
 OWN_FILES = ("cluster.json", "cluster.tmp", "state.json", "timings.json", "kubeconfig", MARKER)
-OWN_DIRS = ("inventory", "logs", "vagrant", "ssh", "ansible-tmp", "cp", "facts")
+OWN_DIRS = ("inventory", "logs", "vagrant", "ssh", "ansible-tmp", "cp", "facts", "conformance")
 OWN_GLOBS = (".state-*", "verify-*.xml")
 # The entries that make a directory recognisable as a cluster's: `destroy` removes them last, and only
 # when everything else of the toolkit's is gone, so that a destroy that failed half-way can run again.

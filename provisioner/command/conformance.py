@@ -197,9 +197,15 @@ def run_phase(
     title = f"{phase.name}: {total} tests on {phase.procs} process{'es' if phase.procs > 1 else ''}"
     progress.start(title, detail)
 
+    failed_before = [0]
+
     def seen(line: str) -> None:
-        if tally.feed(line) and tally.failed and line.lstrip("• ").startswith("[FAILED]"):
-            progress.note(line.strip()[:200])
+        # ginkgo names a finished spec on the line after its bullet: a failure is noted with its name.
+        if failed_before[0] < 0 and line.strip():
+            progress.note(f"FAILED: {line.strip()[:200]}")
+            failed_before[0] = tally.failed
+        if tally.feed(line) and tally.failed > failed_before[0]:
+            failed_before[0] = -1
 
     rc = proc.stream(cmd, cwd=report_dir, log_file=report_dir / "e2e.log", on_line=seen)
     progress.stop(f"exit {rc}, {tally.done} of {tally.total} done, {tally.failed} failed")

@@ -10,7 +10,10 @@ How (upstream's images are Alpine or Debian with a few packages; these are Debia
   and the tests exec (sh, bash, curl, dig, nc, ip, socat, iperf), agnhost from bundle/conformance,
   the porter's certificate and key, /uploads, the user and group the tests expect (1000 and 50000);
   the previous tag differs only by an environment variable, so the two are different images;
-- busybox: Debian's static busybox with a link for each of its applets, nothing else;
+- busybox: Debian's static busybox with a link for each of its applets, and Debian's static bash as
+  /bin/sh: busybox's ash (as dash) drops environment variables whose names are not shell names
+  (`data-1`) from what it passes on, and the tests that read a Secret or ConfigMap into such
+  variables run `sh -c env`; bash passes them on, as upstream's busybox sh does;
 - nginx (both tags): the userland's nginx in the foreground;
 - glibc-dns-testing: the userland (dig);
 - nautilus and kitten: agnhost's test-webserver over the module's html files;
@@ -41,6 +44,7 @@ Progress = Callable[[str], None]
 # Debian packages of the test images' userland: what agnhost's subcommands and the tests exec.
 TESTLAND_PACKAGES = (
     "bash",
+    "bash-static",
     "busybox-static",
     "ca-certificates",
     "curl",
@@ -141,7 +145,7 @@ def extract_member(layer: Path, member: str, dest: Path) -> Path:
     raise ProvisionError(f"{layer} holds no {member}; the test images' userland is incomplete")
 
 
-def specs(listed: list[str], suite: Suite, module: Path, nnp: Path, busybox: Path) -> list[img.ImageSpec]:
+def specs(listed: list[str], suite: Suite, module: Path, nnp: Path, busybox: Path, shell: Path) -> list[img.ImageSpec]:
     """The ImageSpecs of the listed images this module makes."""
     porter = module / "test" / "images" / "agnhost" / "porter"
     agnhost = img.ImageSpec(
@@ -168,8 +172,8 @@ def specs(listed: list[str], suite: Suite, module: Path, nnp: Path, busybox: Pat
             made.append(
                 img.ImageSpec(
                     name=name,
-                    files={"/bin/busybox": busybox},
-                    links={f"/bin/{a}": "busybox" for a in applets if a != "busybox"},
+                    files={"/bin/busybox": busybox, "/bin/sh": shell},
+                    links={f"/bin/{a}": "busybox" for a in applets if a not in ("busybox", "sh")},
                     cmd=("sh",),
                 )
             )
@@ -219,7 +223,8 @@ def ensure_images(suite: Suite, on_progress: Progress) -> TestImages:
     archive = out / "test-images.tar"
     with tempfile.TemporaryDirectory(prefix="provision-testimages-", dir=cache) as tmp:
         busybox = extract_member(testland, "usr/bin/busybox", Path(tmp) / "busybox")
-        wanted = specs(listed, suite, module, suite.dir / "nnp", busybox)
+        shell = extract_member(testland, "usr/bin/bash-static", Path(tmp) / "bash-static")
+        wanted = specs(listed, suite, module, suite.dir / "nnp", busybox, shell)
         if not (out / ".complete").is_file() or not archive.is_file():
             partial = out.with_name(out.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)

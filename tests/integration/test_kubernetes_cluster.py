@@ -223,6 +223,29 @@ def smoke_image() -> str:
     return bundle.smoke_image(default_bundle())
 
 
+# Kubernetes' own conformance tests of sig-network, run by `provision.py conformance` against this
+# cluster (the suite built from Go modules and the test images made the first time, cached under
+# /var/cache/provisioner/conformance; in CI from that cache).
+CONFORMANCE_FOCUS = r"\[sig-network\].*\[Conformance\]"
+CONFORMANCE_TESTS = 47  # of the suite at 1.37.2: e2e.test's dry run with this focus
+
+
+def test_conformance_sig_network_passes(cluster: Cluster) -> None:
+    proc = cluster.run("conformance", "--focus", CONFORMANCE_FOCUS, "--parallel", "4", timeout=3000, check=False)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-6000:] + proc.stderr[-2000:]
+    summary = re.search(r"==> conformance: (\d+) passed, (\d+) failed, (\d+) skipped", out)
+    assert summary, out[-3000:]
+    assert summary.groups() == (str(CONFORMANCE_TESTS), "0", "0"), summary.group(0)
+    assert re.search(rf"^sig-network\s+{CONFORMANCE_TESTS}\s+0\s+0$", out, re.M), out[-3000:]
+    runs = sorted((cluster.root / "conformance").iterdir())
+    assert (runs[-1] / "parallel" / "junit_01.xml").is_file() and (runs[-1] / "parallel" / "e2e.log").is_file()
+    # The test images went to every node, once: a second run imports nothing.
+    events = [json.loads(line) for line in (cluster.root / "logs" / "conformance-images.events.jsonl").open()]
+    imports = [e for e in events if e.get("event") == "result" and "Import each archive" in str(e.get("task", ""))]
+    assert {e["host"] for e in imports} == set(IPS), imports
+
+
 def test_a_second_cluster_with_the_same_name_or_network_is_refused_and_its_destroy_spares_this_one(
     cluster: Cluster, tmp_path: Path
 ) -> None:

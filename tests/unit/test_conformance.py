@@ -130,13 +130,18 @@ def test_test_image_specs_cover_the_conformance_images(tmp_path: Path) -> None:
     (module / "test" / "images" / "nautilus" / "html").mkdir(parents=True)
     (module / "test" / "images" / "nautilus" / "html" / "data.json").write_text("{}", encoding="utf-8")
     busybox = tmp_path / "busybox"
-    busybox.write_text("#!/bin/sh\necho 'sh cat wget busybox'\n", encoding="utf-8")
+    busybox.write_text("#!/bin/sh\necho 'sh cat env wget busybox'\n", encoding="utf-8")
     busybox.chmod(0o755)
-    made = {s.name: s for s in testimages.specs(listed, suite.Suite(tmp_path, "1.37.2"), module, tmp_path, busybox)}
+    shell = tmp_path / "bash-static"
+    made = {
+        s.name: s for s in testimages.specs(listed, suite.Suite(tmp_path, "1.37.2"), module, tmp_path, busybox, shell)
+    }
     assert sorted(made) == sorted(set(listed) - {"registry.k8s.io/pause:3.10.2", listed[-1]})
     prev, cur = made[listed[0]], made[listed[1]]
     assert prev.env != cur.env and prev.files == cur.files  # two images, the same layers
-    assert made[listed[2]].links == {"/bin/sh": "busybox", "/bin/cat": "busybox", "/bin/wget": "busybox"}
+    # busybox's applets, but bash as sh (it passes on environment variables such as data-1)
+    assert made[listed[2]].links == {"/bin/cat": "busybox", "/bin/env": "busybox", "/bin/wget": "busybox"}
+    assert made[listed[2]].files == {"/bin/busybox": busybox, "/bin/sh": shell}
     nautilus = made[listed[4]]
     assert set(nautilus.files) == {"/data.json"} and nautilus.cmd == ("test-webserver",)
     assert nautilus.over is not None and "/agnhost" in nautilus.over.files
