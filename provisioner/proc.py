@@ -83,6 +83,7 @@ def stream(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            errors="replace",
             bufsize=1,
         )
         assert proc.stdout is not None

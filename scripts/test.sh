@@ -38,6 +38,8 @@ unformatted="$(gofmt -l bundle/ingress)"
 [ -z "$unformatted" ] || { echo "gofmt: bundle/ingress: $unformatted" >&2; exit 1; }
 step "bundle: Kubernetes + Calico from Go modules (cached under /var/cache/provisioner; built when missing)"
 $PY/python provision.py bundle build --ingress
+step "conformance: the suite and its test images from Go modules and Debian packages (cached; built when missing)"
+$PY/python -m provisioner.conformance
 # The libvirt VM lane (tests/integration/test_libvirt_vms.py) runs where libvirt and qemu can be
 # installed and started (it says why it skips where not); about 13 minutes alone under qemu software
 # emulation, bounded by PROVISION_VM_LANE_BUDGET. PROVISION_VM_LANE=0 switches it off.

@@ -5,9 +5,9 @@ The suite (e2e.test, ginkgo, agnhost) is built from the Go module bundle/conform
 time and cached (provisioner.conformance.suite); the test images are made under the names the suite
 asks for (provisioner.conformance.testimages) and imported on every node by playbooks/conformance.yml;
 then ginkgo runs e2e.test from this host with the cluster's kubeconfig: the tests that may run side by
-side first, on `--parallel` processes, then the [Serial] ones alone. Each run writes its e2e.log and
-junit_01.xml under <state dir>/conformance/<time>/, and the command ends with passed, failed and skipped
-by SIG; its exit code is 0 only when every test that ran passed.
+side first, on `--parallel` processes, then the [Serial] ones alone. Each phase writes its e2e.log and
+junit_01.xml under <state dir>/conformance/<time>/<phase>/ (parallel, serial, or all), the summary goes
+to <time>/summary.txt, and the command ends with passed, failed and skipped by SIG; its exit code is 0 only when every test that ran passed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from provisioner import REPO_ROOT, proc
+from provisioner import REPO_ROOT, bundle, proc
 from provisioner.ansible import forget_facts, run_playbook
 from provisioner.command.kubectl import cluster_kubeconfig, kubectl_binary
 from provisioner.conformance import report
@@ -50,11 +50,14 @@ def phases(parallel: int) -> list[Phase]:
 
 
 def check_regex(flag: str, value: str) -> None:
+    """Refuse what is no regular expression at all before anything runs (ginkgo reads Go's RE2 syntax,
+    which has no lookarounds or backreferences: those fail in its dry run, naming the pattern)."""
     try:
         re.compile(value)
     except re.error as exc:
         raise ProvisionError(
-            f"{flag} {value!r} is not a regular expression ({exc}); quote it for the shell", 2
+            f"{flag} {value!r} is not a regular expression ({exc}); give one in Go's RE2 syntax, quoted for the shell",
+            2,
         ) from None
 
 
@@ -74,7 +77,8 @@ def conformance(
         raise ProvisionError(
             "this cluster has not formed yet (its join stage is not done); run `provision.py up` until it is", 2
         )
-    kubernetes = spec.versions["kubernetes"]
+    # The release the cluster runs: a spec that names a minor (1.37) took the bundle's patch of it.
+    kubernetes = bundle.resolve_versions(spec.versions["kubernetes"], spec.versions["calico"]).kubernetes
     progress = Progress(out, verbose=verbose)
     step = {"what": ""}
     progress.start(f"conformance suite for Kubernetes {kubernetes}", lambda: step["what"])
@@ -92,16 +96,20 @@ def conformance(
     if images.not_made:
         out.write(f"    not made here yet, so the tests that run them fail: {', '.join(images.not_made)}\n")
     forget_facts(ws.root)
-    run_playbook(
-        PLAYBOOK,
-        ws.inventory,
-        ws.root,
-        ws.logs / "conformance-images.log",
-        progress,
-        "test images on every node",
-        extra_vars={"conformance_images_dir": str(images.dir)},
-        verbose=verbose,
-    )
+    try:
+        run_playbook(
+            PLAYBOOK,
+            ws.inventory,
+            ws.root,
+            ws.logs / "conformance-images.log",
+            progress,
+            "test images on every node",
+            extra_vars={"conformance_images_dir": str(images.dir), "conformance_images_names": images.made},
+            verbose=verbose,
+        )
+    except ProvisionError as exc:
+        exc.message = exc.message.replace("run `up` again to resume here", "run `provision.py conformance` again")
+        raise
     kubectl = kubectl_binary(kubernetes, spec.versions["calico"], out)
     run_dir = ws.root / "conformance" / time.strftime("%Y%m%dT%H%M%S")
     run_dir.mkdir(parents=True)
@@ -116,6 +124,8 @@ def conformance(
         out.write(f"==> no test matched --focus {focus!r}{f' --skip {skip!r}' if skip else ''}\n")
         return 1
     summary = report.read_junit(junits)
+    if summary.passed == 0 and summary.failed == 0:
+        out.write("==> every selected test was skipped (the reasons are in e2e.log): nothing passed\n")
     text = report.table(summary)
     (run_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
     out.write(text + "\n")
@@ -207,9 +217,13 @@ def run_phase(
         if tally.feed(line) and tally.failed > failed_before[0]:
             failed_before[0] = -1
 
-    rc = proc.stream(cmd, cwd=report_dir, log_file=report_dir / "e2e.log", on_line=seen)
+    try:
+        rc = proc.stream(cmd, cwd=report_dir, log_file=report_dir / "e2e.log", on_line=seen)
+    except BaseException:
+        progress.stop("FAILED")
+        raise
     progress.stop(f"exit {rc}, {tally.done} of {tally.total} done, {tally.failed} failed")
-    if rc != 0 and not list(report_dir.glob("junit*.xml")):
+    if not list(report_dir.glob("junit*.xml")):
         raise ProvisionError(
             f"the conformance suite's {phase.name} run ended (exit {rc}) without a junit report",
             log_path=str(report_dir / "e2e.log"),

@@ -1,5 +1,5 @@
 """What a conformance run's reports say: its junit file counted by SIG, and ginkgo's output followed
-for progress. Pure: text in, figures out.
+for progress.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from provisioner.errors import ProvisionError
 
 SIG = re.compile(r"\[(sig-[a-z0-9-]+)\]")
 # ginkgo's count of what a run will run: "Ran 462 of 3206 Specs", "Will run 47 of 3206 specs".
@@ -53,7 +55,13 @@ def read_junit(paths: list[Path]) -> Summary:
     Not counted: the specs the focus left out, which ginkgo writes as skipped with no reason."""
     summary = Summary()
     for path in paths:
-        root = ET.parse(path).getroot()
+        try:
+            root = ET.parse(path).getroot()
+        except (ET.ParseError, OSError) as exc:
+            raise ProvisionError(
+                f"the junit report {path} cannot be read ({exc}): the run was cut short; its e2e.log beside it "
+                "says how far it got"
+            ) from None
         for case in root.iter("testcase"):
             name = case.get("name") or ""
             failed = case.find("failure") is not None or case.find("error") is not None

@@ -1,8 +1,8 @@
-"""e2e.test, ginkgo and agnhost built from the Go module bundle/conformance pins.
+"""e2e.test, ginkgo, agnhost and nnp built from the Go module bundle/conformance pins.
 
 e2e.test is `go test -c` of k8s.io/kubernetes/test/e2e with the flags of the bundle's Kubernetes build
 (tags, -trimpath, the release stamped into both version packages), so most of its packages come from
-Go's build cache after the bundle's build. The three programs are kept under
+Go's build cache after the bundle's build. The four programs are kept under
 /var/cache/provisioner/conformance/suite-<key>/, the key a digest of everything that goes into them; an
 interrupted build leaves a .partial directory that the next one replaces.
 """
@@ -64,7 +64,9 @@ def tool_imports(module_dir: Path = MODULE_DIR) -> list[str]:
 
 def _build() -> src.GoBuild:
     data = src.load_components()
-    kube = next(b for b in src.go_builds(data) if b.name == "kubernetes")
+    kube = next((b for b in src.go_builds(data) if b.name == "kubernetes"), None)
+    if kube is None:
+        raise ProvisionError("bundle/components.yaml has no kubernetes build, whose flags the suite is built with")
     return src.GoBuild(
         name="conformance",
         dir=MODULE_DIR,
@@ -109,8 +111,8 @@ def ensure_suite(kubernetes: str, log_file: Path, on_progress: Progress) -> Suit
     log_file.parent.mkdir(parents=True, exist_ok=True)
     jobs = ["-p", str(os.cpu_count() or 2)]
     tags = ["-tags", ",".join(build.tags)] if build.tags else []
-    # First every package the three programs need, compiled with `go build -v` (which names each package
-    # as it goes: the progress; `go test -c` names none), then the three links, from Go's cache.
+    # First every package the four programs need, compiled with `go build -v` (which names each package
+    # as it goes: the progress; `go test -c` names none), then the four links, from Go's cache.
     commands = [
         ("packages", ["go", "build", "-v", *jobs, "-trimpath", *tags, *tool_imports()]),
         ("e2e.test", ["go", "test", "-c", *jobs, "-trimpath", *tags, "-ldflags", ldflags, "-o",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -128,7 +127,7 @@ def module_files(suite: Suite) -> Path:
 
 def busybox_applets(binary: Path) -> list[str]:
     """The applets of a static busybox (`busybox --list`)."""
-    out = subprocess.run([str(binary), "--list"], capture_output=True, text=True, timeout=30, check=True).stdout
+    out = proc.run([str(binary), "--list"], timeout=30, what="busybox --list").stdout
     return [a for a in out.split() if a and "/" not in a]
 
 

@@ -166,7 +166,7 @@ def test_service_range_routed_on_the_node_network(host: Any) -> None:
     assert found.rc == 0 and found.stdout.split(), f"{host.backend.get_pytest_id()}: no interface holds {ip}"
     interface = found.stdout.split()[1]
     route = host.run(f"ip route show exact {cidr}")
-    assert f"dev {interface}" in route.stdout, (
+    assert f" dev {interface} " in f" {route.stdout.strip()} ", (
         f"{host.backend.get_pytest_id()}: the route for the Service range {cidr} is {route.stdout.strip()!r}, "
         f"not on {interface} (the node network): `systemctl status kube-service-range` says why"
     )

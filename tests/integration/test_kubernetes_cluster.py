@@ -240,7 +240,7 @@ def test_conformance_sig_network_passes(cluster: Cluster) -> None:
     assert re.search(rf"^sig-network\s+{CONFORMANCE_TESTS}\s+0\s+0$", out, re.M), out[-3000:]
     runs = sorted((cluster.root / "conformance").iterdir())
     assert (runs[-1] / "parallel" / "junit_01.xml").is_file() and (runs[-1] / "parallel" / "e2e.log").is_file()
-    # The test images went to every node, once: a second run imports nothing.
+    # The test images went to every node (role conformance_images).
     events = [json.loads(line) for line in (cluster.root / "logs" / "conformance-images.events.jsonl").open()]
     imports = [e for e in events if e.get("event") == "result" and "Import each archive" in str(e.get("task", ""))]
     assert {e["host"] for e in imports} == set(IPS), imports

@@ -194,3 +194,11 @@ def test_bad_options_are_refused_in_one_sentence(
 ) -> None:
     assert cli.main(["--dir", str(tmp_path / "c"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_report_cut_short_is_named_instead_of_summed(tmp_path: Path) -> None:
+    path = tmp_path / "junit_01.xml"
+    path.write_text(JUNIT[: len(JUNIT) // 2], encoding="utf-8")
+    with pytest.raises(ProvisionError, match="cannot be read") as caught:
+        report.read_junit([path])
+    assert "e2e.log" in caught.value.message
