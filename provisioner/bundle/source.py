@@ -236,6 +236,27 @@ def prepare_workdir(build: GoBuild) -> Path:
     return work
 
 
+def release_ldflags(build: GoBuild, versions: Versions, module_version: str, module_time: str) -> str:
+    """The link flags of a release build: no build id, stripped, the build's version stamps."""
+    stamps = (render(f, versions, module_version, module_time) for f in build.ldflags)
+    return " ".join(["-buildid=", "-s", "-w", *stamps])
+
+
+def compile_progress(label: str, on_progress: Progress) -> Callable[[str], None]:
+    """A line handler for `go build -v` output: each package it names is reported, with the count so
+    far and the time since the handler was made."""
+    started = time.monotonic()
+    count = 0
+
+    def seen(line: str) -> None:
+        nonlocal count
+        if line and not line.startswith(("#", "go: ")) and " " not in line:
+            count += 1
+            on_progress(f"{label}: compiling {line} ({count} packages, {time.monotonic() - started:.0f}s)")
+
+    return seen
+
+
 def build_binaries(
     build: GoBuild, versions: Versions, log_file: Path, on_progress: Progress, label: str
 ) -> tuple[Path, str]:
@@ -261,9 +282,7 @@ def _build_binaries(
     build: GoBuild, workdir: Path, versions: Versions, log_file: Path, on_progress: Progress, label: str
 ) -> tuple[Path, str]:
     module_version, module_time = module_info(build, workdir)
-    ldflags = " ".join(
-        ["-buildid=", "-s", "-w", *(render(f, versions, module_version, module_time) for f in build.ldflags)]
-    )
+    ldflags = release_ldflags(build, versions, module_version, module_time)
     key = build_inputs_digest(build, ldflags)
     out = cache_root() / "binaries" / f"{build.name}-{key}"
     if (out / ".complete").is_file() and all((out / n).is_file() for n in build.packages):
@@ -276,16 +295,7 @@ def _build_binaries(
     if build.tags:
         cmd += ["-tags", ",".join(build.tags)]
     cmd += ["-ldflags", ldflags, "-o", str(partial) + "/", *build.packages.values()]
-    started = time.monotonic()
-    count = 0
-
-    def seen(line: str) -> None:
-        nonlocal count
-        if line and not line.startswith(("#", "go: ")) and " " not in line:
-            count += 1
-            on_progress(f"{label}: compiling {line} ({count} packages, {time.monotonic() - started:.0f}s)")
-
-    rc = proc.stream(cmd, env=go_env(), cwd=workdir, log_file=log_file, on_line=seen)
+    rc = proc.stream(cmd, env=go_env(), cwd=workdir, log_file=log_file, on_line=compile_progress(label, on_progress))
     if rc != 0:
         raise ProvisionError(
             f"go build of {build.name} failed (exit {rc}); the bundle was not changed and a rerun resumes from Go's build cache",

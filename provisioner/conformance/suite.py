@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +95,7 @@ def ensure_suite(kubernetes: str, log_file: Path, on_progress: Progress) -> Suit
     build = _build()
     module_version, module_time = src.module_info(build)
     versions = Versions(kubernetes=pinned, calico="")
-    ldflags = " ".join(
-        ["-buildid=", "-s", "-w", *(src.render(f, versions, module_version, module_time) for f in build.ldflags)]
-    )
+    ldflags = src.release_ldflags(build, versions, module_version, module_time)
     key = src.build_inputs_digest(build, ldflags)
     out = cache_root() / "conformance" / f"suite-{key}"
     suite = Suite(out, pinned)
@@ -125,14 +122,7 @@ def ensure_suite(kubernetes: str, log_file: Path, on_progress: Progress) -> Suit
                  str(partial / "nnp"), build.packages["nnp"]]),
     ]  # fmt: skip
     for name, cmd in commands:
-        started, count = time.monotonic(), 0
-
-        def seen(line: str, name: str = name, started: float = started) -> None:
-            nonlocal count
-            if line and not line.startswith(("#", "go: ")) and " " not in line:
-                count += 1
-                on_progress(f"suite: {name}: compiling {line} ({count} packages, {time.monotonic() - started:.0f}s)")
-
+        seen = src.compile_progress(f"suite: {name}", on_progress)
         rc = proc.stream(cmd, env=src.go_env(), cwd=MODULE_DIR, log_file=log_file, on_line=seen)
         if rc != 0 or (name in PROGRAMS and not (partial / name).is_file()):
             raise ProvisionError(
