@@ -119,7 +119,7 @@ def conformance(
         report_dir = run_dir / phase.name
         report_dir.mkdir()
         ran = run_phase(suite, phase, focus, skip, kubeconfig, kubectl, report_dir, progress)
-        junits += [p for p in sorted(report_dir.glob("junit*.xml"))] if ran else []
+        junits += sorted(report_dir.glob("junit*.xml")) if ran else []
     if not junits:
         out.write(f"==> no test matched --focus {focus!r}{f' --skip {skip!r}' if skip else ''}\n")
         return 1
@@ -207,15 +207,15 @@ def run_phase(
     title = f"{phase.name}: {total} tests on {phase.procs} process{'es' if phase.procs > 1 else ''}"
     progress.start(title, detail)
 
-    failed_before = [0]
+    name_next = [False]  # ginkgo names a finished spec on the line after its bullet
 
     def seen(line: str) -> None:
-        # ginkgo names a finished spec on the line after its bullet: a failure is noted with its name.
-        if failed_before[0] < 0 and line.strip():
+        if name_next[0] and line.strip():
             progress.note(f"FAILED: {line.strip()[:200]}")
-            failed_before[0] = tally.failed
-        if tally.feed(line) and tally.failed > failed_before[0]:
-            failed_before[0] = -1
+            name_next[0] = False
+        failed = tally.failed
+        if tally.feed(line) and tally.failed > failed:
+            name_next[0] = True
 
     try:
         rc = proc.stream(cmd, cwd=report_dir, log_file=report_dir / "e2e.log", on_line=seen)

@@ -220,11 +220,12 @@ def ensure_images(suite: Suite, on_progress: Progress) -> TestImages:
     ).hexdigest()[:12]
     out = cache / f"images-{key}"
     archive = out / "test-images.tar"
-    with tempfile.TemporaryDirectory(prefix="provision-testimages-", dir=cache) as tmp:
-        busybox = extract_member(testland, "usr/bin/busybox", Path(tmp) / "busybox")
-        shell = extract_member(testland, "usr/bin/bash-static", Path(tmp) / "bash-static")
-        wanted = specs(listed, suite, module, suite.dir / "nnp", busybox, shell)
-        if not (out / ".complete").is_file() or not archive.is_file():
+    # .complete lists the names the archive holds: a cached archive is not made again, nor its specs.
+    if not (out / ".complete").is_file() or not archive.is_file():
+        with tempfile.TemporaryDirectory(prefix="provision-testimages-", dir=cache) as tmp:
+            busybox = extract_member(testland, "usr/bin/busybox", Path(tmp) / "busybox")
+            shell = extract_member(testland, "usr/bin/bash-static", Path(tmp) / "bash-static")
+            wanted = specs(listed, suite, module, suite.dir / "nnp", busybox, shell)
             partial = out.with_name(out.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
@@ -233,10 +234,10 @@ def ensure_images(suite: Suite, on_progress: Progress) -> TestImages:
             (partial / ".complete").write_text("\n".join(s.name for s in wanted) + "\n", encoding="utf-8")
             shutil.rmtree(out, ignore_errors=True)
             partial.rename(out)
-            for stale in cache.glob("images-*"):  # made by an older recipe or suite: never read again
-                if stale.is_dir() and stale != out and not stale.name.endswith(".partial"):
-                    shutil.rmtree(stale, ignore_errors=True)
-    made = sorted(s.name for s in wanted)
+        for stale in cache.glob("images-*"):  # made by an older recipe or suite: never read again
+            if stale.is_dir() and stale != out and not stale.name.endswith(".partial"):
+                shutil.rmtree(stale, ignore_errors=True)
+    made = sorted((out / ".complete").read_text(encoding="utf-8").split())
     bundled = {n for n in listed if repository(n).rsplit("/", 1)[-1] in FROM_BUNDLE}
     not_made = [n for n in listed if repository(n) in CONFORMANCE_REPOSITORIES and n not in made and n not in bundled]
     return TestImages(out, made, not_made)
